@@ -14,6 +14,7 @@ pub struct Stats {
     pub params_by_group: BTreeMap<&'static str, u64>,
     pub tokens_per_step: u64,
     pub flops_per_step_fwd: u64,
+    pub matmul_flops_per_step_fwd: u64,
     pub flops_per_step_bwd: u64,
     pub activation_bytes: u64,
     pub attention_sites: usize,
@@ -32,6 +33,7 @@ impl Stats {
             params_by_group,
             tokens_per_step: tokens_per_step(graph),
             flops_per_step_fwd: cost::forward_flops(graph),
+            matmul_flops_per_step_fwd: cost::matmul_flops(graph),
             flops_per_step_bwd: cost::backward_flops(graph),
             activation_bytes: cost::activation_bytes(graph),
             attention_sites: lpac_passes::structure::find_attention(graph).len(),
@@ -40,6 +42,10 @@ impl Stats {
 
     pub fn flops_per_token_fwd(&self) -> f64 {
         self.flops_per_step_fwd as f64 / self.tokens_per_step as f64
+    }
+
+    pub fn matmul_flops_per_token_fwd(&self) -> f64 {
+        self.matmul_flops_per_step_fwd as f64 / self.tokens_per_step as f64
     }
 
     pub fn flops_per_step_train(&self) -> u64 {
@@ -54,6 +60,7 @@ impl Stats {
             "tokens_per_step": self.tokens_per_step,
             "flops_per_token_fwd": self.flops_per_token_fwd(),
             "flops_per_step_fwd": self.flops_per_step_fwd,
+            "matmul_flops_per_token_fwd": self.matmul_flops_per_token_fwd(),
             "flops_per_step_train": self.flops_per_step_train(),
             "activation_bytes": self.activation_bytes,
             "attention_sites": self.attention_sites,

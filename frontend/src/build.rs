@@ -24,6 +24,9 @@ pub struct GraphBuilder {
 
 /// More nodes than this is surely a runaway loop in a model file.
 pub const MAX_NODES: usize = 2_000_000;
+/// No tensor may hold more elements than this (2^40): far beyond any machine,
+/// and small enough that byte counts never overflow.
+pub const MAX_ELEMENTS: usize = 1 << 40;
 
 type R = Result<TensorVal, String>;
 
@@ -37,7 +40,11 @@ impl GraphBuilder {
             return Err(format!("the model builds more than {MAX_NODES} graph nodes; is a loop running away?"));
         }
         let ids: Vec<NodeId> = inputs.iter().map(|t| t.node).collect();
+        for ty in given.iter() {
+            check_size(ty)?;
+        }
         let node = self.graph.add(op, ids, given, site.origin.clone())?;
+        check_size(self.graph.ty(node))?;
         Ok(TensorVal { node, ty: self.graph.ty(node).clone(), span: site.span })
     }
 
@@ -213,6 +220,14 @@ impl GraphBuilder {
     pub fn iota(&mut self, shape: Vec<usize>, axis: i64, dtype: DType, site: &Site) -> R {
         let axis = normalize_axis(axis, shape.len())?;
         self.leaf(Op::Iota { axis }, TensorType::new(dtype, shape), site)
+    }
+}
+
+fn check_size(ty: &TensorType) -> Result<(), String> {
+    let numel = ty.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    match numel {
+        Some(n) if n <= MAX_ELEMENTS => Ok(()),
+        _ => Err(format!("{ty} is too large: a tensor may hold at most 2^40 elements")),
     }
 }
 

@@ -135,7 +135,7 @@ pub fn call(ev: &mut Evaluator<'_>, frame: &Frame, callee: &Ident, args: Vec<Arg
         Ok(slots) => slots,
         Err(d) => return ev.report(frame, d),
     };
-    if slots.iter().flatten().any(|a| a.value == Value::Poison) {
+    if slots.iter().flatten().any(|a| is_poisoned(&a.value)) {
         return Value::Poison;
     }
     let mut call = Call { ev, frame, span, args: slots };
@@ -143,6 +143,15 @@ pub fn call(ev: &mut Evaluator<'_>, frame: &Frame, callee: &Ident, args: Vec<Arg
         Ok(v) => v,
         Err(CallError::At(span, msg)) => call.ev.error(frame, span, msg),
         Err(CallError::Reported) => Value::Poison,
+    }
+}
+
+/// A value that is or contains the result of an earlier error.
+fn is_poisoned(v: &Value) -> bool {
+    match v {
+        Value::Poison => true,
+        Value::List(items) => items.iter().any(is_poisoned),
+        _ => false,
     }
 }
 

@@ -101,10 +101,10 @@ fn build(sources: &SourceMap, prelude: &File, user: &File, file_start: Span, ove
     let model = program.model.expect("resolve reports a missing model");
     let mut ev = Evaluator::new(sources, &model.name.name);
     ev.blocks = program.blocks.clone();
-    let config = evaluate_config(&mut ev, &program, overrides).map_err(|m| (ev.diagnostics.clone(), m))?;
+    let config = evaluate_config(&mut ev, &program, overrides).map_err(|m| (ev.finish_diagnostics(), m))?;
     let loss = ev.run_model(model);
     if !ev.diagnostics.is_empty() {
-        return Err((ev.diagnostics, Vec::new()));
+        return Err((ev.finish_diagnostics(), Vec::new()));
     }
     let loss = loss.expect("a model without diagnostics returns its loss");
     let mut graph = ev.builder.graph;

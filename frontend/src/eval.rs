@@ -54,6 +54,12 @@ pub struct Evaluator<'a> {
     pub builder: GraphBuilder,
     pub diagnostics: Vec<Diagnostic>,
     param_paths: HashMap<String, Span>,
+    /// Errors already reported, by place and message, with how often each
+    /// recurred (a mistake inside a block called in a loop happens per call).
+    seen_errors: HashMap<(Span, String), (usize, usize)>,
+    /// Call sites already reported for declaring a parameter twice (one
+    /// message per call, not one per parameter the block declares).
+    duplicate_sites: HashSet<Span>,
     depth: usize,
 }
 
@@ -66,6 +72,8 @@ impl<'a> Evaluator<'a> {
             builder: GraphBuilder::new(model_name),
             diagnostics: Vec::new(),
             param_paths: HashMap::new(),
+            seen_errors: HashMap::new(),
+            duplicate_sites: HashSet::new(),
             depth: 0,
         }
     }
@@ -75,15 +83,30 @@ impl<'a> Evaluator<'a> {
     /// Records an error at `span` (with the chain of block calls that led
     /// there) and returns `Poison`.
     pub fn error(&mut self, frame: &Frame, span: Span, message: impl Into<String>) -> Value {
-        let diagnostic = self.with_call_notes(frame, Diagnostic::error(span, message));
+        self.report(frame, Diagnostic::error(span, message))
+    }
+
+    pub fn report(&mut self, frame: &Frame, diagnostic: Diagnostic) -> Value {
+        let key = (diagnostic.span, diagnostic.message.clone());
+        if let Some((_, repeats)) = self.seen_errors.get_mut(&key) {
+            *repeats += 1;
+            return Value::Poison;
+        }
+        self.seen_errors.insert(key, (self.diagnostics.len(), 0));
+        let diagnostic = self.with_call_notes(frame, diagnostic);
         self.diagnostics.push(diagnostic);
         Value::Poison
     }
 
-    pub fn report(&mut self, frame: &Frame, diagnostic: Diagnostic) -> Value {
-        let diagnostic = self.with_call_notes(frame, diagnostic);
-        self.diagnostics.push(diagnostic);
-        Value::Poison
+    /// The diagnostics, each noting how many more times it occurred.
+    pub fn finish_diagnostics(&mut self) -> Vec<Diagnostic> {
+        for (index, repeats) in self.seen_errors.values() {
+            if *repeats > 0 {
+                let note = format!("the same error occurs {repeats} more time(s), from other calls");
+                self.diagnostics[*index].notes.push(note);
+            }
+        }
+        std::mem::take(&mut self.diagnostics)
     }
 
     fn with_call_notes(&self, frame: &Frame, mut d: Diagnostic) -> Diagnostic {
@@ -205,15 +228,20 @@ impl<'a> Evaluator<'a> {
         let mut segments = frame.scope.clone();
         segments.push(name.name.clone());
         let path = segments.join(".");
+        let site = self.site(frame, span);
         if let Some(first) = self.param_paths.get(&path).copied() {
-            let d = Diagnostic::error(name.span, format!("parameter `{path}` is declared twice"))
-                .with_label("declared again here")
+            // Point at the user's calls, not at the block's one `param` line.
+            let d = Diagnostic::error(site.span, format!("parameter `{path}` is declared twice"))
+                .with_label(format!("declares `{path}` again"))
                 .with_secondary(first, "first declared here")
                 .with_note("give each call of a block that declares parameters its own scope: block[name](...)");
+            if frame.user_site.is_some_and(|s| self.duplicate_sites.contains(&s)) {
+                return Value::Poison;
+            }
+            self.duplicate_sites.extend(frame.user_site);
             return self.report(frame, d);
         }
-        self.param_paths.insert(path.clone(), name.span);
-        let site = self.site(frame, span);
+        self.param_paths.insert(path.clone(), site.span);
         self.tensor_result(frame, span, |b| b.leaf(Op::Param { path, init }, tensor_ty, &site))
     }
 

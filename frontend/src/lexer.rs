@@ -358,8 +358,28 @@ impl Lexer<'_> {
                 }
                 self.push(kind, start, self.pos);
             }
-            None => self.push(TokenKind::Ident(word.to_string()), start, self.pos),
+            None => {
+                if self.starts_assignment_in_parens() {
+                    self.close_open_parens();
+                }
+                self.push(TokenKind::Ident(word.to_string()), start, self.pos)
+            }
         }
+    }
+
+    /// Whether the word just lexed, at `self.pos`, begins a line inside
+    /// brackets with `name =` where no named argument can be: a `)` or `]` is
+    /// missing on the line before, and this is the next statement.
+    fn starts_assignment_in_parens(&self) -> bool {
+        if !self.in_parens() || self.swallowed_newline.is_none() {
+            return false;
+        }
+        // A named argument follows `(` or `,`.
+        if matches!(self.tokens.last(), Some(t) if matches!(t.kind, TokenKind::LParen | TokenKind::Comma)) {
+            return false;
+        }
+        let rest = self.text[self.pos..].trim_start_matches([' ', '\t']);
+        rest.starts_with('=') && !rest.starts_with("==")
     }
 
     fn digits(&mut self) {
@@ -661,7 +681,7 @@ mod tests {
         let (tokens, diags) = lex(FileId(0), "{\nx = f(\"abc)\ny = 2\n}");
         assert_eq!(diags.len(), 1);
         assert_eq!(diags[0].message, "unterminated string");
-        assert_eq!((diags[0].span.start, diags[0].span.end), (7, 8));
+        assert_eq!((diags[0].span.start, diags[0].span.end), (8, 9));
         let kinds: Vec<TokenKind> = tokens.into_iter().map(|t| t.kind).collect();
         assert_eq!(
             kinds,
@@ -764,6 +784,36 @@ mod tests {
         assert_eq!(
             kinds("{ y = [a\n}\nz"),
             vec![LBrace, ident("y"), Assign, LBracket, ident("a"), Newline, RBrace, Newline, ident("z"), Eof]
+        );
+        // So is one followed by a line `name = ...`, unless that can be a
+        // named argument.
+        assert_eq!(
+            kinds("{\n y = f(a +\n z = 1\n}"),
+            vec![
+                LBrace,
+                Newline,
+                ident("y"),
+                Assign,
+                ident("f"),
+                LParen,
+                ident("a"),
+                Plus,
+                Newline,
+                ident("z"),
+                Assign,
+                Int(1),
+                Newline,
+                RBrace,
+                Eof
+            ]
+        );
+        assert_eq!(
+            kinds("{ y = f(a,\n z = 1) }"),
+            vec![LBrace, ident("y"), Assign, ident("f"), LParen, ident("a"), Comma, ident("z"), Assign, Int(1), RParen, RBrace, Eof]
+        );
+        assert_eq!(
+            kinds("{ y = f(a\n == b) }"),
+            vec![LBrace, ident("y"), Assign, ident("f"), LParen, ident("a"), EqEq, ident("b"), RParen, RBrace, Eof]
         );
         // A stray closer does not disturb the brace.
         assert_eq!(kinds("{ ) \n }"), vec![LBrace, RParen, Newline, RBrace, Eof]);

@@ -18,8 +18,29 @@ use crate::source::{FileId, Span};
 /// arguments, prefix operators, right operands of `**`, bodies and `else if`.
 pub const MAX_NESTING: u32 = 256;
 
+/// The stack the parser runs on. Nesting is limited to [`MAX_NESTING`], but
+/// a level of nesting costs several kilobytes of stack in a debug build, more
+/// than the 2 MiB of a test thread allow; the parser runs on a thread of its
+/// own with this much (reserved, not committed, memory).
+const PARSER_STACK: usize = 64 << 20;
+
 /// Parses one file. Diagnostics (lexer and parser) come in source order.
 pub fn parse_file(file: FileId, text: &str) -> (File, Vec<Diagnostic>) {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name("lpac-parser".to_string())
+            .stack_size(PARSER_STACK)
+            .spawn_scoped(scope, || parse_on_this_thread(file, text));
+        match thread {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had: parse here, which is fine for any input
+            // with a sane nesting depth.
+            Err(_) => parse_on_this_thread(file, text),
+        }
+    })
+}
+
+fn parse_on_this_thread(file: FileId, text: &str) -> (File, Vec<Diagnostic>) {
     let (tokens, mut diags) = lex(file, text);
     let mut parser = Parser { text, tokens, pos: 0, prev: Span::new(file, 0, 0), diags: Vec::new(), depth: 0, last_error_at: None };
     let items = parser.items();
@@ -599,3 +620,566 @@ fn segments(scope: &ScopePath) -> String {
     scope.segments.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".")
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diagnostic::render_all;
+    use crate::source::SourceMap;
+
+    const F: FileId = FileId(0);
+
+    fn parse_ok(text: &str) -> File {
+        let (file, diags) = parse_file(F, text);
+        assert!(diags.is_empty(), "unexpected diagnostics for {text:?}:\n{diags:#?}");
+        file
+    }
+
+    fn messages(text: &str) -> Vec<String> {
+        parse_file(F, text).1.into_iter().map(|d| d.message).collect()
+    }
+
+    fn rendered(text: &str) -> String {
+        let mut map = SourceMap::new();
+        let id = map.add("m.lpa", text.to_string(), false);
+        let (_, diags) = parse_file(id, text);
+        render_all(&diags, &map)
+    }
+
+    /// The statements of the only model of a file.
+    fn model_body(text: &str) -> Vec<Stmt> {
+        match parse_ok(text).items.as_slice() {
+            [Item::Model(m)] => m.body.clone(),
+            items => panic!("expected one model, got {items:?}"),
+        }
+    }
+
+    /// The expression `text` as an S-expression.
+    fn expr(text: &str) -> String {
+        let body = model_body(&format!("model m() {{\n  x = {text}\n}}\n"));
+        match body.as_slice() {
+            [Stmt::Assign { value, .. }] => sx(value),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn sx(e: &Expr) -> String {
+        match &e.kind {
+            ExprKind::Int(v) => v.to_string(),
+            ExprKind::Float(v) => format!("{v:?}"),
+            ExprKind::Bool(b) => b.to_string(),
+            ExprKind::Str(s) => format!("{s:?}"),
+            ExprKind::Name(n) => n.clone(),
+            ExprKind::List(items) => format!("[{}]", items.iter().map(sx).collect::<Vec<_>>().join(" ")),
+            ExprKind::Unary { op, operand } => {
+                format!("({} {})", if *op == UnaryOp::Neg { "neg" } else { "not" }, sx(operand))
+            }
+            ExprKind::Binary { op, lhs, rhs } => format!("({} {} {})", op.symbol(), sx(lhs), sx(rhs)),
+            ExprKind::Call { callee, scope, args } => {
+                let scope = scope.as_ref().map(|s| format!("[{}]", segments(s))).unwrap_or_default();
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| match &a.name {
+                        Some(n) => format!("{}={}", n.name, sx(&a.value)),
+                        None => sx(&a.value),
+                    })
+                    .collect();
+                format!("{}{}({})", callee.name, scope, args.join(" "))
+            }
+        }
+    }
+
+    fn text_of<'t>(text: &'t str, span: Span) -> &'t str {
+        &text[span.start as usize..span.end as usize]
+    }
+
+    #[test]
+    fn precedence() {
+        assert_eq!(expr("a + b * c"), "(+ a (* b c))");
+        assert_eq!(expr("a * b + c"), "(+ (* a b) c)");
+        assert_eq!(expr("-x ** 2"), "(neg (** x 2))");
+        assert_eq!(expr("a @ b + c"), "(+ (@ a b) c)");
+        assert_eq!(expr("not a and b"), "(and (not a) b)");
+        assert_eq!(expr("not a == b"), "(not (== a b))");
+        assert_eq!(expr("a or b and c"), "(or a (and b c))");
+        assert_eq!(expr("a and not b or c"), "(or (and a (not b)) c)");
+        assert_eq!(expr("a - b - c"), "(- (- a b) c)");
+        assert_eq!(expr("a / b * c"), "(* (/ a b) c)");
+        assert_eq!(expr("a ** b ** c"), "(** a (** b c))");
+        assert_eq!(expr("2 ** -1"), "(** 2 (neg 1))");
+        assert_eq!(expr("-a * b"), "(* (neg a) b)");
+        assert_eq!(expr("a * -b"), "(* a (neg b))");
+        assert_eq!(expr("- - a"), "(neg (neg a))");
+        assert_eq!(expr("(a + b) * c"), "(* (+ a b) c)");
+        assert_eq!(expr("a + b < c * d and e != f"), "(and (< (+ a b) (* c d)) (!= e f))");
+        assert_eq!(expr("(a < b) == c"), "(== (< a b) c)");
+        assert_eq!(expr("1.5e-3 + 2 + true"), "(+ (+ 0.0015 2) true)");
+    }
+
+    #[test]
+    fn calls_lists_and_scopes() {
+        assert_eq!(expr("linear[layers.i.q](x, d, bias=false)"), "linear[layers.i.q](x d bias=false)");
+        assert_eq!(expr("f()"), "f()");
+        assert_eq!(expr("f(a,)"), "f(a)");
+        assert_eq!(expr("layer[layers.0.1](h)"), "layer[layers.0.1](h)");
+        assert_eq!(expr("softmax(x, axis=-1)"), "softmax(x axis=(neg 1))");
+        assert_eq!(expr("f(a == b)"), "f((== a b))");
+        assert_eq!(expr("[1, [2, 3], \"s\",]"), "[1 [2 3] \"s\"]");
+        assert_eq!(expr("[]"), "[]");
+        assert_eq!(expr("reshape(x, [b,\n   s, -1])"), "reshape(x [b s (neg 1)])");
+        assert_eq!(expr("f(\n  a,\n  b = 2,\n)"), "f(a b=2)");
+    }
+
+    #[test]
+    fn expression_spans() {
+        let text = "model m() {\n  y = linear[a.b](x, d) + -z ** 2\n  w = (a)\n}\n";
+        let body = model_body(text);
+        let Stmt::Assign { name, value } = &body[0] else { panic!() };
+        assert_eq!(text_of(text, name.span), "y");
+        assert_eq!(text_of(text, value.span), "linear[a.b](x, d) + -z ** 2");
+        let ExprKind::Binary { lhs, rhs, .. } = &value.kind else { panic!() };
+        assert_eq!(text_of(text, lhs.span), "linear[a.b](x, d)");
+        assert_eq!(text_of(text, rhs.span), "-z ** 2");
+        let ExprKind::Call { callee, scope, args } = &lhs.kind else { panic!() };
+        assert_eq!(text_of(text, callee.span), "linear");
+        let scope = scope.as_ref().unwrap();
+        assert_eq!(text_of(text, scope.span), "a.b");
+        assert_eq!(text_of(text, scope.segments[1].span), "b");
+        assert_eq!(text_of(text, args[1].value.span), "d");
+        let Stmt::Assign { value, .. } = &body[1] else { panic!() };
+        assert_eq!(text_of(text, value.span), "(a)");
+    }
+
+    #[test]
+    fn config_with_docs() {
+        let text = "config {\n  vocab = 256        # vocabulary size\n  d = 256\n  head_dim = d / heads   #  per head  \n  # a comment line\n  dropout = 0.1 #\n  sizes = [1,\n     2]  # a list\n}\n";
+        let file = parse_ok(text);
+        let [Item::Config(entries)] = file.items.as_slice() else { panic!("{file:?}") };
+        let summary: Vec<(String, String, Option<String>)> =
+            entries.iter().map(|e| (e.name.name.clone(), sx(&e.value), e.doc.clone())).collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("vocab".into(), "256".into(), Some("vocabulary size".into())),
+                ("d".into(), "256".into(), None),
+                ("head_dim".into(), "(/ d heads)".into(), Some("per head".into())),
+                ("dropout".into(), "0.1".into(), None),
+                ("sizes".into(), "[1 2]".into(), Some("a list".into())),
+            ]
+        );
+        // One-line config.
+        let file = parse_ok("config { a = 1 }");
+        assert!(matches!(file.items.as_slice(), [Item::Config(e)] if e.len() == 1));
+    }
+
+    #[test]
+    fn if_else_if_else() {
+        let text = "model m() {\n  if a {\n    x = 1\n  } else if b {\n    x = 2\n  } else {\n    x = 3\n    y = 4\n  }\n  if c { return x }\n  if d {\n  }\n  else {\n  }\n}\n";
+        let body = model_body(text);
+        assert_eq!(body.len(), 3);
+        let Stmt::If { cond, then_body, else_body, span } = &body[0] else { panic!() };
+        assert_eq!(sx(cond), "a");
+        assert_eq!(then_body.len(), 1);
+        assert!(text_of(text, *span).starts_with("if a {") && text_of(text, *span).ends_with("y = 4\n  }"));
+        let [Stmt::If { cond, then_body, else_body: inner_else, span }] = else_body.as_slice() else { panic!() };
+        assert_eq!(sx(cond), "b");
+        assert!(text_of(text, *span).starts_with("if b {"));
+        assert_eq!(then_body.len(), 1);
+        assert_eq!(inner_else.len(), 2);
+        let Stmt::If { then_body, else_body, .. } = &body[1] else { panic!() };
+        assert!(matches!(then_body.as_slice(), [Stmt::Return { .. }]));
+        assert!(else_body.is_empty());
+        assert!(matches!(&body[2], Stmt::If { .. }));
+    }
+
+    #[test]
+    fn for_param_assert_return() {
+        let text = "block b(x, n, bias = true,) {\n  for i in 0..n - 1 {\n    x = layer[layers.i](x)\n  }\n  param w: [d, 4 * d] = normal(0.0, 0.02)\n  param s: f32[] = zeros()\n  param t: i32[d,] = zeros()\n  assert d % 1 == 0\n  assert d > 0, \"d must be \\\"positive\\\"\"\n  return x\n}\n";
+        // `%` is not an operator: one diagnostic, the other statements parse.
+        let (file, diags) = parse_file(F, text);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].message, "unexpected character `%`");
+        let [Item::Block(block)] = file.items.as_slice() else { panic!() };
+        assert_eq!(block.name.name, "b");
+        let params: Vec<String> = block
+            .params
+            .iter()
+            .map(|p| format!("{}{}", p.name.name, p.default.as_ref().map(|d| format!("={}", sx(d))).unwrap_or_default()))
+            .collect();
+        assert_eq!(params, ["x", "n", "bias=true"]);
+        // `assert d` is kept (the rest of its line is skipped): 7 statements.
+        assert_eq!(block.body.len(), 7, "{:#?}", block.body);
+        let Stmt::For { var, start, end, body, span } = &block.body[0] else { panic!() };
+        assert_eq!((var.name.as_str(), sx(start).as_str(), sx(end).as_str()), ("i", "0", "(- n 1)"));
+        assert_eq!(body.len(), 1);
+        assert!(text_of(text, *span).starts_with("for i") && text_of(text, *span).ends_with("}"));
+        let Stmt::Param { name, ty, init, span } = &block.body[1] else { panic!() };
+        assert_eq!(name.name, "w");
+        assert!(ty.dtype.is_none());
+        assert_eq!(ty.dims.iter().map(sx).collect::<Vec<_>>(), ["d", "(* 4 d)"]);
+        assert_eq!(text_of(text, ty.span), "[d, 4 * d]");
+        assert_eq!(sx(init), "normal(0.0 0.02)");
+        assert_eq!(text_of(text, *span), "param w: [d, 4 * d] = normal(0.0, 0.02)");
+        let Stmt::Param { ty, .. } = &block.body[2] else { panic!() };
+        assert_eq!(ty.dtype.as_ref().unwrap().name, "f32");
+        assert!(ty.dims.is_empty());
+        assert_eq!(text_of(text, ty.span), "f32[]");
+        let Stmt::Param { ty, .. } = &block.body[3] else { panic!() };
+        assert_eq!(ty.dtype.as_ref().unwrap().name, "i32");
+        assert_eq!(ty.dims.len(), 1);
+        let Stmt::Assert { cond, message, span } = &block.body[5] else { panic!() };
+        assert_eq!(sx(cond), "(> d 0)");
+        assert_eq!(message.as_deref(), Some("d must be \"positive\""));
+        assert!(text_of(text, *span).starts_with("assert d > 0") && text_of(text, *span).ends_with("\\\"\""));
+
+        let body = model_body("model m() {\n  assert ok\n  return x\n}");
+        assert!(matches!(&body[0], Stmt::Assert { message: None, .. }));
+        assert!(matches!(&body[1], Stmt::Return { value: Expr { kind: ExprKind::Name(n), .. }, .. } if n == "x"));
+    }
+
+    #[test]
+    fn model_inputs() {
+        let text = "model tiny(tokens: i32[batch, seq],\n           targets: i32[batch, seq], mask: [seq]) {\n  return 0\n}";
+        let file = parse_ok(text);
+        let [Item::Model(m)] = file.items.as_slice() else { panic!() };
+        assert_eq!(m.name.name, "tiny");
+        let inputs: Vec<String> = m
+            .inputs
+            .iter()
+            .map(|i| {
+                let dtype = i.ty.dtype.as_ref().map(|d| d.name.clone()).unwrap_or_default();
+                format!("{}: {}{:?}", i.name.name, dtype, i.ty.dims.iter().map(sx).collect::<Vec<_>>())
+            })
+            .collect();
+        assert_eq!(inputs, ["tokens: i32[\"batch\", \"seq\"]", "targets: i32[\"batch\", \"seq\"]", "mask: [\"seq\"]"]);
+        assert_eq!(text_of(text, m.span), text);
+        assert!(parse_ok("model m() {}").items.len() == 1);
+    }
+
+    const EXAMPLE: &str = r#"config {
+  vocab = 256        # vocabulary size
+  d = 256
+  heads = 4
+  head_dim = d / heads
+  dropout = 0.1
+}
+
+block mlp(x, hidden) {
+  h = gelu(linear[fc](x, dim(x, -1), hidden))
+  return linear[proj](h, hidden, dim(x, -1))
+}
+
+block linear(x, d_in, d_out, bias = true) {
+  bound = 1.0 / sqrt(d_in)
+  param weight: [d_in, d_out] = uniform(-bound, bound)
+  y = x @ weight
+  if bias {
+    param bias: [d_out] = uniform(-bound, bound)
+    y = y + bias
+  }
+  return y
+}
+
+model tiny(tokens: i32[batch, seq], targets: i32[batch, seq]) {
+  h = embedding[wte](tokens, vocab, d)
+  for i in 0..layers {
+    h = layer[layers.i](h)
+  }
+  return cross_entropy(linear[head](h, d, vocab), targets)
+}
+"#;
+
+    #[test]
+    fn example_parses() {
+        let file = parse_ok(EXAMPLE);
+        assert_eq!(file.items.len(), 4);
+        let Item::Block(linear) = &file.items[2] else { panic!() };
+        assert_eq!(linear.name.name, "linear");
+        assert_eq!(linear.body.len(), 5);
+        assert!(text_of(EXAMPLE, linear.span).starts_with("block linear(") && text_of(EXAMPLE, linear.span).ends_with("return y\n}"));
+    }
+
+    // ---- Errors ----
+
+    #[test]
+    fn missing_close_paren() {
+        let text = "model m() {\n  h = f(x, g(y)\n  return h\n}\n";
+        assert_eq!(messages(text), ["expected `)` or `,`, found newline"]);
+        // The next statement is still parsed.
+        let (file, _) = parse_file(F, text);
+        let [Item::Model(m)] = file.items.as_slice() else { panic!() };
+        assert!(matches!(m.body.as_slice(), [Stmt::Return { .. }]));
+        assert_eq!(messages("model m() {\n  h = f(x d = 2)\n}\n"), ["expected `)` or `,`, found identifier `d`"]);
+        assert_eq!(messages("model m() {\n  h = f(x\n}\n"), ["expected `)` or `,`, found newline"]);
+        assert_eq!(messages("model m() {\n  h = (a + b\n}\n"), ["expected `)`, found newline"]);
+    }
+
+    #[test]
+    fn stray_tokens() {
+        assert_eq!(messages("model m() {\n  h = a b\n}\n"), ["expected newline, found identifier `b`"]);
+        assert_eq!(messages("model m() {\n  ) = 1\n}\n"), ["expected statement, found `)`"]);
+        assert_eq!(messages("x = 1\nmodel m() {}\n"), ["expected `config`, `block` or `model`, found identifier `x`"]);
+        assert_eq!(messages("model m() {\n  h = 1 + \n}\n"), ["expected expression, found newline"]);
+        assert_eq!(messages("model m() {\n  h = a +* b\n}\n"), ["expected expression, found `*`"]);
+        assert_eq!(messages("model m() {\n  f(x)\n}\n"), ["expected `=`, found `(`"]);
+        assert_eq!(messages("model m() {\n  w: [d] = zeros()\n}\n"), ["expected `=`, found `:`"]);
+        assert_eq!(messages("model m() {\n  y = linear[a.b]\n}\n"), ["expected `(`, found newline"]);
+        assert_eq!(messages("model m() {\n  y = f[a.](x)\n}\n"), ["expected identifier or number, found `]`"]);
+        assert_eq!(messages("model m() {\n  y = x[0]\n}\n"), ["expected identifier, found number 0"]);
+        assert_eq!(messages("model m() {\n  param w: d = zeros()\n}\n"), ["expected `[`, found `=`"]);
+        assert_eq!(messages("model m() {\n  for i in 0 to n {\n  }\n}\n"), ["expected `..`, found identifier `to`"]);
+        assert_eq!(messages("model m() {\n  assert x, 3\n}\n"), ["expected string, found number 3"]);
+        assert_eq!(messages("model m() {\n  else {\n  }\n}\n"), ["expected statement, found keyword `else`"]);
+        assert_eq!(messages("model m(x) {}"), ["expected `:`, found `)`"]);
+        assert_eq!(messages("block b(x y) {}"), ["expected `)` or `,`, found identifier `y`"]);
+        assert_eq!(messages("model m() { x = 1 } }"), ["expected `config`, `block` or `model`, found `}`"]);
+    }
+
+    #[test]
+    fn unterminated_string() {
+        let text = "model m() {\n  assert x, \"oops\n  return x\n}\n";
+        assert_eq!(messages(text), ["unterminated string"]);
+        let (file, _) = parse_file(F, text);
+        let [Item::Model(m)] = file.items.as_slice() else { panic!() };
+        assert!(matches!(m.body.as_slice(), [Stmt::Return { .. }]), "{:?}", m.body);
+        assert_eq!(messages("model m() {\n  y = f(\"oops)\n  z = 1\n}\n"), ["unterminated string"]);
+    }
+
+    #[test]
+    fn chained_comparison() {
+        assert_eq!(messages("model m() {\n  assert a < b < c\n}\n"), ["comparison operators cannot be chained"]);
+        assert_eq!(messages("model m() {\n  assert a == b != c\n}\n"), ["comparison operators cannot be chained"]);
+        assert_eq!(messages("model m() {\n  assert a < b and b < c\n}\n"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn missing_equals_in_config() {
+        let text = "config {\n  vocab 256\n  d = 64\n}\n";
+        assert_eq!(messages(text), ["expected `=`, found number 256"]);
+        let (file, _) = parse_file(F, text);
+        let [Item::Config(entries)] = file.items.as_slice() else { panic!() };
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].name.name, "d");
+    }
+
+    #[test]
+    fn three_independent_statement_errors() {
+        let text = "model m(x: [n]) {\n  a = (x + \n  b = x\n  c = f(x,, y)\n  d = b\n  e = 1 2\n  return d\n}\n";
+        let (file, diags) = parse_file(F, text);
+        let got: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(got, ["expected expression, found newline", "expected expression, found `,`", "expected newline, found number 2"]);
+        let [Item::Model(m)] = file.items.as_slice() else { panic!() };
+        let names: Vec<String> = m
+            .body
+            .iter()
+            .map(|s| match s {
+                Stmt::Assign { name, .. } => name.name.clone(),
+                Stmt::Return { .. } => "return".to_string(),
+                _ => "?".to_string(),
+            })
+            .collect();
+        // `e = 1` is kept; the bad ones are dropped.
+        assert_eq!(names, ["b", "d", "e", "return"]);
+    }
+
+    #[test]
+    fn errors_in_several_items_all_reported() {
+        let text = "config {\n  a = \n}\nblock b(x {\n  y = 1\n}\nblock c() {\n  return +\n}\nmodel m() {\n  return 1\n}\n";
+        let (file, diags) = parse_file(F, text);
+        let got: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            got,
+            ["expected expression, found newline", "expected `)` or `,`, found `{`", "expected expression, found `+`"]
+        );
+        let names: Vec<&str> = file
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Config(_) => "config",
+                Item::Block(b) => b.name.name.as_str(),
+                Item::Model(m) => m.name.name.as_str(),
+            })
+            .collect();
+        assert_eq!(names, ["config", "c", "m"]);
+    }
+
+    #[test]
+    fn unclosed_body() {
+        let text = "block a() {\n  if x {\n    y = 1\n\nblock b() {\n  return 2\n}\n";
+        let (file, diags) = parse_file(F, text);
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].message, "expected `}`, found keyword `block`");
+        assert_eq!(file.items.len(), 2);
+        assert_eq!(messages("model m() {\n  x = 1\n"), ["expected `}`, found end of file"]);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let cases = [
+            format!("model m() {{\n  x = {}\n}}\n", "(".repeat(10_000)),
+            format!("model m() {{\n  x = {}1{}\n}}\n", "(".repeat(10_000), ")".repeat(10_000)),
+            format!("model m() {{\n  x = {}1\n}}\n", "[".repeat(10_000)),
+            format!("model m() {{\n  x = {}1\n}}\n", "-".repeat(10_000)),
+            format!("model m() {{\n  x = {}1\n}}\n", "not ".repeat(10_000)),
+            format!("model m() {{\n  x = 1{}\n}}\n", " ** 2".repeat(10_000)),
+            format!("model m() {{\n  x = {}1\n}}\n", "f(".repeat(10_000)),
+            format!("model m() {{\n{}{}}}\n", "if a {\n".repeat(10_000), "}\n".repeat(10_000)),
+            format!("model m() {{\n  if a {{\n  }}{}\n}}\n", " else if a {\n  }".repeat(10_000)),
+            format!("model m(x: {}) {{}}\n", "[".repeat(10_000)),
+        ];
+        for text in &cases {
+            let (_, diags) = parse_file(F, text);
+            assert_eq!(diags.len(), 1, "{:?}", diags);
+            assert_eq!(diags[0].message, "nested too deeply: more than 256 levels");
+        }
+        // At the limit it still parses.
+        let ok = format!("model m() {{\n  x = {}1{}\n}}\n", "(".repeat(200), ")".repeat(200));
+        parse_ok(&ok);
+    }
+
+    // ---- Rendered diagnostics ----
+
+    #[test]
+    fn snapshot_missing_paren() {
+        insta::assert_snapshot!(rendered("model m(x: [n]) {\n  h = linear[proj](x, d\n  return h\n}\n"));
+    }
+
+    #[test]
+    fn snapshot_stray_token() {
+        insta::assert_snapshot!(rendered("block mlp(x, hidden) {\n  h = gelu(linear[fc](x, dim(x, -1), hidden)) hidden\n  return h\n}\n"));
+    }
+
+    #[test]
+    fn snapshot_unterminated_string() {
+        insta::assert_snapshot!(rendered("model m() {\n  assert d > 0, \"d must be positive\n  return 0\n}\n"));
+    }
+
+    #[test]
+    fn snapshot_chained_comparison() {
+        insta::assert_snapshot!(rendered("config {\n  d = 64\n}\nmodel m() {\n  assert 0 < d <= 1024, \"d out of range\"\n  return 0\n}\n"));
+    }
+
+    #[test]
+    fn snapshot_missing_equals_in_config() {
+        insta::assert_snapshot!(rendered("config {\n  vocab = 256   # vocabulary size\n  d 512\n}\n"));
+    }
+
+    #[test]
+    fn snapshot_several_errors() {
+        insta::assert_snapshot!(rendered(
+            "model m(tokens: i32[batch, seq]) {\n  h = embedding[wte](tokens, vocab d)\n  w: [d] = zeros()\n  h = h $ 2\n  return h\n"
+        ));
+    }
+
+    #[test]
+    fn snapshot_unclosed_if() {
+        insta::assert_snapshot!(rendered("block b(x) {\n  if x > 0 {\n    x = x - 1\n  return x\n}\n\nmodel m() {\n  return b(1)\n}\n"));
+    }
+
+    // ---- Robustness ----
+
+    const SAMPLE: &str = r#"# A small model covering every construct.
+config {
+  vocab = 256          # vocabulary size
+  d = 64               # width
+  layers = 2
+  eps = 1e-5
+  scale = 2.5 ** -0.5
+  names = ["a", "b\t\"c\""]
+}
+
+block linear(x, d_in, d_out, bias = true) {
+  bound = 1.0 / sqrt(d_in)
+  param weight: [d_in, d_out] = uniform(-bound, bound)
+  y = x @ weight
+  if bias and not (d_out < 1) {
+    param bias: f32[d_out] = zeros()
+    y = y + bias
+  } else if d_out == 0 {
+    y = y * 0
+  } else {
+    y = -y ** 2
+  }
+  return y
+}
+
+block layer(h, heads = 4) {
+  assert d % heads == 0, "heads must divide d"
+  assert heads >= 1 or heads != 0
+  q = linear[attn.q](h, d, d, bias=false)
+  a = softmax(q @ transpose(q, [0, 2, 1]) / sqrt(d), axis=-1)
+  return h + linear[attn.o](a @ q,
+                            d, d)
+}
+
+model tiny(tokens: i32[batch, seq], targets: i32[batch, seq,]) {
+  h = embedding[wte](tokens, vocab, d)
+  for i in 0..layers - 1 {
+    h = layer[layers.i](h)
+  }
+  h = layer[layers.0.x](h, heads = 2)
+  return cross_entropy(linear[head](h, d, vocab), targets)
+}
+"#;
+
+    #[test]
+    fn sample_parses() {
+        let (file, diags) = parse_file(F, SAMPLE);
+        // The only error: `%` is not an operator.
+        let got: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(got, ["unexpected character `%`"]);
+        assert_eq!(file.items.len(), 4);
+        parse_ok(&SAMPLE.replace("d % heads", "d / heads"));
+    }
+
+    #[test]
+    fn every_truncation_parses_without_panic() {
+        for (i, _) in SAMPLE.char_indices().chain([(SAMPLE.len(), ' ')]) {
+            let _ = parse_file(F, &SAMPLE[..i]);
+        }
+    }
+
+    #[test]
+    fn random_mutations_parse_without_panic() {
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const INTERESTING: &[u8] = b"()[]{},:=.+-*/@<>!\"#\\\n 0123456789eE_aZ\t\r%$";
+        for _ in 0..2_000 {
+            let mut bytes = SAMPLE.as_bytes().to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % (bytes.len() as u64 + 1)) as usize;
+                let byte = if next() % 4 == 0 { next() as u8 } else { INTERESTING[(next() % INTERESTING.len() as u64) as usize] };
+                match next() % 4 {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    2 => {
+                        // Duplicate or drop a whole chunk.
+                        let len = (next() % 40) as usize;
+                        let end = (at + len).min(bytes.len());
+                        if next() % 2 == 0 {
+                            let chunk = bytes[at..end].to_vec();
+                            bytes.splice(at..at, chunk);
+                        } else {
+                            bytes.drain(at..end);
+                        }
+                    }
+                    _ => bytes.insert(at, byte),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let (_, diags) = parse_file(F, &text);
+            // Every diagnostic can be rendered.
+            let mut map = SourceMap::new();
+            let id = map.add("fuzz.lpa", text.to_string(), false);
+            assert_eq!(id, F);
+            let _ = render_all(&diags, &map);
+        }
+    }
+}

@@ -39,7 +39,7 @@ fn node_attributes(id: NodeId, node: &Node) -> String {
     let mut label = format!("{} {}\n{}", id, node.op.name(), node.ty);
     let style = match &node.op {
         Op::Input { name } => {
-            let _ = write!(label, "\n{name:?}");
+            let _ = write!(label, "\n{}", crate::text::quote(name));
             ", shape=invhouse, style=filled, fillcolor=\"#cfe2ff\""
         }
         Op::Param { path, .. } => {

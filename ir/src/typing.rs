@@ -14,12 +14,15 @@ use crate::types::{DType, TensorType};
 /// operand and types; callers add the location.
 pub fn result_type(op: &Op, inputs: &[&TensorType], given: Option<&TensorType>) -> Result<TensorType, String> {
     check_arity(op, inputs.len())?;
+    // Element counts must not overflow before any rule multiplies them.
+    crate::verify::sizes_fit(op, inputs, given.unwrap_or(&TensorType::scalar(DType::F32)))?;
     if op.needs_result_type() {
         let given = given.ok_or_else(|| format!("`{}` needs its result type to be given", op.name()))?;
         check_given(op, inputs, given)?;
         return Ok(given.clone());
     }
     let inferred = infer(op, inputs)?;
+    crate::verify::sizes_fit(op, &[], &inferred)?;
     if let Some(given) = given
         && *given != inferred
     {

@@ -31,6 +31,11 @@ pub fn forward_flops(graph: &Graph) -> u64 {
     graph.ids().map(|id| node_flops(graph, id)).sum()
 }
 
+/// Forward FLOPs of the matmuls alone (the figure papers usually quote).
+pub fn matmul_flops(graph: &Graph) -> u64 {
+    graph.ids().filter(|&id| matches!(graph.node(id).op, Op::MatMul)).map(|id| node_flops(graph, id)).sum()
+}
+
 /// Which nodes depend on a parameter, and so have a gradient in training.
 pub fn needs_grad(graph: &Graph) -> Vec<bool> {
     let mut needs = vec![false; graph.len()];

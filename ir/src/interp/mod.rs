@@ -101,7 +101,12 @@ pub struct InterpError {
 
 impl InterpError {
     fn at(id: NodeId, node: &Node, message: impl Into<String>) -> Self {
-        InterpError { node: Some(id), op: Some(node.op.name()), span: node.origin.span.clone(), message: message.into() }
+        InterpError {
+            node: Some(id),
+            op: Some(node.op.name()),
+            span: node.origin.span.clone(),
+            message: message.into(),
+        }
     }
 
     fn graph(message: impl Into<String>) -> Self {
@@ -251,7 +256,12 @@ impl Env<'_> {
         Ok(RunResult { values, peak_live })
     }
 
-    fn eval_node<T: Real>(&self, id: NodeId, node: &Node, values: &[Option<Value<T>>]) -> Result<Value<T>, InterpError> {
+    fn eval_node<T: Real>(
+        &self,
+        id: NodeId,
+        node: &Node,
+        values: &[Option<Value<T>>],
+    ) -> Result<Value<T>, InterpError> {
         let mut value = match &node.op {
             Op::Input { name } => self.read(self.inputs, name, "input", node),
             Op::Param { path, .. } => self.read(self.params, path, "parameter", node),
@@ -259,7 +269,9 @@ impl Env<'_> {
                 let args: Vec<&Value<T>> = node
                     .inputs
                     .iter()
-                    .map(|i| values[i.index()].as_ref().ok_or_else(|| format!("the value of {} was freed too early", i)))
+                    .map(|i| {
+                        values[i.index()].as_ref().ok_or_else(|| format!("the value of {} was freed too early", i))
+                    })
                     .collect::<Result<_, _>>()
                     .map_err(|e| InterpError::at(id, node, e))?;
                 let arg_types: Vec<&TensorType> = node.inputs.iter().map(|&i| self.graph.ty(i)).collect();
@@ -273,7 +285,13 @@ impl Env<'_> {
 
     /// An input or parameter's tensor from the run's map, checked against the
     /// node's type.
-    fn read<T: Real>(&self, map: &BTreeMap<String, Tensor>, name: &str, what: &str, node: &Node) -> Result<Value<T>, String> {
+    fn read<T: Real>(
+        &self,
+        map: &BTreeMap<String, Tensor>,
+        name: &str,
+        what: &str,
+        node: &Node,
+    ) -> Result<Value<T>, String> {
         let tensor = map.get(name).ok_or_else(|| format!("{} `{}` was not provided", what, name))?;
         Value::from_tensor(tensor, &node.ty).map_err(|e| format!("{} `{}`: {}", what, name, e))
     }

@@ -140,14 +140,7 @@ fn float_binary<T: Real>(b: BinaryOp) -> Option<fn(T, T) -> T> {
 /// truncates toward zero and dividing by zero is an error.
 fn int_binary(b: BinaryOp, x: &[i32], y: &[i32]) -> Result<Vec<i32>, String> {
     if b == BinaryOp::Div {
-        return x
-            .iter()
-            .zip(y)
-            .enumerate()
-            .map(|(i, (&a, &c))| {
-                if c == 0 { Err(format!("i32 division by zero at element {}", i)) } else { Ok(a.wrapping_div(c)) }
-            })
-            .collect();
+        return x.iter().zip(y).enumerate().map(|(i, (&a, &c))| int_div(a, c, i)).collect();
     }
     let f: fn(i32, i32) -> i32 = match b {
         BinaryOp::Add => i32::wrapping_add,
@@ -158,6 +151,14 @@ fn int_binary(b: BinaryOp, x: &[i32], y: &[i32]) -> Result<Vec<i32>, String> {
         _ => return Err(format!("`{}` is not defined on i32 operands", b.name())),
     };
     Ok(x.iter().zip(y).map(|(&a, &c)| f(a, c)).collect())
+}
+
+fn int_div(a: i32, c: i32, element: usize) -> Result<i32, String> {
+    if c == 0 {
+        return Err(format!("i32 division by zero at element {}", element));
+    }
+    // `i32::MIN / -1` overflows; it wraps to `i32::MIN` like the hardware.
+    Ok(a.wrapping_div(c))
 }
 
 /// IEEE comparisons for floats: every comparison with NaN is false except `ne`.
@@ -232,13 +233,17 @@ fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, a_shape: &[usize], b_shape: &[usi
         let b_start = if shared { 0 } else { batch * k * n };
         let b_batch = &b[b_start..b_start + k * n];
         for i in 0..m {
-            for j in 0..n {
-                let mut acc = T::ZERO;
-                for p in 0..k {
-                    acc = acc + a_batch[i * k + p] * b_batch[p * n + j];
+            // One accumulator per output column, each summed over p in order:
+            // the same additions as a dot product per element, but reading
+            // rows of b (cache-friendly) instead of columns.
+            let mut acc = vec![T::ZERO; n];
+            for p in 0..k {
+                let a_ip = a_batch[i * k + p];
+                for (acc_j, &b_pj) in acc.iter_mut().zip(&b_batch[p * n..(p + 1) * n]) {
+                    *acc_j = *acc_j + a_ip * b_pj;
                 }
-                out.push(acc);
             }
+            out.extend(acc);
         }
     }
     Ok(Value::Float(out))

@@ -173,10 +173,13 @@ fn random_uniform_in_narrow_dtypes_stays_below_one() {
 
 // ---- elementwise ----
 
+/// An op and the f64 function it must agree with.
+type UnaryCase = (UnaryOp, fn(f64) -> f64);
+
 #[test]
 fn float_unary_ops() {
     let x = [0.5, 1.0, 4.0];
-    let cases: [(UnaryOp, fn(f64) -> f64); 10] = [
+    let cases: [UnaryCase; 10] = [
         (UnaryOp::Neg, |a| -a),
         (UnaryOp::Exp, f64::exp),
         (UnaryOp::Log, f64::ln),
@@ -282,7 +285,8 @@ fn integer_binary_ops_truncate_and_wrap() {
 fn integer_division_by_zero_is_an_error() {
     let (g, z) = binary_graph(BinaryOp::Div, DType::I32, 2);
     let g = g.graph(z);
-    let inputs = feeds(vec![("a", Tensor::from_i32(vec![2], vec![1, 2])), ("b", Tensor::from_i32(vec![2], vec![1, 0]))]);
+    let inputs =
+        feeds(vec![("a", Tensor::from_i32(vec![2], vec![1, 2])), ("b", Tensor::from_i32(vec![2], vec![1, 0]))]);
     let err = run_one(&g, Precision::F64, &inputs).unwrap_err();
     assert_eq!(err.node, Some(z));
     assert_eq!(err.to_string(), "%2 (div) at m.lpa:3:5: i32 division by zero at element 1");
@@ -452,7 +456,8 @@ fn concat_of_three_operands_along_the_last_axis() {
     let a = g.input("a", DType::I32, &[2, 1]);
     let b = g.input("b", DType::I32, &[2, 2]);
     let y = g.op(Op::Concat { axis: 1 }, &[a, b, a]);
-    let inputs = vec![("a", Tensor::from_i32(vec![2, 1], vec![0, 9])), ("b", Tensor::from_i32(vec![2, 2], vec![1, 2, 3, 4]))];
+    let inputs =
+        vec![("a", Tensor::from_i32(vec![2, 1], vec![0, 9])), ("b", Tensor::from_i32(vec![2, 2], vec![1, 2, 3, 4]))];
     assert_eq!(eval(g, y, inputs), [0., 1., 2., 0., 9., 3., 4., 9.]);
 }
 
@@ -817,10 +822,7 @@ fn bad_inputs_and_params_are_errors_naming_the_node() {
     let w = || ("layers.0.w", f32s(&[3], &[0.0; 3]));
     let x = || ("x", f32s(&[3], &[0.0; 3]));
     assert_eq!(error_with(vec![], vec![w()]), "%0 (input) at m.lpa:1:5: input `x` was not provided");
-    assert_eq!(
-        error_with(vec![x()], vec![]),
-        "%1 (param) at m.lpa:2:5: parameter `layers.0.w` was not provided"
-    );
+    assert_eq!(error_with(vec![x()], vec![]), "%1 (param) at m.lpa:2:5: parameter `layers.0.w` was not provided");
     assert_eq!(
         error_with(vec![("x", f32s(&[2], &[0.0; 2]))], vec![w()]),
         "%0 (input) at m.lpa:1:5: input `x`: expected f32[3] but was given f32[2]"
@@ -838,14 +840,17 @@ fn bad_inputs_and_params_are_errors_naming_the_node() {
         error_with(vec![x()], vec![("layers.0.w", mislabelled)]),
         "%1 (param) at m.lpa:2:5: parameter `layers.0.w`: i32 data cannot hold f32 elements"
     );
-    assert!(run(&one_input_graph(), Precision::F32, &feeds(vec![x()]), &feeds(vec![w()]), RunContext::default()).is_ok());
+    assert!(
+        run(&one_input_graph(), Precision::F32, &feeds(vec![x()]), &feeds(vec![w()]), RunContext::default()).is_ok()
+    );
 }
 
 #[test]
 fn ill_typed_graphs_are_errors_not_panics() {
     let mut g = Graph::new("bad");
     let x = g.add(Op::Input { name: "x".into() }, vec![], Some(ty(DType::F32, &[3])), Origin::default()).unwrap();
-    let bad = crate::graph::Node { op: Op::MatMul, inputs: vec![x, x], ty: ty(DType::F32, &[3]), origin: Origin::default() };
+    let bad =
+        crate::graph::Node { op: Op::MatMul, inputs: vec![x, x], ty: ty(DType::F32, &[3]), origin: Origin::default() };
     let y = g.push_unchecked(bad);
     g.add_output("y", y);
     let inputs = feeds(vec![("x", f32s(&[3], &[1.0, 2.0, 3.0]))]);

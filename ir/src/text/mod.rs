@@ -32,6 +32,7 @@ mod print;
 
 pub use parse::{ParseError, parse};
 pub use print::print;
+pub(crate) use print::quote;
 
 /// Whether a graph, output or pass name can be printed without quotes.
 pub(crate) fn is_bare_name(name: &str) -> bool {
@@ -190,6 +191,17 @@ mod tests {
         assert_eq!(print(&g), text);
         assert_eq!(g.node(NodeId(1)).origin.passes, ["lowrank"]);
         assert_eq!(g.node(NodeId(0)).origin.span.as_ref().unwrap().to_string(), "models/tiny.lpa:12:3");
+    }
+
+    /// docs/ir.md's example is real text: it parses and prints back unchanged.
+    #[test]
+    fn the_example_in_the_reference_round_trips() {
+        let doc = include_str!("../../../docs/ir.md");
+        let start = doc.find("```text\ngraph tiny {").expect("docs/ir.md has the example") + "```text\n".len();
+        let text = &doc[start..start + doc[start..].find("```").unwrap()];
+        let g = parse(text, "docs/ir.md").unwrap_or_else(|e| panic!("{}", e.render(text)));
+        assert_eq!(print(&g), text);
+        assert_eq!(g.len(), 9);
     }
 
     #[test]
