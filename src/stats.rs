@@ -86,7 +86,13 @@ pub fn human_count(n: u64) -> String {
         1_000_000_000..1_000_000_000_000 => (x / 1e9, "G"),
         _ => (x / 1e12, "T"),
     };
-    let digits = if v >= 100.0 { 1 } else if v >= 10.0 { 2 } else { 3 };
+    let digits = if v >= 100.0 {
+        1
+    } else if v >= 10.0 {
+        2
+    } else {
+        3
+    };
     format!("{v:.digits$}{unit}")
 }
 
@@ -107,7 +113,7 @@ pub fn grouped(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

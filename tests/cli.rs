@@ -4,7 +4,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn lpac(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lpac")).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("lpac runs")
+    Command::new(env!("CARGO_BIN_EXE_lpac"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("lpac runs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -106,7 +110,8 @@ fn ir_text_parses_back_through_the_cli() {
 fn broken_ir_file_gives_line_and_column() {
     let dir = temp_dir("badir");
     let bad = dir.join("bad.ir");
-    std::fs::write(&bad, "graph g {\n  %0 : f32[2] = input \"x\"\n  %1 : f32[3] = exp %0\n  output y = %1\n}\n").unwrap();
+    std::fs::write(&bad, "graph g {\n  %0 : f32[2] = input \"x\"\n  %1 : f32[3] = exp %0\n  output y = %1\n}\n")
+        .unwrap();
     let o = lpac(&["ir", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
@@ -143,7 +148,8 @@ fn stats_json_has_the_documented_keys() {
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(s["total_params"], 368_925_952u64);
     let groups = &s["params_by_group"];
-    let sum: u64 = ["embeddings", "attention", "ffn", "norms", "head", "other"].iter().map(|g| groups[g].as_u64().unwrap()).sum();
+    let sum: u64 =
+        ["embeddings", "attention", "ffn", "norms", "head", "other"].iter().map(|g| groups[g].as_u64().unwrap()).sum();
     assert_eq!(sum, 368_925_952, "groups partition the parameters");
     // 24 layers x 4 projections x (1024x1024 + 1024).
     assert_eq!(groups["attention"], 24 * 4 * (1024 * 1024 + 1024));

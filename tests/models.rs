@@ -120,7 +120,8 @@ fn untrained_tiny_predicts_random_bytes_at_about_ln_256() {
 #[test]
 fn f32_and_f64_runs_agree_on_every_model() {
     for path in MODELS {
-        let g = compile(path, &["layers=2", "d=32", "heads=2", "ffn=64", "seq=8", "batch=2", "vocab=256", "dropout=0.1"]);
+        let g =
+            compile(path, &["layers=2", "d=32", "heads=2", "ffn=64", "seq=8", "batch=2", "vocab=256", "dropout=0.1"]);
         let (l32, l64) = (loss(&g, Precision::F32, 3), loss(&g, Precision::F64, 3));
         let rel = (l32 - l64).abs() / l64.abs();
         assert!(rel < 1e-5, "{path}: f32 loss {l32} vs f64 loss {l64} (relative {rel:e})");

@@ -105,11 +105,22 @@ pub enum ExprKind {
     Name(String),
     /// `[a, b, c]`: shapes, permutations, lists of tensors.
     List(Vec<Expr>),
-    Unary { op: UnaryOp, operand: Box<Expr> },
-    Binary { op: BinOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Unary {
+        op: UnaryOp,
+        operand: Box<Expr>,
+    },
+    Binary {
+        op: BinOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
     /// `callee(args)` or, to put the parameters the block declares under a
     /// sub-scope, `callee[scope.path](args)`.
-    Call { callee: Ident, scope: Option<ScopePath>, args: Vec<Arg> },
+    Call {
+        callee: Ident,
+        scope: Option<ScopePath>,
+        args: Vec<Arg>,
+    },
 }
 
 /// `attn`, `layers.i` — segments of a parameter path. A segment that names a

@@ -264,7 +264,7 @@ fn infer_reshape(ty: &TensorType, dims: &[i64]) -> Result<Vec<usize>, String> {
     let known: usize = dims.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
     let mut shape: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(&i) = unknown.first() {
-        if ty.numel() % known != 0 {
+        if !ty.numel().is_multiple_of(known) {
             return Err(format!("cannot reshape {} to {:?}", ty, dims));
         }
         shape[i] = ty.numel() / known;

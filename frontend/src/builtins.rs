@@ -238,14 +238,22 @@ impl Call<'_, '_, '_> {
             "rank" => Ok(Value::Int(self.tensor(0)?.ty.rank() as i64)),
             "dtype" => Ok(Value::DType(self.tensor(0)?.ty.dtype)),
             "float" => Ok(Value::Float(self.float(0)?)),
-            "int" => self.to_int(),
+            "int" => self.int_of_value(),
             "normal" => {
                 let (mean, std) = (self.float(0)?, self.float(1)?);
-                if std.is_finite() && std >= 0.0 { Ok(Value::Init(Init::Normal { mean, std })) } else { Err(self.at(1, "std must be finite and not negative".into())) }
+                if std.is_finite() && std >= 0.0 {
+                    Ok(Value::Init(Init::Normal { mean, std }))
+                } else {
+                    Err(self.at(1, "std must be finite and not negative".into()))
+                }
             }
             "uniform" => {
                 let (lo, hi) = (self.float(0)?, self.float(1)?);
-                if lo < hi { Ok(Value::Init(Init::Uniform { lo, hi })) } else { Err(CallError::At(self.span, format!("uniform({lo}, {hi}) needs lo < hi"))) }
+                if lo < hi {
+                    Ok(Value::Init(Init::Uniform { lo, hi }))
+                } else {
+                    Err(CallError::At(self.span, format!("uniform({lo}, {hi}) needs lo < hi")))
+                }
             }
             "zeros" => Ok(Value::Init(Init::Const { value: 0.0 })),
             "ones" => Ok(Value::Init(Init::Const { value: 1.0 })),
@@ -352,7 +360,7 @@ impl Call<'_, '_, '_> {
         self.build(|b, s| b.concat(&parts, axis, s))
     }
 
-    fn to_int(&mut self) -> CallResult {
+    fn int_of_value(&self) -> CallResult {
         match self.arg(0).value {
             Value::Int(i) => Ok(Value::Int(i)),
             Value::Float(x) if x.is_finite() && x.abs() < 9e15 => Ok(Value::Int(x.trunc() as i64)),
@@ -409,7 +417,10 @@ impl Call<'_, '_, '_> {
     }
 
     fn float(&self, i: usize) -> Result<f64, CallError> {
-        self.arg(i).value.as_f64().ok_or_else(|| self.at(i, format!("expected a number, found {}", self.arg(i).value.describe())))
+        self.arg(i)
+            .value
+            .as_f64()
+            .ok_or_else(|| self.at(i, format!("expected a number, found {}", self.arg(i).value.describe())))
     }
 
     fn float_or(&self, i: usize, default: f64) -> Result<f64, CallError> {
@@ -456,7 +467,10 @@ impl Call<'_, '_, '_> {
         Ok(dims.into_iter().map(|d| d as usize).collect())
     }
 
-    fn build(&mut self, f: impl FnOnce(&mut crate::build::GraphBuilder, &Site) -> Result<TensorVal, String>) -> CallResult {
+    fn build(
+        &mut self,
+        f: impl FnOnce(&mut crate::build::GraphBuilder, &Site) -> Result<TensorVal, String>,
+    ) -> CallResult {
         let site = self.ev.site(self.frame, self.span);
         f(&mut self.ev.builder, &site).map(Value::Tensor).map_err(|m| CallError::At(self.span, m))
     }

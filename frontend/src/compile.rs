@@ -69,8 +69,13 @@ impl std::fmt::Debug for CompileError {
 /// Reads and compiles a model file.
 pub fn compile_file(path: &Path, overrides: &[Override]) -> Result<Model, CompileError> {
     let bytes = std::fs::read(path).map_err(|e| CompileError::plain(format!("cannot read {}: {e}", path.display())))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| CompileError::plain(format!("{} is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        CompileError::plain(format!(
+            "{} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     compile(&path.display().to_string(), &text, overrides)
 }
 
@@ -86,9 +91,9 @@ pub fn compile(name: &str, text: &str, overrides: &[Override]) -> Result<Model, 
         return Err(CompileError { sources, diagnostics, messages: Vec::new() });
     }
     let result = build(&sources, &prelude, &user, Span::new(user_id, 0, 0), overrides);
-    result.map(|(name, graph, config)| Model { name, graph, config, source: text.to_string() }).map_err(
-        |(diagnostics, messages)| CompileError { sources, diagnostics, messages },
-    )
+    result
+        .map(|(name, graph, config)| Model { name, graph, config, source: text.to_string() })
+        .map_err(|(diagnostics, messages)| CompileError { sources, diagnostics, messages })
 }
 
 type BuildResult = Result<(String, Graph, Config), (Vec<Diagnostic>, Vec<String>)>;
@@ -110,7 +115,8 @@ fn build(sources: &SourceMap, prelude: &File, user: &File, file_start: Span, ove
     let mut graph = ev.builder.graph;
     graph.add_output("loss", loss.node);
     if let Err(errors) = lpac_ir::verify(&graph) {
-        let text: Vec<String> = errors.iter().map(|e| format!("internal error, the built graph is invalid: {e}")).collect();
+        let text: Vec<String> =
+            errors.iter().map(|e| format!("internal error, the built graph is invalid: {e}")).collect();
         return Err((Vec::new(), text));
     }
     Ok((model.name.name.clone(), graph, config))
@@ -118,12 +124,22 @@ fn build(sources: &SourceMap, prelude: &File, user: &File, file_start: Span, ove
 
 /// Evaluates config entries in order, applying overrides. Unknown keys and
 /// ill-typed values are reported together.
-fn evaluate_config(ev: &mut Evaluator<'_>, program: &Program<'_>, overrides: &[Override]) -> Result<Config, Vec<String>> {
+fn evaluate_config(
+    ev: &mut Evaluator<'_>,
+    program: &Program<'_>,
+    overrides: &[Override],
+) -> Result<Config, Vec<String>> {
     let mut errors = Vec::new();
     let keys: Vec<&str> = program.config.iter().map(|e| e.name.name.as_str()).collect();
     for o in overrides {
         if !keys.contains(&o.key.as_str()) {
-            errors.push(format!("`--set {}={}`: this model has no config key `{}`; its keys are: {}", o.key, o.value, o.key, keys.join(", ")));
+            errors.push(format!(
+                "`--set {}={}`: this model has no config key `{}`; its keys are: {}",
+                o.key,
+                o.value,
+                o.key,
+                keys.join(", ")
+            ));
         }
     }
     let mut config = Config::default();
@@ -139,12 +155,18 @@ fn evaluate_config(ev: &mut Evaluator<'_>, program: &Program<'_>, overrides: &[O
             }),
             (None, Value::Int(_) | Value::Float(_) | Value::Bool(_)) => default.clone(),
             (None, other) => {
-                let msg = format!("config value `{}` must be a number or bool, not {}", entry.name.name, other.describe());
+                let msg =
+                    format!("config value `{}` must be a number or bool, not {}", entry.name.name, other.describe());
                 ev.error(&frame, entry.value.span, msg)
             }
         };
         ev.config.insert(entry.name.name.clone(), value.clone());
-        config.entries.push(ConfigValue { name: entry.name.name.clone(), value, doc: entry.doc.clone(), overridden: chosen.is_some() });
+        config.entries.push(ConfigValue {
+            name: entry.name.name.clone(),
+            value,
+            doc: entry.doc.clone(),
+            overridden: chosen.is_some(),
+        });
     }
     if errors.is_empty() && ev.diagnostics.is_empty() { Ok(config) } else { Err(errors) }
 }

@@ -212,7 +212,14 @@ impl<'a> Evaluator<'a> {
         Flow::Next
     }
 
-    fn declare_param(&mut self, frame: &Frame, name: &ast::Ident, ty: &ast::TypeExpr, init: &Expr, span: Span) -> Value {
+    fn declare_param(
+        &mut self,
+        frame: &Frame,
+        name: &ast::Ident,
+        ty: &ast::TypeExpr,
+        init: &Expr,
+        span: Span,
+    ) -> Value {
         let Some(tensor_ty) = self.eval_type(frame, ty, DType::F32) else { return Value::Poison };
         if !tensor_ty.dtype.is_float() {
             return self.error(frame, ty.span, format!("parameters must be floats, not {}", tensor_ty.dtype));
@@ -402,7 +409,10 @@ impl<'a> Evaluator<'a> {
                 let site = self.site(frame, span);
                 self.builder.constant(value, TensorType::scalar(dtype), &site).map_err(|m| Diagnostic::error(span, m))
             }
-            other => Err(Diagnostic::error(span, format!("`{}` needs a tensor here, found {}", op.symbol(), other.describe()))),
+            other => Err(Diagnostic::error(
+                span,
+                format!("`{}` needs a tensor here, found {}", op.symbol(), other.describe()),
+            )),
         }
     }
 
@@ -421,7 +431,14 @@ impl<'a> Evaluator<'a> {
 
     // ---- calls ---------------------------------------------------------------
 
-    fn call(&mut self, frame: &Frame, callee: &ast::Ident, scope: Option<&ast::ScopePath>, args: &[ast::Arg], span: Span) -> Value {
+    fn call(
+        &mut self,
+        frame: &Frame,
+        callee: &ast::Ident,
+        scope: Option<&ast::ScopePath>,
+        args: &[ast::Arg],
+        span: Span,
+    ) -> Value {
         let mut values = Vec::with_capacity(args.len());
         for arg in args {
             let v = self.eval(frame, &arg.value);
@@ -431,7 +448,8 @@ impl<'a> Evaluator<'a> {
             return self.call_block(frame, block, scope, values, span);
         }
         if let Some(scope) = scope {
-            let msg = format!("`{}` is a built-in operation and declares no parameters, so it takes no scope", callee.name);
+            let msg =
+                format!("`{}` is a built-in operation and declares no parameters, so it takes no scope", callee.name);
             return self.error(frame, scope.span, msg);
         }
         builtins::call(self, frame, callee, values, span)
@@ -446,7 +464,11 @@ impl<'a> Evaluator<'a> {
         span: Span,
     ) -> Value {
         if self.depth >= MAX_CALL_DEPTH {
-            return self.error(frame, span, format!("block calls nested deeper than {MAX_CALL_DEPTH}: is `{}` recursive?", block.name.name));
+            return self.error(
+                frame,
+                span,
+                format!("block calls nested deeper than {MAX_CALL_DEPTH}: is `{}` recursive?", block.name.name),
+            );
         }
         let mut callee = Frame {
             vars: HashMap::new(),
@@ -471,7 +493,14 @@ impl<'a> Evaluator<'a> {
         }
     }
 
-    fn bind_block_args(&mut self, frame: &Frame, callee: &mut Frame, block: &ast::BlockDef, args: Vec<builtins::ArgValue>, span: Span) -> bool {
+    fn bind_block_args(
+        &mut self,
+        frame: &Frame,
+        callee: &mut Frame,
+        block: &ast::BlockDef,
+        args: Vec<builtins::ArgValue>,
+        span: Span,
+    ) -> bool {
         let names: Vec<&str> = block.params.iter().map(|p| p.name.name.as_str()).collect();
         let bound = match builtins::bind_args(&block.name.name, &names, args, span, true) {
             Ok(bound) => bound,
@@ -524,7 +553,6 @@ impl<'a> Evaluator<'a> {
             }
         }
     }
-
 }
 
 /// A scope segment: a loop variable becomes its value, anything else is literal.
@@ -593,15 +621,11 @@ fn int_binary(op: BinOp, x: i64, y: i64) -> Option<Result<Value, String>> {
         BinOp::Sub => x.checked_sub(y).map(Value::Int).ok_or_else(overflow),
         BinOp::Mul => x.checked_mul(y).map(Value::Int).ok_or_else(overflow),
         BinOp::Div if y == 0 => Err(format!("division by zero: {x} / 0")),
-        BinOp::Div if x % y != 0 => {
-            Err(format!("{x} / {y} is not a whole number (write {x}.0 / {y} for a float)"))
-        }
+        BinOp::Div if x % y != 0 => Err(format!("{x} / {y} is not a whole number (write {x}.0 / {y} for a float)")),
         BinOp::Div => Ok(Value::Int(x / y)),
-        BinOp::Pow if y >= 0 => u32::try_from(y)
-            .ok()
-            .and_then(|e| x.checked_pow(e))
-            .map(Value::Int)
-            .ok_or_else(overflow),
+        BinOp::Pow if y >= 0 => {
+            u32::try_from(y).ok().and_then(|e| x.checked_pow(e)).map(Value::Int).ok_or_else(overflow)
+        }
         BinOp::Pow => Ok(Value::Float((x as f64).powf(y as f64))),
         BinOp::Lt => Ok(Value::Bool(x < y)),
         BinOp::Le => Ok(Value::Bool(x <= y)),

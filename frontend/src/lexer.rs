@@ -379,7 +379,38 @@ impl Lexer<'_> {
             return false;
         }
         let rest = self.text[self.pos..].trim_start_matches([' ', '\t']);
-        rest.starts_with('=') && !rest.starts_with("==")
+        if !rest.starts_with('=') || rest.starts_with("==") {
+            return false;
+        }
+        // `bias=false)`: a named argument after a forgotten `,`, since the
+        // line closes a bracket it did not open.
+        let mut depth = 0i32;
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\n' | '#' => break,
+                '(' | '[' => depth += 1,
+                ')' | ']' => {
+                    depth -= 1;
+                    if depth < 0 {
+                        return false;
+                    }
+                }
+                '"' => {
+                    while let Some(c) = chars.next() {
+                        match c {
+                            '"' | '\n' => break,
+                            '\\' => {
+                                chars.next();
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        true
     }
 
     fn digits(&mut self) {
@@ -397,7 +428,8 @@ impl Lexer<'_> {
         self.digits();
         // After `.` (a scope path such as `layers.0.1`) a number is a plain
         // integer: no fraction, no exponent.
-        let after_dot = matches!(self.tokens.last(), Some(t) if t.kind == TokenKind::Dot && t.span.end as usize == start);
+        let after_dot =
+            matches!(self.tokens.last(), Some(t) if t.kind == TokenKind::Dot && t.span.end as usize == start);
         let mut is_float = false;
         if !after_dot {
             if self.peek_byte(0) == Some(b'.') && self.peek_byte(1).is_some_and(|b| b.is_ascii_digit()) {
@@ -454,8 +486,7 @@ impl Lexer<'_> {
         let start = self.pos;
         self.pos += 1;
         let mut value = String::new();
-        loop {
-            let Some(c) = self.text[self.pos..].chars().next() else { break };
+        while let Some(c) = self.text[self.pos..].chars().next() {
             match c {
                 '"' => {
                     self.pos += 1;
@@ -653,8 +684,8 @@ mod tests {
         assert_eq!(
             kinds("( ) [ ] { } , : = . .. + - * / @ ** < <= > >= == !="),
             vec![
-                LParen, RParen, LBracket, RBracket, LBrace, RBrace, Comma, Colon, Assign, Dot, DotDot, Plus,
-                Minus, Star, Slash, At, StarStar, Lt, Le, Gt, Ge, EqEq, Ne, Eof
+                LParen, RParen, LBracket, RBracket, LBrace, RBrace, Comma, Colon, Assign, Dot, DotDot, Plus, Minus,
+                Star, Slash, At, StarStar, Lt, Le, Gt, Ge, EqEq, Ne, Eof
             ]
         );
         assert_eq!(kinds("a**-2"), vec![ident("a"), StarStar, Minus, Int(2), Eof]);
@@ -686,8 +717,20 @@ mod tests {
         assert_eq!(
             kinds,
             vec![
-                LBrace, Newline, ident("x"), Assign, ident("f"), LParen, Error, Newline, ident("y"), Assign,
-                Int(2), Newline, RBrace, Eof
+                LBrace,
+                Newline,
+                ident("x"),
+                Assign,
+                ident("f"),
+                LParen,
+                Error,
+                Newline,
+                ident("y"),
+                Assign,
+                Int(2),
+                Newline,
+                RBrace,
+                Eof
             ]
         );
     }
@@ -809,7 +852,43 @@ mod tests {
         );
         assert_eq!(
             kinds("{ y = f(a,\n z = 1) }"),
-            vec![LBrace, ident("y"), Assign, ident("f"), LParen, ident("a"), Comma, ident("z"), Assign, Int(1), RParen, RBrace, Eof]
+            vec![
+                LBrace,
+                ident("y"),
+                Assign,
+                ident("f"),
+                LParen,
+                ident("a"),
+                Comma,
+                ident("z"),
+                Assign,
+                Int(1),
+                RParen,
+                RBrace,
+                Eof
+            ]
+        );
+        assert_eq!(
+            kinds("{ y = f(a\n z = \")\" + g(1)) }"),
+            vec![
+                LBrace,
+                ident("y"),
+                Assign,
+                ident("f"),
+                LParen,
+                ident("a"),
+                ident("z"),
+                Assign,
+                Str(")".to_string()),
+                Plus,
+                ident("g"),
+                LParen,
+                Int(1),
+                RParen,
+                RParen,
+                RBrace,
+                Eof
+            ]
         );
         assert_eq!(
             kinds("{ y = f(a\n == b) }"),
@@ -825,13 +904,15 @@ mod tests {
         let messages: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
         assert_eq!(
             messages,
-            ["unexpected character `$`", "unexpected characters `€€`", "unexpected character `;`", "unexpected character `!`"]
+            [
+                "unexpected character `$`",
+                "unexpected characters `€€`",
+                "unexpected character `;`",
+                "unexpected character `!`"
+            ]
         );
         let kinds: Vec<TokenKind> = tokens.into_iter().map(|t| t.kind).collect();
-        assert_eq!(
-            kinds,
-            vec![ident("a"), Error, ident("b"), Error, ident("c"), Error, Error, ident("d"), Eof]
-        );
+        assert_eq!(kinds, vec![ident("a"), Error, ident("b"), Error, ident("c"), Error, Error, ident("d"), Eof]);
     }
 
     #[test]

@@ -42,7 +42,16 @@ pub fn parse_file(file: FileId, text: &str) -> (File, Vec<Diagnostic>) {
 
 fn parse_on_this_thread(file: FileId, text: &str) -> (File, Vec<Diagnostic>) {
     let (tokens, mut diags) = lex(file, text);
-    let mut parser = Parser { text, tokens, pos: 0, prev: Span::new(file, 0, 0), diags: Vec::new(), depth: 0, last_error_at: None };
+    let mut parser = Parser {
+        text,
+        tokens,
+        pos: 0,
+        prev: Span::new(file, 0, 0),
+        diags: Vec::new(),
+        depth: 0,
+        last_error_at: None,
+        misindented: None,
+    };
     let items = parser.items();
     diags.append(&mut parser.diags);
     diags.sort_by_key(|d| d.span.start);
@@ -98,6 +107,10 @@ struct Parser<'a> {
     depth: u32,
     /// The token index of the last diagnostic, so that one place gets one.
     last_error_at: Option<usize>,
+    /// In the current item, the first `{` whose `}` is indented unlike the
+    /// line of the `{`, and that `}`: when a body is left open, that `}` was
+    /// likely meant for an outer `{`.
+    misindented: Option<(Span, Span)>,
 }
 
 impl Parser<'_> {
@@ -186,6 +199,27 @@ impl Parser<'_> {
         result
     }
 
+    /// The leading blanks of the line `span` starts on.
+    fn indent(&self, span: Span) -> &str {
+        let start = self.text[..span.start as usize].rfind('\n').map_or(0, |i| i + 1);
+        let line = &self.text[start..];
+        &line[..line.len() - line.trim_start_matches([' ', '\t']).len()]
+    }
+
+    /// Whether only blanks precede `span` on its line.
+    fn starts_line(&self, span: Span) -> bool {
+        let before = &self.text[..span.start as usize];
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        before[start..].trim_start_matches([' ', '\t']).is_empty()
+    }
+
+    /// 1-based line and column (in characters) of the start of `span`.
+    fn line_col(&self, span: Span) -> (usize, usize) {
+        let before = &self.text[..span.start as usize];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
+    }
+
     // ---- Recovery ----
 
     fn is_item_keyword(kind: &TokenKind) -> bool {
@@ -236,6 +270,7 @@ impl Parser<'_> {
     fn items(&mut self) -> Vec<Item> {
         let mut items = Vec::new();
         loop {
+            self.misindented = None;
             let result = match self.kind() {
                 TokenKind::Eof => break,
                 TokenKind::Newline => {
@@ -304,6 +339,10 @@ impl Parser<'_> {
         if self.at(&TokenKind::Newline) && *self.kind_at(1) == TokenKind::LBrace {
             self.bump();
         }
+        if self.at(&TokenKind::Assign) {
+            let d = self.expected_diag("`{`").with_note("use `==` to compare");
+            return Err(self.report(d));
+        }
         self.expect(&TokenKind::LBrace)
     }
 
@@ -324,9 +363,33 @@ impl Parser<'_> {
                 TokenKind::Newline => {
                     self.bump();
                 }
-                TokenKind::RBrace => return (entries, self.bump().span),
+                TokenKind::RBrace => {
+                    let close = self.bump().span;
+                    if self.misindented.is_none() && self.starts_line(close) && self.indent(open) != self.indent(close)
+                    {
+                        self.misindented = Some((open, close));
+                    }
+                    return (entries, close);
+                }
+                k if Self::is_item_keyword(k) && *self.kind_at(1) == TokenKind::Assign => {
+                    // `model = 1`: a keyword as a name, not the next item.
+                    let word = k.symbol();
+                    let d = self
+                        .expected_diag("identifier")
+                        .with_note(format!("`{word}` is a keyword; choose another name"));
+                    self.report(d);
+                    self.bump();
+                    self.skip_statement();
+                }
                 k if *k == TokenKind::Eof || Self::is_item_keyword(k) => {
-                    let d = self.expected_diag("`}`").with_secondary(open, "this `{` is not closed");
+                    let mut d = self.expected_diag("`}`").with_secondary(open, "this `{` is not closed");
+                    if let Some((inner_open, inner_close)) = self.misindented.take() {
+                        let (line, _) = self.line_col(inner_close);
+                        d = d.with_secondary(
+                            inner_open,
+                            format!("perhaps this `{{` lacks its `}}`: the `}}` on line {line} that closes it is indented differently"),
+                        );
+                    }
                     self.report(d);
                     return (entries, self.prev);
                 }
@@ -439,7 +502,11 @@ impl Parser<'_> {
         let var = self.ident("identifier")?;
         self.expect(&TokenKind::In)?;
         let start = self.expr()?;
-        self.expect(&TokenKind::DotDot)?;
+        if !self.at(&TokenKind::DotDot) {
+            let d = self.expected_diag("`..`").with_note("a loop runs over a range of integers: `for i in 0..n`");
+            return Err(self.report(d));
+        }
+        self.bump();
         let end = self.expr()?;
         let (body, close) = self.body()?;
         Ok(Stmt::For { var, start, end, body, span: keyword.to(close) })
@@ -463,7 +530,11 @@ impl Parser<'_> {
 
     /// Items separated by commas (a trailing comma allowed) up to `close`,
     /// after the opening bracket. Returns the span of `close`.
-    fn comma_list<X>(&mut self, close: TokenKind, mut item: impl FnMut(&mut Self) -> PResult<X>) -> PResult<(Vec<X>, Span)> {
+    fn comma_list<X>(
+        &mut self,
+        close: TokenKind,
+        mut item: impl FnMut(&mut Self) -> PResult<X>,
+    ) -> PResult<(Vec<X>, Span)> {
         let mut items = Vec::new();
         loop {
             if let Some(span) = self.eat(&close) {
@@ -491,8 +562,7 @@ impl Parser<'_> {
         };
         // The operator of the comparison `lhs` is, to reject `a < b < c`.
         let mut comparison: Option<Span> = None;
-        loop {
-            let Some((op, power)) = binary_op(self.kind()) else { break };
+        while let Some((op, power)) = binary_op(self.kind()) {
             if power < min {
                 break;
             }
@@ -620,7 +690,6 @@ fn segments(scope: &ScopePath) -> String {
     scope.segments.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(".")
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,7 +758,7 @@ mod tests {
         }
     }
 
-    fn text_of<'t>(text: &'t str, span: Span) -> &'t str {
+    fn text_of(text: &str, span: Span) -> &str {
         &text[span.start as usize..span.end as usize]
     }
 
@@ -804,7 +873,9 @@ mod tests {
         let params: Vec<String> = block
             .params
             .iter()
-            .map(|p| format!("{}{}", p.name.name, p.default.as_ref().map(|d| format!("={}", sx(d))).unwrap_or_default()))
+            .map(|p| {
+                format!("{}{}", p.name.name, p.default.as_ref().map(|d| format!("={}", sx(d))).unwrap_or_default())
+            })
             .collect();
         assert_eq!(params, ["x", "n", "bias=true"]);
         // `assert d` is kept (the rest of its line is skipped): 7 statements.
@@ -839,7 +910,8 @@ mod tests {
 
     #[test]
     fn model_inputs() {
-        let text = "model tiny(tokens: i32[batch, seq],\n           targets: i32[batch, seq], mask: [seq]) {\n  return 0\n}";
+        let text =
+            "model tiny(tokens: i32[batch, seq],\n           targets: i32[batch, seq], mask: [seq]) {\n  return 0\n}";
         let file = parse_ok(text);
         let [Item::Model(m)] = file.items.as_slice() else { panic!() };
         assert_eq!(m.name.name, "tiny");
@@ -896,7 +968,10 @@ model tiny(tokens: i32[batch, seq], targets: i32[batch, seq]) {
         let Item::Block(linear) = &file.items[2] else { panic!() };
         assert_eq!(linear.name.name, "linear");
         assert_eq!(linear.body.len(), 5);
-        assert!(text_of(EXAMPLE, linear.span).starts_with("block linear(") && text_of(EXAMPLE, linear.span).ends_with("return y\n}"));
+        assert!(
+            text_of(EXAMPLE, linear.span).starts_with("block linear(")
+                && text_of(EXAMPLE, linear.span).ends_with("return y\n}")
+        );
     }
 
     // ---- Errors ----
@@ -931,6 +1006,13 @@ model tiny(tokens: i32[batch, seq], targets: i32[batch, seq]) {
         assert_eq!(messages("model m() {\n  assert x, 3\n}\n"), ["expected string, found number 3"]);
         assert_eq!(messages("model m() {\n  else {\n  }\n}\n"), ["expected statement, found keyword `else`"]);
         assert_eq!(messages("model m(x) {}"), ["expected `:`, found `)`"]);
+        assert_eq!(messages("config {\n  model = 1\n  d = 2\n}\n"), ["expected identifier, found keyword `model`"]);
+        assert_eq!(messages("model m() {\n  if a = b {\n  }\n}\n"), ["expected `{`, found `=`"]);
+        // A `,` forgotten before a named argument on the next line.
+        assert_eq!(
+            messages("model m() {\n  y = f(x, d\n        bias=false)\n  return y\n}\n"),
+            ["expected `)` or `,`, found identifier `bias`"]
+        );
         assert_eq!(messages("block b(x y) {}"), ["expected `)` or `,`, found identifier `y`"]);
         assert_eq!(messages("model m() { x = 1 } }"), ["expected `config`, `block` or `model`, found `}`"]);
     }
@@ -967,7 +1049,14 @@ model tiny(tokens: i32[batch, seq], targets: i32[batch, seq]) {
         let text = "model m(x: [n]) {\n  a = (x + \n  b = x\n  c = f(x,, y)\n  d = b\n  e = 1 2\n  return d\n}\n";
         let (file, diags) = parse_file(F, text);
         let got: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
-        assert_eq!(got, ["expected expression, found newline", "expected expression, found `,`", "expected newline, found number 2"]);
+        assert_eq!(
+            got,
+            [
+                "expected expression, found newline",
+                "expected expression, found `,`",
+                "expected newline, found number 2"
+            ]
+        );
         let [Item::Model(m)] = file.items.as_slice() else { panic!() };
         let names: Vec<String> = m
             .body
@@ -984,7 +1073,8 @@ model tiny(tokens: i32[batch, seq], targets: i32[batch, seq]) {
 
     #[test]
     fn errors_in_several_items_all_reported() {
-        let text = "config {\n  a = \n}\nblock b(x {\n  y = 1\n}\nblock c() {\n  return +\n}\nmodel m() {\n  return 1\n}\n";
+        let text =
+            "config {\n  a = \n}\nblock b(x {\n  y = 1\n}\nblock c() {\n  return +\n}\nmodel m() {\n  return 1\n}\n";
         let (file, diags) = parse_file(F, text);
         let got: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
         assert_eq!(
@@ -1046,7 +1136,9 @@ model tiny(tokens: i32[batch, seq], targets: i32[batch, seq]) {
 
     #[test]
     fn snapshot_stray_token() {
-        insta::assert_snapshot!(rendered("block mlp(x, hidden) {\n  h = gelu(linear[fc](x, dim(x, -1), hidden)) hidden\n  return h\n}\n"));
+        insta::assert_snapshot!(rendered(
+            "block mlp(x, hidden) {\n  h = gelu(linear[fc](x, dim(x, -1), hidden)) hidden\n  return h\n}\n"
+        ));
     }
 
     #[test]
@@ -1056,7 +1148,9 @@ model tiny(tokens: i32[batch, seq], targets: i32[batch, seq]) {
 
     #[test]
     fn snapshot_chained_comparison() {
-        insta::assert_snapshot!(rendered("config {\n  d = 64\n}\nmodel m() {\n  assert 0 < d <= 1024, \"d out of range\"\n  return 0\n}\n"));
+        insta::assert_snapshot!(rendered(
+            "config {\n  d = 64\n}\nmodel m() {\n  assert 0 < d <= 1024, \"d out of range\"\n  return 0\n}\n"
+        ));
     }
 
     #[test]
@@ -1073,7 +1167,9 @@ model tiny(tokens: i32[batch, seq], targets: i32[batch, seq]) {
 
     #[test]
     fn snapshot_unclosed_if() {
-        insta::assert_snapshot!(rendered("block b(x) {\n  if x > 0 {\n    x = x - 1\n  return x\n}\n\nmodel m() {\n  return b(1)\n}\n"));
+        insta::assert_snapshot!(rendered(
+            "block b(x) {\n  if x > 0 {\n    x = x - 1\n  return x\n}\n\nmodel m() {\n  return b(1)\n}\n"
+        ));
     }
 
     // ---- Robustness ----
@@ -1153,7 +1249,11 @@ model tiny(tokens: i32[batch, seq], targets: i32[batch, seq,]) {
             let mut bytes = SAMPLE.as_bytes().to_vec();
             for _ in 0..1 + next() % 4 {
                 let at = (next() % (bytes.len() as u64 + 1)) as usize;
-                let byte = if next() % 4 == 0 { next() as u8 } else { INTERESTING[(next() % INTERESTING.len() as u64) as usize] };
+                let byte = if next() % 4 == 0 {
+                    next() as u8
+                } else {
+                    INTERESTING[(next() % INTERESTING.len() as u64) as usize]
+                };
                 match next() % 4 {
                     0 if at < bytes.len() => bytes[at] = byte,
                     1 if at < bytes.len() => {

@@ -40,14 +40,20 @@ pub fn resolve<'a>(prelude: &'a File, user: &'a File, file_start: Span) -> (Prog
                             .with_secondary(first, "first defined here"),
                     );
                 } else if builtins::signature(&b.name.name).is_some() {
-                    r.push(Diagnostic::error(b.name.span, format!("`{}` is a built-in and cannot be redefined", b.name.name)));
+                    r.push(Diagnostic::error(
+                        b.name.span,
+                        format!("`{}` is a built-in and cannot be redefined", b.name.name),
+                    ));
                 }
                 blocks.insert(b.name.name.clone(), b);
             }
             Item::Config(entries) => {
                 if let Some(first) = config_span {
                     let span = entries.first().map(|e| e.name.span).unwrap_or(first);
-                    r.push(Diagnostic::error(span, "a file has one `config` section").with_secondary(first, "the first one"));
+                    r.push(
+                        Diagnostic::error(span, "a file has one `config` section")
+                            .with_secondary(first, "the first one"),
+                    );
                 }
                 config_span = config_span.or(entries.first().map(|e| e.name.span));
                 config.extend(entries.iter());
@@ -158,7 +164,10 @@ impl Resolver {
             }
             ExprKind::Call { callee, args, .. } => {
                 if builtins::signature(&callee.name).is_none() {
-                    self.push(Diagnostic::error(callee.span, format!("`{}` cannot be used in a config value", callee.name)));
+                    self.push(Diagnostic::error(
+                        callee.span,
+                        format!("`{}` cannot be used in a config value", callee.name),
+                    ));
                 }
                 for a in args {
                     self.config_expr(scope, &a.value);
@@ -240,14 +249,20 @@ impl Resolver {
                 Some(name) => match params.iter().position(|q| *q == name.name) {
                     Some(i) => i,
                     None => {
-                        let msg = format!("`{}` has no argument `{}` (it has: {})", callee.name, name.name, params.join(", "));
+                        let msg = format!(
+                            "`{}` has no argument `{}` (it has: {})",
+                            callee.name,
+                            name.name,
+                            params.join(", ")
+                        );
                         self.push(Diagnostic::error(name.span, msg));
                         return;
                     }
                 },
             };
             if index >= params.len() {
-                let msg = format!("`{}` takes {} argument(s), but {} were given", callee.name, params.len(), args.len());
+                let msg =
+                    format!("`{}` takes {} argument(s), but {} were given", callee.name, params.len(), args.len());
                 self.push(Diagnostic::error(arg.value.span, msg).with_label("unexpected argument"));
                 return;
             }
@@ -257,8 +272,13 @@ impl Resolver {
             }
             given[index] = true;
         }
-        let missing: Vec<&str> =
-            params.iter().zip(&required).zip(&given).filter(|((_, r), g)| **r && !**g).map(|((n, _), _)| n.as_str()).collect();
+        let missing: Vec<&str> = params
+            .iter()
+            .zip(&required)
+            .zip(&given)
+            .filter(|((_, r), g)| **r && !**g)
+            .map(|((n, _), _)| n.as_str())
+            .collect();
         if !missing.is_empty() {
             let msg = format!("`{}` is missing argument(s): {}", callee.name, missing.join(", "));
             self.push(Diagnostic::error(span, msg));

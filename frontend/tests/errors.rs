@@ -92,7 +92,9 @@ fn file_without_model() {
 
 #[test]
 fn block_defined_twice() {
-    let src = format!("{HEADER}block f(x) {{\n  return x\n}}\nblock f(x) {{\n  return x\n}}\nmodel m(x: [2, d]) {{\n  return sum(f(x))\n}}\n");
+    let src = format!(
+        "{HEADER}block f(x) {{\n  return x\n}}\nblock f(x) {{\n  return x\n}}\nmodel m(x: [2, d]) {{\n  return sum(f(x))\n}}\n"
+    );
     insta::assert_snapshot!(errors_of(&src, &[]));
 }
 

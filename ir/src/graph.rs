@@ -6,8 +6,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::op::Op;
-use crate::typing::result_type;
 use crate::types::TensorType;
+use crate::typing::result_type;
 
 /// Index of a node in its graph. Operands always have smaller ids than their users.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -193,7 +193,12 @@ mod tests {
         let f = |s: &[usize]| Some(TensorType::new(DType::F32, s.to_vec()));
         let x = g.add(Op::Input { name: "x".into() }, vec![], f(&[2, 3]), Origin::default()).unwrap();
         let w = g
-            .add(Op::Param { path: "w".into(), init: Init::Const { value: 1.0 } }, vec![], f(&[3, 4]), Origin::default())
+            .add(
+                Op::Param { path: "w".into(), init: Init::Const { value: 1.0 } },
+                vec![],
+                f(&[3, 4]),
+                Origin::default(),
+            )
             .unwrap();
         let y = g.add(Op::MatMul, vec![x, w], None, Origin::default()).unwrap();
         assert_eq!(g.ty(y).shape, vec![2, 4]);

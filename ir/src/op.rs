@@ -141,10 +141,7 @@ impl BinaryOp {
 
     /// Comparisons produce bool from numeric operands.
     pub fn is_comparison(self) -> bool {
-        matches!(
-            self,
-            BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne
-        )
+        matches!(self, BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge | BinaryOp::Eq | BinaryOp::Ne)
     }
 
     pub fn is_logical(self) -> bool {
@@ -173,35 +170,64 @@ impl ReduceOp {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A value fed in each step (token ids, targets), by name.
-    Input { name: String },
+    Input {
+        name: String,
+    },
     /// A trainable parameter, named by its path (`layers.3.attn.q.weight`).
-    Param { path: String, init: Init },
+    Param {
+        path: String,
+        init: Init,
+    },
     /// A scalar value splatted to the node's type.
-    Const { value: f64 },
+    Const {
+        value: f64,
+    },
     /// Each element is its own index along `axis`.
-    Iota { axis: usize },
+    Iota {
+        axis: usize,
+    },
     /// Uniform [0, 1) numbers from a counter-based stream keyed by
     /// (run seed, step, `key`, element index): reproducible and resumable.
-    RandomUniform { key: u64 },
+    RandomUniform {
+        key: u64,
+    },
     Unary(UnaryOp),
     Binary(BinaryOp),
     /// `select c, a, b`: where `c` is true take `a`, else `b`.
     Select,
     /// Reduce over the listed axes (strictly increasing); they are removed.
-    Reduce { op: ReduceOp, axes: Vec<usize> },
+    Reduce {
+        op: ReduceOp,
+        axes: Vec<usize>,
+    },
     /// Same elements in row-major order, new shape (the node's).
     Reshape,
     /// Output axis `i` is input axis `perm[i]`.
-    Permute { perm: Vec<usize> },
+    Permute {
+        perm: Vec<usize>,
+    },
     /// Input axis `i` becomes output axis `dims[i]` (strictly increasing);
     /// an input axis of size 1 may be stretched; other output axes are new.
-    Broadcast { dims: Vec<usize> },
+    Broadcast {
+        dims: Vec<usize>,
+    },
     /// Elements `start..end` along `axis`.
-    Slice { axis: usize, start: usize, end: usize },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
     /// Operands joined along `axis`.
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// `lo` elements of `value` before and `hi` after, along `axis`.
-    Pad { axis: usize, lo: usize, hi: usize, value: f64 },
+    Pad {
+        axis: usize,
+        lo: usize,
+        hi: usize,
+        value: f64,
+    },
     /// `[..., m, k] x [..., k, n] -> [..., m, n]`; the right operand may also be
     /// a plain `[k, n]` matrix shared by every batch.
     MatMul,

@@ -26,12 +26,7 @@ pub fn result_type(op: &Op, inputs: &[&TensorType], given: Option<&TensorType>) 
     if let Some(given) = given
         && *given != inferred
     {
-        return Err(format!(
-            "`{}` produces {} but the node is declared as {}",
-            op.name(),
-            inferred,
-            given
-        ));
+        return Err(format!("`{}` produces {} but the node is declared as {}", op.name(), inferred, given));
     }
     Ok(inferred)
 }
@@ -73,9 +68,9 @@ fn check_given(op: &Op, inputs: &[&TensorType], given: &TensorType) -> Result<()
         }
         Op::Broadcast { dims } => check_broadcast(inputs[0], dims, given),
         Op::ScatterAdd => check_scatter_add(inputs[0], inputs[1], given),
-        Op::Cast => require(inputs[0].shape == given.shape, || {
-            format!("cast cannot change shape ({} to {})", inputs[0], given)
-        }),
+        Op::Cast => {
+            require(inputs[0].shape == given.shape, || format!("cast cannot change shape ({} to {})", inputs[0], given))
+        }
         _ => unreachable!("only ops with given result types reach here"),
     }
 }

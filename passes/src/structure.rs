@@ -112,7 +112,8 @@ fn attention_at(f: &Facts, mix: NodeId) -> Option<AttentionSite> {
     }
     let scores = softmax_source(f, f.inputs(mix)[0])?;
     let mut projections = Vec::new();
-    let starts = [(Role::Query, f.inputs(scores)[0]), (Role::Key, f.inputs(scores)[1]), (Role::Value, f.inputs(mix)[1])];
+    let starts =
+        [(Role::Query, f.inputs(scores)[0]), (Role::Key, f.inputs(scores)[1]), (Role::Value, f.inputs(mix)[1])];
     for (role, start) in starts {
         if let Some(p) = projection_into(f, start, &[scores, mix]) {
             projections.push((role, p));
@@ -288,8 +289,14 @@ pub enum ParamGroup {
 }
 
 impl ParamGroup {
-    pub const ALL: [ParamGroup; 6] =
-        [ParamGroup::Embeddings, ParamGroup::Attention, ParamGroup::Ffn, ParamGroup::Norms, ParamGroup::Head, ParamGroup::Other];
+    pub const ALL: [ParamGroup; 6] = [
+        ParamGroup::Embeddings,
+        ParamGroup::Attention,
+        ParamGroup::Ffn,
+        ParamGroup::Norms,
+        ParamGroup::Head,
+        ParamGroup::Other,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -10,7 +10,8 @@ pub fn run(args: &IrArgs) -> CliResult {
         IrFormat::Text => lpac_ir::print(&loaded.graph),
         IrFormat::Dot => lpac_ir::dot::to_dot(&loaded.graph),
         IrFormat::Json => {
-            let mut s = serde_json::to_string_pretty(&lpac_ir::json::to_json(&loaded.graph)).map_err(|e| e.to_string())?;
+            let mut s =
+                serde_json::to_string_pretty(&lpac_ir::json::to_json(&loaded.graph)).map_err(|e| e.to_string())?;
             s.push('\n');
             s
         }

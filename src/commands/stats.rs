@@ -28,10 +28,19 @@ fn render(name: &str, s: &Stats) -> String {
     }
     out += &format!("  attention sites        {:>15}\n", s.attention_sites);
     out += &format!("  tokens per step        {:>15}\n", grouped(s.tokens_per_step));
-    out += &format!("  forward FLOPs/token    {:>15}  {}\n", grouped(s.flops_per_token_fwd() as u64), human_count(s.flops_per_token_fwd() as u64));
+    out += &format!(
+        "  forward FLOPs/token    {:>15}  {}\n",
+        grouped(s.flops_per_token_fwd() as u64),
+        human_count(s.flops_per_token_fwd() as u64)
+    );
     let mm = s.matmul_flops_per_token_fwd() as u64;
     out += &format!("    of which matmuls     {:>15}  {}\n", grouped(mm), human_count(mm));
-    out += &format!("  train FLOPs/step       {:>15}  {}  (forward + backward)\n", grouped(s.flops_per_step_train()), human_count(s.flops_per_step_train()));
-    out += &format!("  activation memory/step {:>15}  {}\n", grouped(s.activation_bytes), human_bytes(s.activation_bytes));
+    out += &format!(
+        "  train FLOPs/step       {:>15}  {}  (forward + backward)\n",
+        grouped(s.flops_per_step_train()),
+        human_count(s.flops_per_step_train())
+    );
+    out +=
+        &format!("  activation memory/step {:>15}  {}\n", grouped(s.activation_bytes), human_bytes(s.activation_bytes));
     out
 }
