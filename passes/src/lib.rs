@@ -5,4 +5,5 @@
 //!   graph's structure; parameter groups.
 
 pub mod cost;
+pub mod pass;
 pub mod structure;
