@@ -28,7 +28,14 @@ pub enum Command {
     /// FILE may be a model (.lpa) or an IR file (.ir), which is parsed and printed back.
     Ir(IrArgs),
     /// Count parameters (in total and by group), FLOPs and activation memory.
+    /// With --lowrank, the dense and factored figures side by side.
     Stats(StatsArgs),
+    /// List every pass: what it does, whether it preserves meaning, its options;
+    /// and the named pipelines.
+    Passes,
+    /// Show how one node of the final graph came to be: its source line and
+    /// the chain of passes and rewrites that produced it.
+    Explain(ExplainArgs),
 }
 
 /// The model file and its configuration overrides, shared by every subcommand.
@@ -59,10 +66,77 @@ pub enum IrFormat {
     Json,
 }
 
+/// `--lowrank R [--lowrank-target T]`: LPA as the first pass.
+#[derive(Args, Clone, Default)]
+pub struct LowrankArgs {
+    /// Factor projections W[d_in,d_out] into A[d_in,R]·B[R,d_out] (Low-dimensional
+    /// Projected Attention); runs the `lowrank` pass before any other.
+    #[arg(long, value_name = "R")]
+    pub lowrank: Option<usize>,
+    /// What --lowrank factors: `attention` (Q, K, V and O, found from the graph's
+    /// structure), `ffn`, `all`, or a glob over weight paths such as
+    /// `layers.*.attn.q.weight` (`*` within a path segment, `**` across).
+    #[arg(long, value_name = "TARGET", default_value = "attention", requires = "lowrank")]
+    pub lowrank_target: String,
+}
+
+/// Which passes to run and how to watch them.
+#[derive(Args, Clone, Default)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub lowrank: LowrankArgs,
+    /// Passes to run, in order, e.g. `simplify,cse,dce`; options in braces:
+    /// `lowrank{rank=64,target=ffn},simplify{iter-limit=8}`. See `lpac passes`.
+    #[arg(long, value_name = "LIST", conflicts_with = "pipeline")]
+    pub passes: Option<String>,
+    /// A named pipeline: `default` (simplify,cse,dce), `cleanup` (cse,dce), `none`.
+    #[arg(long, value_name = "NAME")]
+    pub pipeline: Option<String>,
+    /// Print the IR after every pass (to standard error).
+    #[arg(long)]
+    pub print_after_all: bool,
+    /// Print the IR after the named pass (repeatable).
+    #[arg(long, value_name = "PASS")]
+    pub print_after: Vec<String>,
+    /// Print the IR after each pass that changed the graph, and only those.
+    #[arg(long)]
+    pub print_changed: bool,
+    /// Write `00-input.ir`, `NN-after-PASS.ir` for each pass that changed the
+    /// graph, and `index.txt` listing every pass with its time.
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
+    /// Verify the graph after every pass.
+    #[arg(long)]
+    pub verify_each: bool,
+    /// Print a table of time per pass.
+    #[arg(long)]
+    pub time_passes: bool,
+    /// Before and after every meaning-preserving pass, run the reference
+    /// interpreter (f64) on the same random inputs and parameters and compare;
+    /// stop at the first pass that changes the numbers. Use small --set sizes.
+    #[arg(long)]
+    pub check_each: bool,
+    /// Relative tolerance of --check-each.
+    #[arg(long, value_name = "TOL", default_value_t = 1e-7)]
+    pub check_tolerance: f64,
+    /// Seed of --check-each's random inputs and parameters.
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    pub check_seed: u64,
+    /// Do not print pass reports (e-graph statistics and the like).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
 #[derive(Args)]
 pub struct IrArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Annotate every node with its source line, the passes that made it and
+    /// their explanations (a listing for reading; not parseable IR).
+    #[arg(long)]
+    pub provenance: bool,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: IrFormat,
@@ -75,7 +149,20 @@ pub struct IrArgs {
 pub struct StatsArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub lowrank: LowrankArgs,
     /// Print one JSON object (keys documented in docs/cli.md).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The node of the final graph, as `%42` or `42`.
+    #[arg(value_name = "NODE")]
+    pub node: String,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 }

@@ -8,6 +8,8 @@ mod cli;
 mod commands;
 mod error;
 mod load;
+mod pipeline;
+mod provenance;
 mod stats;
 
 use cli::{Cli, Command};
@@ -18,6 +20,8 @@ fn main() -> ExitCode {
         Command::Check(args) => commands::check::run(&args),
         Command::Ir(args) => commands::ir::run(&args),
         Command::Stats(args) => commands::stats::run(&args),
+        Command::Passes => commands::passes::run(),
+        Command::Explain(args) => commands::explain::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

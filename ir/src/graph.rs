@@ -106,7 +106,7 @@ impl Graph {
         self.nodes.is_empty()
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+    pub fn ids(&self) -> impl DoubleEndedIterator<Item = NodeId> + ExactSizeIterator + '_ {
         (0..self.nodes.len() as u32).map(NodeId)
     }
 

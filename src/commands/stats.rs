@@ -1,18 +1,38 @@
-//! `lpac stats FILE`: parameters, FLOPs and activation memory.
+//! `lpac stats FILE [--lowrank R]`: parameters, FLOPs and activation memory;
+//! with --lowrank, the dense and factored models side by side.
+
+use lpac_passes::manager::{Instrumentation, run_pipeline};
 
 use crate::cli::StatsArgs;
-use crate::error::CliResult;
+use crate::error::{CliError, CliResult};
 use crate::load::load;
+use crate::pipeline::{create, lowrank_spec};
 use crate::stats::{Stats, grouped, human_bytes, human_count};
 
 pub fn run(args: &StatsArgs) -> CliResult {
     let loaded = load(&args.model)?;
-    let stats = Stats::of(&loaded.graph);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&stats.to_json(&loaded.name)).map_err(|e| e.to_string())?);
+    let dense = Stats::of(&loaded.graph);
+    let Some(spec) = lowrank_spec(&args.lowrank) else {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&dense.to_json(&loaded.name)).map_err(|e| e.to_string())?);
+        } else {
+            print!("{}", render(&loaded.name, &dense));
+        }
         return Ok(());
+    };
+    let passes = create(&[spec])?;
+    let run = run_pipeline(loaded.graph, &passes, &Instrumentation::default(), &mut std::io::sink())
+        .map_err(|e| CliError::Message(e.to_string()))?;
+    let factored = Stats::of(run.output());
+    let rank = args.lowrank.lowrank.unwrap_or_default();
+    if args.json {
+        let mut json = factored.to_json(&loaded.name);
+        json["lowrank"] = serde_json::json!({ "rank": rank, "target": args.lowrank.lowrank_target });
+        json["dense"] = dense.to_json(&loaded.name);
+        println!("{}", serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", render_side_by_side(&loaded.name, &dense, &factored, rank, &args.lowrank.lowrank_target));
     }
-    print!("{}", render(&loaded.name, &stats));
     Ok(())
 }
 
@@ -28,19 +48,34 @@ fn render(name: &str, s: &Stats) -> String {
     }
     out += &format!("  attention sites        {:>15}\n", s.attention_sites);
     out += &format!("  tokens per step        {:>15}\n", grouped(s.tokens_per_step));
-    out += &format!(
-        "  forward FLOPs/token    {:>15}  {}\n",
-        grouped(s.flops_per_token_fwd() as u64),
-        human_count(s.flops_per_token_fwd() as u64)
-    );
+    let fwd = s.flops_per_token_fwd() as u64;
+    out += &format!("  forward FLOPs/token    {:>15}  {}\n", grouped(fwd), human_count(fwd));
     let mm = s.matmul_flops_per_token_fwd() as u64;
     out += &format!("    of which matmuls     {:>15}  {}\n", grouped(mm), human_count(mm));
-    out += &format!(
-        "  train FLOPs/step       {:>15}  {}  (forward + backward)\n",
-        grouped(s.flops_per_step_train()),
-        human_count(s.flops_per_step_train())
-    );
-    out +=
-        &format!("  activation memory/step {:>15}  {}\n", grouped(s.activation_bytes), human_bytes(s.activation_bytes));
+    let train = s.flops_per_step_train();
+    out += &format!("  train FLOPs/step       {:>15}  {}  (forward + backward)\n", grouped(train), human_count(train));
+    out += &format!("  activation memory/step {:>15}  {}\n", grouped(s.activation_bytes), human_bytes(s.activation_bytes));
+    out
+}
+
+fn render_side_by_side(name: &str, dense: &Stats, lpa: &Stats, rank: usize, target: &str) -> String {
+    let mut out = format!("model `{name}`: dense against lowrank r={rank} (target {target})\n\n");
+    out += &format!("  {:<24} {:>16} {:>16} {:>9}\n", "", "dense", "lowrank", "change");
+    let mut row = |label: &str, a: u64, b: u64| {
+        let change = if a == 0 { String::from("-") } else { format!("{:+.1}%", 100.0 * (b as f64 - a as f64) / a as f64) };
+        out += &format!("  {:<24} {:>16} {:>16} {:>9}\n", label, human_count(a), human_count(b), change);
+    };
+    row("parameters", dense.total_params, lpa.total_params);
+    for (group, n) in &dense.params_by_group {
+        let m = lpa.params_by_group.get(group).copied().unwrap_or(0);
+        if *n > 0 || m > 0 {
+            row(&format!("  {group}"), *n, m);
+        }
+    }
+    row("forward FLOPs/token", dense.flops_per_token_fwd() as u64, lpa.flops_per_token_fwd() as u64);
+    row("  of which matmuls", dense.matmul_flops_per_token_fwd() as u64, lpa.matmul_flops_per_token_fwd() as u64);
+    row("train FLOPs/step", dense.flops_per_step_train(), lpa.flops_per_step_train());
+    row("activation bytes/step", dense.activation_bytes, lpa.activation_bytes);
+    out += &format!("\n  exact parameters: {} dense, {} lowrank\n", grouped(dense.total_params), grouped(lpa.total_params));
     out
 }

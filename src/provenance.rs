@@ -1,0 +1,54 @@
+//! Where a node of a pipeline's final graph came from: its source line and,
+//! pass by pass, the node it stood for before and any explanation the pass
+//! gave (egg's rewrite chains for `simplify`).
+
+use std::collections::HashMap;
+
+use lpac_ir::{Graph, NodeId, Span};
+use lpac_passes::manager::PipelineRun;
+
+/// One pass's part in a node's history.
+pub struct Step {
+    pub pass: &'static str,
+    /// The node in this pass's output.
+    pub node: NodeId,
+    /// The node of this pass's input it stands for; `None` if the pass created it.
+    pub from: Option<NodeId>,
+    pub explanation: Option<String>,
+}
+
+/// The history of `node` of the final graph, newest pass first.
+pub fn history(run: &PipelineRun, node: NodeId) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let mut current = Some(node);
+    for record in run.records.iter().rev() {
+        let Some(id) = current else { break };
+        let from = record.outcome.source.get(id.index()).copied().flatten();
+        let explanation = record.outcome.explanations.get(&id).cloned();
+        steps.push(Step { pass: record.name, node: id, from, explanation });
+        current = from;
+    }
+    steps
+}
+
+/// Reads source lines for spans, caching files.
+#[derive(Default)]
+pub struct SourceLines {
+    files: HashMap<String, Option<Vec<String>>>,
+}
+
+impl SourceLines {
+    /// The text of the line a span points at, if the file can be read.
+    pub fn line(&mut self, span: &Span) -> Option<String> {
+        let lines = self.files.entry(span.file.to_string()).or_insert_with(|| {
+            std::fs::read_to_string(&*span.file).ok().map(|t| t.lines().map(str::to_string).collect())
+        });
+        lines.as_ref()?.get(span.line as usize - 1).cloned()
+    }
+}
+
+/// Every node's IR line, as the text form prints it (index = node id).
+pub fn node_lines(graph: &Graph) -> Vec<String> {
+    let text = lpac_ir::print(graph);
+    text.lines().skip(1).take(graph.len()).map(|l| l.trim().to_string()).collect()
+}
