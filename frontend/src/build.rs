@@ -261,7 +261,8 @@ fn infer_reshape(ty: &TensorType, dims: &[i64]) -> Result<Vec<usize>, String> {
     if unknown.len() > 1 || dims.iter().any(|&d| d < -1 || d == 0) {
         return Err(format!("bad reshape target {:?}: sizes must be positive, with at most one -1", dims));
     }
-    let known: usize = dims.iter().filter(|&&d| d > 0).map(|&d| d as usize).product();
+    let too_big = || format!("reshape target {:?} has too many elements", dims);
+    let known = dims.iter().filter(|&&d| d > 0).try_fold(1usize, |n, &d| n.checked_mul(d as usize)).ok_or_else(too_big)?;
     let mut shape: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(&i) = unknown.first() {
         if !ty.numel().is_multiple_of(known) {
@@ -269,7 +270,7 @@ fn infer_reshape(ty: &TensorType, dims: &[i64]) -> Result<Vec<usize>, String> {
         }
         shape[i] = ty.numel() / known;
     }
-    if shape.iter().product::<usize>() != ty.numel() {
+    if shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(ty.numel()) {
         return Err(format!("cannot reshape {} ({} elements) to {}", ty, ty.numel(), fmt_shape(&shape)));
     }
     Ok(shape)

@@ -219,6 +219,14 @@ impl Call<'_, '_, '_> {
             }
             "full" => {
                 let (shape, value, dtype) = (self.shape(0)?, self.float(1)?, self.dtype_or(2, DType::F32)?);
+                let fits = match dtype {
+                    DType::I32 => value.fract() == 0.0 && value.abs() <= i32::MAX as f64,
+                    DType::Bool => value == 0.0 || value == 1.0,
+                    _ => true,
+                };
+                if !fits {
+                    return Err(self.at(1, format!("{value} is not a value of dtype {dtype}")));
+                }
                 self.build(|b, s| b.constant(value, TensorType::new(dtype, shape), s))
             }
             "rand" => {
@@ -282,12 +290,11 @@ impl Call<'_, '_, '_> {
 
     fn min_max(&mut self, name: &str) -> CallResult {
         let op = if name == "maximum" { lpac_ir::BinaryOp::Max } else { lpac_ir::BinaryOp::Min };
+        if let (Value::Int(a), Value::Int(b)) = (&self.arg(0).value, &self.arg(1).value) {
+            return Ok(Value::Int(if name == "maximum" { *a.max(b) } else { *a.min(b) }));
+        }
         if let (Some(a), Some(b)) = (self.arg(0).value.as_f64(), self.arg(1).value.as_f64()) {
-            let v = if name == "maximum" { a.max(b) } else { a.min(b) };
-            return Ok(match (&self.arg(0).value, &self.arg(1).value) {
-                (Value::Int(_), Value::Int(_)) => Value::Int(v as i64),
-                _ => Value::Float(v),
-            });
+            return Ok(Value::Float(if name == "maximum" { a.max(b) } else { a.min(b) }));
         }
         let (a, b) = self.tensor_pair(0, 1)?;
         self.build(|bd, s| bd.binary(op, &a, &b, s))
@@ -314,11 +321,13 @@ impl Call<'_, '_, '_> {
         if !x.ty.dtype.is_float() {
             return Err(self.at(0, format!("`mean` needs a float tensor, found {}", x.ty)));
         }
-        let mut count = 1usize;
+        let mut reduced = Vec::new();
         for &a in &axes {
-            let axis = crate::build::normalize_axis(a, x.ty.rank()).map_err(|m| self.at(1, m))?;
-            count *= x.ty.shape[axis];
+            reduced.push(crate::build::normalize_axis(a, x.ty.rank()).map_err(|m| self.at(1, m))?);
         }
+        reduced.sort_unstable();
+        reduced.dedup();
+        let count: usize = reduced.iter().map(|&axis| x.ty.shape[axis]).product();
         self.build(|b, s| {
             let total = b.reduce(op, &x, &axes, keepdim, s)?;
             let n = b.constant(count as f64, TensorType::scalar(total.ty.dtype), s)?;

@@ -105,7 +105,8 @@ fn build(sources: &SourceMap, prelude: &File, user: &File, file_start: Span, ove
     }
     let model = program.model.expect("resolve reports a missing model");
     let mut ev = Evaluator::new(sources, &model.name.name);
-    ev.blocks = program.blocks.clone();
+    ev.prelude_blocks = program.prelude_blocks.clone();
+    ev.user_blocks = program.user_blocks.clone();
     let config = evaluate_config(&mut ev, &program, overrides).map_err(|m| (ev.finish_diagnostics(), m))?;
     let loss = ev.run_model(model);
     if !ev.diagnostics.is_empty() {
@@ -145,8 +146,16 @@ fn evaluate_config(
     let mut config = Config::default();
     let frame = Frame::root();
     for entry in &program.config {
-        let default = ev.eval(&frame, &entry.value);
         let chosen = overrides.iter().rev().find(|o| o.key == entry.name.name);
+        let checkpoint = ev.checkpoint();
+        let mut default = ev.eval(&frame, &entry.value);
+        if chosen.is_some() && default == Value::Poison {
+            // The default does not matter when it is overridden (`--set
+            // head_dim=80` where `d / heads` is not whole): type the override
+            // by its own form instead.
+            ev.rollback(checkpoint);
+            default = chosen.map(|o| literal_kind(&o.value)).unwrap_or(Value::Poison);
+        }
         let value = match (chosen, &default) {
             (_, Value::Poison) => Value::Poison,
             (Some(o), _) => parse_override(&o.key, &o.value, &default).unwrap_or_else(|m| {
@@ -169,6 +178,17 @@ fn evaluate_config(
         });
     }
     if errors.is_empty() && ev.diagnostics.is_empty() { Ok(config) } else { Err(errors) }
+}
+
+/// A value of the type an override's text looks like: int, float or bool.
+fn literal_kind(text: &str) -> Value {
+    if text.replace('_', "").parse::<i64>().is_ok() {
+        Value::Int(0)
+    } else if text == "true" || text == "false" {
+        Value::Bool(false)
+    } else {
+        Value::Float(0.0)
+    }
 }
 
 /// The names of the items a file defines, for tools that list them.

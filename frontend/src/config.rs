@@ -62,7 +62,7 @@ pub fn parse_override(key: &str, text: &str, default: &Value) -> Result<Value, S
     let bad = |what: &str| format!("`--set {key}={text}`: `{key}` is {what}, and `{text}` is not");
     match default {
         Value::Int(_) => text.replace('_', "").parse::<i64>().map(Value::Int).map_err(|_| bad("an integer")),
-        Value::Float(_) => match text.parse::<f64>() {
+        Value::Float(_) => match text.replace('_', "").parse::<f64>() {
             Ok(x) if x.is_finite() => Ok(Value::Float(x)),
             _ => Err(bad("a finite number")),
         },

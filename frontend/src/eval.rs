@@ -30,11 +30,21 @@ pub struct Frame {
     user_site: Option<Span>,
     /// Blocks being evaluated, outermost first, with their call sites.
     calls: Vec<(String, Span)>,
+    /// Whether config keys are visible: in the model and user blocks, not in
+    /// prelude blocks (which see only their arguments).
+    sees_config: bool,
 }
 
 impl Frame {
     pub fn root() -> Self {
-        Frame { vars: HashMap::new(), loop_vars: HashSet::new(), scope: Vec::new(), user_site: None, calls: Vec::new() }
+        Frame {
+            vars: HashMap::new(),
+            loop_vars: HashSet::new(),
+            scope: Vec::new(),
+            user_site: None,
+            calls: Vec::new(),
+            sees_config: true,
+        }
     }
 
     pub fn bind(&mut self, name: &str, value: Value) {
@@ -49,7 +59,10 @@ enum Flow {
 
 pub struct Evaluator<'a> {
     pub sources: &'a SourceMap,
-    pub blocks: HashMap<String, &'a ast::BlockDef>,
+    /// Blocks the prelude's code calls (the prelude's own).
+    pub prelude_blocks: HashMap<String, &'a ast::BlockDef>,
+    /// The user's blocks, which the user's code calls first.
+    pub user_blocks: HashMap<String, &'a ast::BlockDef>,
     pub config: HashMap<String, Value>,
     pub builder: GraphBuilder,
     pub diagnostics: Vec<Diagnostic>,
@@ -67,7 +80,8 @@ impl<'a> Evaluator<'a> {
     pub fn new(sources: &'a SourceMap, model_name: &str) -> Self {
         Evaluator {
             sources,
-            blocks: HashMap::new(),
+            prelude_blocks: HashMap::new(),
+            user_blocks: HashMap::new(),
             config: HashMap::new(),
             builder: GraphBuilder::new(model_name),
             diagnostics: Vec::new(),
@@ -98,6 +112,18 @@ impl<'a> Evaluator<'a> {
         Value::Poison
     }
 
+    /// A point to roll errors back to (see [`Evaluator::rollback`]).
+    pub fn checkpoint(&self) -> usize {
+        self.diagnostics.len()
+    }
+
+    /// Forgets the errors reported since `checkpoint`: for evaluations whose
+    /// result turned out not to matter (a default that `--set` replaces).
+    pub fn rollback(&mut self, checkpoint: usize) {
+        self.diagnostics.truncate(checkpoint);
+        self.seen_errors.retain(|_, (index, _)| *index < checkpoint);
+    }
+
     /// The diagnostics, each noting how many more times it occurred.
     pub fn finish_diagnostics(&mut self) -> Vec<Diagnostic> {
         for (index, repeats) in self.seen_errors.values() {
@@ -110,8 +136,12 @@ impl<'a> Evaluator<'a> {
     }
 
     fn with_call_notes(&self, frame: &Frame, mut d: Diagnostic) -> Diagnostic {
-        for (block, site) in frame.calls.iter().rev() {
+        const SHOWN: usize = 6;
+        for (block, site) in frame.calls.iter().rev().take(SHOWN) {
             d = d.with_note(format!("in block `{}`, called at {}", block, self.sources.location(*site)));
+        }
+        if frame.calls.len() > SHOWN {
+            d = d.with_note(format!("... and {} calls further out", frame.calls.len() - SHOWN));
         }
         d
     }
@@ -156,12 +186,16 @@ impl<'a> Evaluator<'a> {
             Stmt::If { cond, then_body, else_body, .. } => match self.eval(frame, cond) {
                 Value::Bool(true) => self.exec_all(frame, then_body),
                 Value::Bool(false) => self.exec_all(frame, else_body),
-                Value::Poison => Flow::Next,
+                Value::Poison => {
+                    poison_assignments(frame, then_body.iter().chain(else_body));
+                    Flow::Next
+                }
                 other => {
                     let msg = format!("`if` needs a compile-time bool, found {}", other.describe());
                     let d = Diagnostic::error(cond.span, msg)
                         .with_note("to choose between tensors element by element, use where(cond, a, b)");
                     self.report(frame, d);
+                    poison_assignments(frame, then_body.iter().chain(else_body));
                     Flow::Next
                 }
             },
@@ -187,27 +221,33 @@ impl<'a> Evaluator<'a> {
     fn exec_for(&mut self, frame: &mut Frame, var: &ast::Ident, start: &Expr, end: &Expr, body: &[Stmt]) -> Flow {
         let (lo, hi) = match (self.eval(frame, start), self.eval(frame, end)) {
             (Value::Int(lo), Value::Int(hi)) => (lo, hi),
-            (Value::Poison, _) | (_, Value::Poison) => return Flow::Next,
+            (Value::Poison, _) | (_, Value::Poison) => {
+                frame.bind(&var.name, Value::Poison);
+                poison_assignments(frame, body.iter());
+                return Flow::Next;
+            }
             (a, b) => {
                 let msg = format!("`for` needs integer bounds, found {} and {}", a.describe(), b.describe());
                 self.error(frame, start.span.to(end.span), msg);
+                frame.bind(&var.name, Value::Poison);
+                poison_assignments(frame, body.iter());
                 return Flow::Next;
             }
         };
-        if hi - lo > MAX_LOOP_ITERATIONS {
-            let msg = format!("this loop would run {} times; the limit is {MAX_LOOP_ITERATIONS}", hi - lo);
+        let count = hi.checked_sub(lo).unwrap_or(i64::MAX);
+        if count > MAX_LOOP_ITERATIONS {
+            let msg = format!("this loop would run {count} times; the limit is {MAX_LOOP_ITERATIONS}");
             self.error(frame, start.span.to(end.span), msg);
+            frame.bind(&var.name, Value::Poison);
+            poison_assignments(frame, body.iter());
             return Flow::Next;
         }
-        let was_loop_var = frame.loop_vars.insert(var.name.clone());
+        frame.loop_vars.insert(var.name.clone());
         for i in lo..hi {
             frame.bind(&var.name, Value::Int(i));
             if let Flow::Return(v) = self.exec_all(frame, body) {
                 return Flow::Return(v);
             }
-        }
-        if was_loop_var {
-            frame.loop_vars.remove(&var.name);
         }
         Flow::Next
     }
@@ -304,24 +344,24 @@ impl<'a> Evaluator<'a> {
     }
 
     fn lookup(&mut self, frame: &Frame, name: &str, span: Span) -> Value {
-        if let Some(v) = frame.vars.get(name).or_else(|| self.config.get(name)) {
+        let config = if frame.sees_config { self.config.get(name) } else { None };
+        if let Some(v) = frame.vars.get(name).or(config) {
             return v.clone();
         }
         if let Some(v) = builtins::constant(name) {
             return v;
         }
-        if !self.diagnostics.is_empty() {
-            // Most likely defined by a statement that failed: stay quiet.
-            return Value::Poison;
-        }
-        self.error(frame, span, format!("`{name}` is not defined here"))
+        self.error(frame, span, format!("`{name}` is not defined on this path (is it assigned only in a branch or loop that did not run?)"))
     }
 
     fn unary(&mut self, frame: &Frame, op: ast::UnaryOp, v: Value, span: Span) -> Value {
         let site = self.site(frame, span);
         match (op, v) {
             (_, Value::Poison) => Value::Poison,
-            (ast::UnaryOp::Neg, Value::Int(i)) => Value::Int(-i),
+            (ast::UnaryOp::Neg, Value::Int(i)) => match i.checked_neg() {
+                Some(n) => Value::Int(n),
+                None => self.error(frame, span, format!("integer overflow negating {i}")),
+            },
             (ast::UnaryOp::Neg, Value::Float(x)) => Value::Float(-x),
             (ast::UnaryOp::Not, Value::Bool(b)) => Value::Bool(!b),
             (ast::UnaryOp::Neg, Value::Tensor(t)) if t.ty.dtype != DType::Bool => {
@@ -444,7 +484,9 @@ impl<'a> Evaluator<'a> {
             let v = self.eval(frame, &arg.value);
             values.push(builtins::ArgValue { name: arg.name.clone(), value: v, span: arg.value.span });
         }
-        if let Some(block) = self.blocks.get(&callee.name).copied() {
+        let from_prelude = self.sources.file(span.file).is_prelude;
+        let user = if from_prelude { None } else { self.user_blocks.get(&callee.name) };
+        if let Some(block) = user.or_else(|| self.prelude_blocks.get(&callee.name)).copied() {
             return self.call_block(frame, block, scope, values, span);
         }
         if let Some(scope) = scope {
@@ -476,6 +518,7 @@ impl<'a> Evaluator<'a> {
             scope: frame.scope.clone(),
             user_site: if self.sources.file(span.file).is_prelude { frame.user_site } else { Some(span) },
             calls: frame.calls.clone(),
+            sees_config: !self.sources.file(block.span.file).is_prelude,
         };
         callee.calls.push((block.name.name.clone(), span));
         if let Some(scope) = scope {
@@ -555,6 +598,23 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// Binds every name a skipped body would have assigned to `Poison`: after an
+/// error in an `if` condition or loop bounds, later uses stay quiet instead of
+/// reporting those names as undefined.
+fn poison_assignments<'s>(frame: &mut Frame, body: impl Iterator<Item = &'s Stmt>) {
+    for stmt in body {
+        match stmt {
+            Stmt::Assign { name, .. } | Stmt::Param { name, .. } => frame.bind(&name.name, Value::Poison),
+            Stmt::If { then_body, else_body, .. } => poison_assignments(frame, then_body.iter().chain(else_body)),
+            Stmt::For { var, body, .. } => {
+                frame.bind(&var.name, Value::Poison);
+                poison_assignments(frame, body.iter());
+            }
+            Stmt::Return { .. } | Stmt::Assert { .. } => {}
+        }
+    }
+}
+
 /// A scope segment: a loop variable becomes its value, anything else is literal.
 fn scope_segment(frame: &Frame, seg: &ast::Ident) -> String {
     if frame.loop_vars.contains(&seg.name)
@@ -621,8 +681,11 @@ fn int_binary(op: BinOp, x: i64, y: i64) -> Option<Result<Value, String>> {
         BinOp::Sub => x.checked_sub(y).map(Value::Int).ok_or_else(overflow),
         BinOp::Mul => x.checked_mul(y).map(Value::Int).ok_or_else(overflow),
         BinOp::Div if y == 0 => Err(format!("division by zero: {x} / 0")),
-        BinOp::Div if x % y != 0 => Err(format!("{x} / {y} is not a whole number (write {x}.0 / {y} for a float)")),
-        BinOp::Div => Ok(Value::Int(x / y)),
+        BinOp::Div => match x.checked_rem(y) {
+            None => Err(overflow()),
+            Some(0) => Ok(Value::Int(x / y)),
+            Some(_) => Err(format!("{x} / {y} is not a whole number (write {x}.0 / {y} for a float)")),
+        },
         BinOp::Pow if y >= 0 => {
             u32::try_from(y).ok().and_then(|e| x.checked_pow(e)).map(Value::Int).ok_or_else(overflow)
         }

@@ -12,49 +12,69 @@ use crate::source::Span;
 
 /// What the user's file defines, after resolution.
 pub struct Program<'a> {
-    pub blocks: HashMap<String, &'a BlockDef>,
+    /// The prelude's blocks: what prelude code calls, whatever the user defines.
+    pub prelude_blocks: HashMap<String, &'a BlockDef>,
+    /// The user's blocks, which take precedence in the user's own code.
+    pub user_blocks: HashMap<String, &'a BlockDef>,
     pub config: Vec<&'a ConfigEntry>,
     pub model: Option<&'a ModelDef>,
+}
+
+impl<'a> Program<'a> {
+    /// The block a call names: prelude code sees only prelude blocks, so a
+    /// user block of the same name never changes how the prelude works.
+    pub fn block(&self, name: &str, from_prelude: bool) -> Option<&'a BlockDef> {
+        let user = if from_prelude { None } else { self.user_blocks.get(name) };
+        user.or_else(|| self.prelude_blocks.get(name)).copied()
+    }
+
+    fn block_names(&self, from_prelude: bool) -> Vec<&str> {
+        let mut names: Vec<&str> = self.prelude_blocks.keys().map(String::as_str).collect();
+        if !from_prelude {
+            names.extend(self.user_blocks.keys().map(String::as_str));
+        }
+        names
+    }
 }
 
 /// Collects the prelude's and the user's items and checks them. User blocks
 /// may replace prelude blocks of the same name.
 pub fn resolve<'a>(prelude: &'a File, user: &'a File, file_start: Span) -> (Program<'a>, Vec<Diagnostic>) {
-    let mut r = Resolver { diagnostics: Vec::new() };
-    let mut blocks: HashMap<String, &'a BlockDef> = HashMap::new();
-    let mut user_blocks: HashMap<&str, Span> = HashMap::new();
+    let mut r = Resolver { diagnostics: Vec::new(), from_prelude: false };
+    let mut prelude_blocks: HashMap<String, &'a BlockDef> = HashMap::new();
+    let mut user_blocks: HashMap<String, &'a BlockDef> = HashMap::new();
     for item in &prelude.items {
         if let Item::Block(b) = item {
-            blocks.insert(b.name.name.clone(), b);
+            prelude_blocks.insert(b.name.name.clone(), b);
         }
     }
     let mut config = Vec::new();
     let mut config_span: Option<Span> = None;
+    let mut seen_config = false;
     let mut model: Option<&'a ModelDef> = None;
     for item in &user.items {
         match item {
             Item::Block(b) => {
-                if let Some(first) = user_blocks.insert(&b.name.name, b.name.span) {
+                if let Some(first) = user_blocks.insert(b.name.name.clone(), b) {
                     r.push(
                         Diagnostic::error(b.name.span, format!("block `{}` is defined twice", b.name.name))
-                            .with_secondary(first, "first defined here"),
+                            .with_secondary(first.name.span, "first defined here"),
                     );
                 } else if builtins::signature(&b.name.name).is_some() {
-                    r.push(Diagnostic::error(
-                        b.name.span,
-                        format!("`{}` is a built-in and cannot be redefined", b.name.name),
-                    ));
+                    let msg = format!("`{}` is a built-in and cannot be redefined", b.name.name);
+                    r.push(Diagnostic::error(b.name.span, msg));
                 }
-                blocks.insert(b.name.name.clone(), b);
             }
             Item::Config(entries) => {
-                if let Some(first) = config_span {
-                    let span = entries.first().map(|e| e.name.span).unwrap_or(first);
-                    r.push(
-                        Diagnostic::error(span, "a file has one `config` section")
-                            .with_secondary(first, "the first one"),
-                    );
+                if seen_config {
+                    let span = entries.first().map(|e| e.name.span).or(config_span).unwrap_or(file_start);
+                    let mut d = Diagnostic::error(span, "a file has one `config` section");
+                    if let Some(first) = config_span {
+                        d = d.with_secondary(first, "the first one");
+                    }
+                    r.push(d);
                 }
+                seen_config = true;
                 config_span = config_span.or(entries.first().map(|e| e.name.span));
                 config.extend(entries.iter());
             }
@@ -73,13 +93,18 @@ pub fn resolve<'a>(prelude: &'a File, user: &'a File, file_start: Span) -> (Prog
                 .with_note("add `model NAME(tokens: i32[batch, seq], targets: i32[batch, seq]) { ... return loss }`"),
         );
     }
-    let program = Program { blocks, config, model };
+    let program = Program { prelude_blocks, user_blocks, config, model };
     r.check_config(&program.config);
     let globals: HashSet<String> = program.config.iter().map(|e| e.name.name.clone()).collect();
-    for item in prelude.items.iter().chain(&user.items) {
+    let no_globals = HashSet::new();
+    let prelude_items = prelude.items.iter().map(|i| (i, true));
+    for (item, from_prelude) in prelude_items.chain(user.items.iter().map(|i| (i, false))) {
+        r.from_prelude = from_prelude;
+        // Prelude blocks see only their arguments, never the user's config.
+        let globals = if from_prelude { &no_globals } else { &globals };
         match item {
             Item::Block(b) => {
-                let mut scope = Scope::new(&globals);
+                let mut scope = Scope::new(globals);
                 for p in &b.params {
                     if let Some(default) = &p.default {
                         r.expr(&program, &scope, default);
@@ -89,7 +114,7 @@ pub fn resolve<'a>(prelude: &'a File, user: &'a File, file_start: Span) -> (Prog
                 r.body(&program, &mut scope, &b.body);
             }
             Item::Model(m) => {
-                let mut scope = Scope::new(&globals);
+                let mut scope = Scope::new(globals);
                 for input in &m.inputs {
                     for dim in &input.ty.dims {
                         r.expr(&program, &scope, dim);
@@ -130,6 +155,8 @@ impl<'g> Scope<'g> {
 
 struct Resolver {
     diagnostics: Vec<Diagnostic>,
+    /// Whether the item being checked is the prelude's.
+    from_prelude: bool,
 }
 
 impl Resolver {
@@ -142,6 +169,10 @@ impl Resolver {
         let mut defined = HashSet::new();
         let empty = HashSet::new();
         for entry in entries {
+            if builtins::constant(&entry.name.name).is_some() {
+                let msg = format!("`{}` is a built-in name (a dtype or `inf`) and cannot be a config key", entry.name.name);
+                self.push(Diagnostic::error(entry.name.span, msg));
+            }
             if let Some(first) = seen.insert(&entry.name.name, entry.name.span) {
                 self.push(
                     Diagnostic::error(entry.name.span, format!("config key `{}` is set twice", entry.name.name))
@@ -226,12 +257,12 @@ impl Resolver {
     }
 
     fn call(&mut self, p: &Program, callee: &crate::ast::Ident, args: &[Arg], span: Span) {
-        let (params, required): (Vec<String>, Vec<bool>) = if let Some(block) = p.blocks.get(&callee.name) {
+        let (params, required): (Vec<String>, Vec<bool>) = if let Some(block) = p.block(&callee.name, self.from_prelude) {
             block.params.iter().map(|bp| (bp.name.name.clone(), bp.default.is_none())).unzip()
         } else if let Some(sig) = builtins::signature(&callee.name) {
             sig.iter().map(|s| (s.trim_end_matches('?').to_string(), !s.ends_with('?'))).unzip()
         } else {
-            let mut names: Vec<&str> = p.blocks.keys().map(String::as_str).collect();
+            let mut names: Vec<&str> = p.block_names(self.from_prelude);
             for builtin in builtins::names() {
                 names.push(builtin);
             }

@@ -141,3 +141,47 @@ fn several_parse_errors_are_all_reported() {
 fn dtype_mismatch() {
     insta::assert_snapshot!(errors_of(&model("  y = x + tokens\n  return sum(y)"), &[]));
 }
+
+fn compiles(src: &str, sets: &[&str]) -> lpac_ir::Graph {
+    let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
+    match compile("model.lpa", src, &overrides) {
+        Ok(m) => m.graph,
+        Err(e) => panic!("expected the model to compile:\n{}", e.render()),
+    }
+}
+
+#[test]
+fn overriding_a_derived_key_skips_its_formula() {
+    let src = "config {\n  d = 10\n  heads = 4\n  head_dim = d / heads\n}\nmodel m(x: [2, head_dim]) {\n  return sum(x)\n}\n";
+    let g = compiles(src, &["head_dim=3"]);
+    assert_eq!(g.ty(g.inputs().next().unwrap().0).shape, vec![2, 3]);
+}
+
+#[test]
+fn mean_over_a_repeated_axis_counts_it_once() {
+    let g = compiles(&model("  return sum(mean(x, [1, 1]))"), &[]);
+    let text = lpac_ir::print(&g);
+    assert!(text.contains("const 4.0"), "divides by d = 4 once:\n{text}");
+}
+
+#[test]
+fn prelude_blocks_do_not_see_user_config_or_user_blocks() {
+    // A user `sigmoid` with another signature must not break the prelude's `silu`.
+    let src = format!("{HEADER}block sigmoid(x, k) {{\n  return x * k\n}}\nmodel m(x: [2, d]) {{\n  return sum(silu(x)) + sum(sigmoid(x, 2.0))\n}}\n");
+    compiles(&src, &[]);
+    let text = errors_of("config {\n  inf = 1.0\n}\nmodel m(x: [2]) {\n  return sum(x)\n}\n", &[]);
+    assert!(text.contains("cannot be a config key"), "{text}");
+}
+
+#[test]
+fn names_unset_on_the_path_taken_are_reported_even_after_other_errors() {
+    let body = "  a = x + full([2, 5], 1.0)\n  for i in 0..0 {\n    y = x\n  }\n  return sum(y)";
+    let text = errors_of(&model(body), &[]);
+    assert!(text.contains("do not broadcast") && text.contains("`y` is not defined on this path"), "{text}");
+}
+
+#[test]
+fn full_checks_its_value_against_the_dtype() {
+    let text = errors_of(&model("  t = full([2], 2.5, i32)\n  return sum(x)"), &[]);
+    assert!(text.contains("2.5 is not a value of dtype i32"), "{text}");
+}

@@ -141,6 +141,10 @@ fn hostile_inputs() {
         "model m(x: [2]) {\n  return sum(concat([], 0))\n}\n".to_string(),
         "model m(t: i32[2]) {\n  return sum(gather(t, t))\n}\n".to_string(),
         "model m(x: [2, 3]) {\n  return sum(x @ x)\n}\n".to_string(),
+        "model m(x: [2]) {\n  big = 9223372036854775807\n  a = -big - 1\n  b = -a\n  return sum(x)\n}\n".to_string(),
+        "model m(x: [2]) {\n  big = 9223372036854775807\n  a = (-big - 1) / -1\n  return sum(x)\n}\n".to_string(),
+        "model m(x: [2]) {\n  big = 9223372036854775807\n  return sum(reshape(x, [big, big, -1]))\n}\n".to_string(),
+        "model m(x: [2]) {\n  big = 9223372036854775807\n  for i in -big..big {\n    x = x + 1.0\n  }\n  return sum(x)\n}\n".to_string(),
     ];
     for (i, case) in cases.iter().enumerate() {
         survives(&format!("hostile-{i}.lpa"), case);
