@@ -54,6 +54,10 @@ pub struct ModelArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// Also list the resolved configuration: every key, its value, whether
+    /// --set gave it, and its description from the model file.
+    #[arg(long)]
+    pub config: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -9,10 +9,12 @@ use lpac_ir::Graph;
 use crate::cli::ModelArgs;
 use crate::error::CliError;
 
-/// A graph and what it is called.
+/// A graph and what it is called, with the configuration it was built with
+/// (none for an IR file).
 pub struct Loaded {
     pub name: String,
     pub graph: Graph,
+    pub config: Option<lpac_frontend::Config>,
 }
 
 pub fn overrides(set: &[String]) -> Result<Vec<Override>, CliError> {
@@ -31,7 +33,7 @@ pub fn load(args: &ModelArgs) -> Result<Loaded, CliError> {
         return load_ir(&args.file);
     }
     let model = compile_file(&args.file, &overrides)?;
-    Ok(Loaded { name: model.name, graph: model.graph })
+    Ok(Loaded { name: model.name, graph: model.graph, config: Some(model.config) })
 }
 
 fn is_ir_file(path: &Path) -> bool {
@@ -46,5 +48,5 @@ fn load_ir(path: &Path) -> Result<Loaded, CliError> {
         let lines: Vec<String> = errors.iter().map(|e| format!("{name}: {e}")).collect();
         return Err(CliError::Message(lines.join("\nerror: ")));
     }
-    Ok(Loaded { name: graph.name.clone(), graph })
+    Ok(Loaded { name: graph.name.clone(), graph, config: None })
 }

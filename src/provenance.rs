@@ -7,6 +7,17 @@ use std::collections::HashMap;
 use lpac_ir::{Graph, NodeId, Span};
 use lpac_passes::manager::PipelineRun;
 
+/// What a pass did to a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The pass made this node for a value it introduced (a new parameter).
+    Created,
+    /// The pass built this node in place of another (a rewrite).
+    Rewritten,
+    /// The pass copied the node, perhaps under a new id.
+    Kept,
+}
+
 /// One pass's part in a node's history.
 pub struct Step {
     pub pass: &'static str,
@@ -15,17 +26,30 @@ pub struct Step {
     /// The node of this pass's input it stands for; `None` if the pass created it.
     pub from: Option<NodeId>,
     pub explanation: Option<String>,
+    pub change: Change,
 }
 
 /// The history of `node` of the final graph, newest pass first.
 pub fn history(run: &PipelineRun, node: NodeId) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut current = Some(node);
-    for record in run.records.iter().rev() {
+    let inputs: Vec<&Graph> =
+        std::iter::once(&run.input).chain(run.records.iter().map(|r| &r.outcome.graph)).collect();
+    for (k, record) in run.records.iter().enumerate().rev() {
         let Some(id) = current else { break };
         let from = record.outcome.source.get(id.index()).copied().flatten();
         let explanation = record.outcome.explanations.get(&id).cloned();
-        steps.push(Step { pass: record.name, node: id, from, explanation });
+        let after = record.outcome.graph.node(id);
+        let change = match from {
+            None => Change::Created,
+            Some(f) => {
+                let before = inputs[k].node(f);
+                let touched = after.origin.passes.last().map(String::as_str) == Some(record.name)
+                    && before.origin.passes.last().map(String::as_str) != Some(record.name);
+                if touched || before.op != after.op || before.ty != after.ty { Change::Rewritten } else { Change::Kept }
+            }
+        };
+        steps.push(Step { pass: record.name, node: id, from, explanation, change });
         current = from;
     }
     steps

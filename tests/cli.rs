@@ -193,3 +193,113 @@ fn help_explains_every_subcommand() {
     let o = lpac(&["ir", "--help"]);
     assert!(stdout(&o).contains("--format") && stdout(&o).contains("--set"));
 }
+
+#[test]
+fn check_config_lists_keys_with_docs() {
+    let o = lpac(&["check", "models/tiny.lpa", "--config", "--set", "d=128"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("d            = 128        (--set)  # model width"), "{out}");
+    assert!(out.contains("head_dim     = 32"), "{out}");
+}
+
+#[test]
+fn stats_lowrank_reproduces_the_papers_lpa_counts() {
+    // lpa-paper.md: LPA has 331.1M parameters in Setting 1 (r=320) and 115.3M
+    // in Setting 2 (r=128).
+    for (model, rank, expected) in [("models/gpt.lpa", "320", 331.1e6), ("models/llama.lpa", "128", 115.3e6)] {
+        let o = lpac(&["stats", model, "--lowrank", rank, "--json"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let total = s["total_params"].as_f64().unwrap();
+        assert!((total - expected).abs() / expected < 1e-3, "{model}: {total} vs {expected}");
+        assert!(s["dense"]["total_params"].as_f64().unwrap() > total);
+        assert_eq!(s["lowrank"]["rank"], rank.parse::<u64>().unwrap());
+    }
+    let o = lpac(&["stats", "models/gpt.lpa", "--lowrank", "320"]);
+    let out = stdout(&o);
+    assert!(out.contains("368.9M") && out.contains("331.1M") && out.contains("attention"), "{out}");
+}
+
+#[test]
+fn lowrank_refusals_exit_1() {
+    let o = lpac(&["stats", "models/tiny.lpa", "--lowrank", "256"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("r must be below min(d_in, d_out) = 256"), "{}", stderr(&o));
+    let o = lpac(&["ir", "models/tiny.lpa", "--lowrank", "8", "--lowrank-target", "nothing.*"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("matches nothing"), "{}", stderr(&o));
+    let o = lpac(&["ir", "models/tiny.lpa", "--lowrank-target", "ffn"]);
+    assert_eq!(o.status.code(), Some(2), "--lowrank-target needs --lowrank");
+}
+
+#[test]
+fn passes_lists_every_pass_and_pipeline() {
+    let o = lpac(&["passes"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = stdout(&o);
+    for name in ["lowrank", "simplify", "cse", "dce", "verify", "default", "changes the model", "preserves meaning"] {
+        assert!(out.contains(name), "missing {name}:\n{out}");
+    }
+}
+
+#[test]
+fn unknown_passes_and_pipelines_exit_1() {
+    let o = lpac(&["ir", "models/tiny.lpa", "--passes", "cse,fuse-everything"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unknown pass `fuse-everything`"), "{}", stderr(&o));
+    let o = lpac(&["ir", "models/tiny.lpa", "--pipeline", "fastest"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unknown pipeline `fastest`"), "{}", stderr(&o));
+    let o = lpac(&["ir", "models/tiny.lpa", "--passes", "cse", "--print-after", "fusion"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn dump_dir_through_the_cli() {
+    let dir = temp_dir("dump");
+    let dump = dir.join("passes");
+    let o = lpac(&[
+        "ir", "models/tiny.lpa", "--set", "layers=1", "--lowrank", "16", "--passes", "cse,dce",
+        "--dump-dir", dump.to_str().unwrap(), "--time-passes", "--verify-each", "-o", dir.join("out.ir").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(dump.join("00-input.ir").exists() && dump.join("01-after-lowrank.ir").exists());
+    let index = std::fs::read_to_string(dump.join("index.txt")).unwrap();
+    assert_eq!(index.lines().filter(|l| !l.starts_with('#')).count(), 4, "input + three passes:\n{index}");
+    assert!(stderr(&o).contains("total"), "time table: {}", stderr(&o));
+    let o = lpac(&["ir", "models/tiny.lpa", "--passes", "cse", "--dump-dir", "/proc/no-such-dir/x"]);
+    assert_eq!(o.status.code(), Some(1));
+}
+
+#[test]
+fn check_each_through_the_cli() {
+    let o = lpac(&[
+        "ir", "models/llama.lpa", "--set", "layers=1", "--set", "d=32", "--set", "heads=2", "--set", "ffn=64",
+        "--set", "seq=8", "--set", "batch=2", "--set", "vocab=64", "--lowrank", "4", "--pipeline", "default", "--check-each",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = lpac(&["ir", "models/gpt.lpa", "--passes", "cse", "--check-each"]);
+    assert_eq!(o.status.code(), Some(1), "the full 370M model is too big to interpret");
+    assert!(stderr(&o).contains("--set"), "{}", stderr(&o));
+}
+
+#[test]
+fn explain_and_provenance() {
+    let o = lpac(&["ir", "models/tiny.lpa", "--set", "layers=1", "--lowrank", "16", "--provenance"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("source  models/tiny.lpa:19:19: q = split_heads"), "{out}");
+    assert!(out.contains("lowrank created") || out.contains("lowrank from"), "{out}");
+    let ir = lpac(&["ir", "models/tiny.lpa", "--set", "layers=1", "--lowrank", "16"]);
+    let text = stdout(&ir);
+    let line = text.lines().find(|l| l.contains("= matmul") && l.contains("via lowrank")).expect("a factored matmul");
+    let node = line.trim().split_whitespace().next().unwrap();
+    let o = lpac(&["explain", "models/tiny.lpa", node, "--set", "layers=1", "--lowrank", "16"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("source: models/tiny.lpa:") && out.contains("lowrank") && out.contains("stands for"), "{out}");
+    let o = lpac(&["explain", "models/tiny.lpa", "%999999"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("there is no %999999"), "{}", stderr(&o));
+}

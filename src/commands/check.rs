@@ -16,5 +16,17 @@ pub fn run(args: &CheckArgs) -> CliResult {
         g.params().count(),
         g.len()
     );
+    if args.config {
+        match &loaded.config {
+            Some(config) => {
+                for e in &config.entries {
+                    let set = if e.overridden { "(--set)" } else { "" };
+                    let doc = e.doc.as_deref().map(|d| format!("# {d}")).unwrap_or_default();
+                    println!("  {:<12} = {:<10} {:<8} {}", e.name, e.value.to_string(), set, doc);
+                }
+            }
+            None => println!("  (an IR file has no configuration)"),
+        }
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@ use crate::cli::ExplainArgs;
 use crate::error::{CliError, CliResult};
 use crate::load::load;
 use crate::pipeline;
-use crate::provenance::{SourceLines, history, node_lines};
+use crate::provenance::{Change, SourceLines, history, node_lines};
 
 pub fn run(args: &ExplainArgs) -> CliResult {
     let loaded = load(&args.model)?;
@@ -34,14 +34,15 @@ pub fn run(args: &ExplainArgs) -> CliResult {
         let mut inputs: Vec<&lpac_ir::Graph> = run.records.iter().rev().skip(1).map(|r| &r.outcome.graph).collect();
         inputs.push(&run.input);
         for (step, before) in steps.iter().zip(inputs) {
-            match step.from {
-                None => out += &format!("  {:<9} created {}\n", step.pass, step.node),
-                Some(from) if from == step.node && step.explanation.is_none() => {
-                    out += &format!("  {:<9} unchanged\n", step.pass)
+            let line = |from: NodeId| node_lines(before).get(from.index()).cloned().unwrap_or_default();
+            match (step.change, step.from) {
+                (Change::Created, _) | (_, None) => {
+                    out += &format!("  {:<9} created {} (a value the pass introduced)\n", step.pass, step.node)
                 }
-                Some(from) => {
-                    let line = node_lines(before).get(from.index()).cloned().unwrap_or_default();
-                    out += &format!("  {:<9} {} stands for {from} of its input: {line}\n", step.pass, step.node);
+                (Change::Kept, Some(from)) if from == step.node => out += &format!("  {:<9} unchanged\n", step.pass),
+                (Change::Kept, Some(from)) => out += &format!("  {:<9} unchanged (was {from})\n", step.pass),
+                (Change::Rewritten, Some(from)) => {
+                    out += &format!("  {:<9} rewrote {}, which was:\n              {}\n", step.pass, from, line(from))
                 }
             }
             if let Some(e) = &step.explanation {

@@ -5,7 +5,7 @@ use crate::cli::{IrArgs, IrFormat};
 use crate::error::CliResult;
 use crate::load::load;
 use crate::pipeline;
-use crate::provenance::{SourceLines, history, node_lines};
+use crate::provenance::{Change, SourceLines, history, node_lines};
 
 pub fn run(args: &IrArgs) -> CliResult {
     let loaded = load(&args.model)?;
@@ -40,13 +40,13 @@ fn provenance_listing(run: &lpac_passes::manager::PipelineRun) -> String {
             let text = sources.line(span).map(|l| format!(": {}", l.trim())).unwrap_or_default();
             out += &format!("    source  {span}{text}\n");
         }
-        for step in history(run, id).iter().filter(|s| s.from != Some(s.node) || s.explanation.is_some()) {
-            let what = match step.from {
-                None => "created".to_string(),
-                Some(from) if from == step.node => "kept".to_string(),
-                Some(from) => format!("from {from}"),
+        for step in history(run, id).iter().filter(|s| s.change != Change::Kept || s.explanation.is_some()) {
+            let what = match (step.change, step.from) {
+                (Change::Created, _) => "created".to_string(),
+                (_, Some(from)) => format!("rewrote {from} (numbered as before `{}`)", step.pass),
+                (_, None) => "rewrote".to_string(),
             };
-            out += &format!("    {:<8}{what}", step.pass);
+            out += &format!("    {:<8} {what}", step.pass);
             if let Some(e) = &step.explanation {
                 out += &format!(": {e}");
             }
