@@ -16,5 +16,6 @@ pub mod lowrank;
 pub mod manager;
 pub mod pass;
 pub mod registry;
+pub mod simplify;
 pub mod structure;
 pub mod verify_pass;

@@ -65,7 +65,7 @@ pub fn all() -> Vec<PassInfo> {
     };
     vec![
         info(&Lowrank { rank: 1, target: Target::Attention }, LOWRANK_OPTIONS),
-        // SIMPLIFY-PENDING info(&crate::simplify::Simplify::default(), crate::simplify::OPTIONS),
+        info(&crate::simplify::Simplify::default(), crate::simplify::OPTIONS),
         info(&Cse, &[]),
         info(&Dce, &[]),
         info(&VerifyPass, &[]),
@@ -140,7 +140,7 @@ pub fn create(spec: &PassSpec) -> Result<Box<dyn Pass>, String> {
     }
     Ok(match spec.name.as_str() {
         "lowrank" => Box::new(lowrank_from(spec)?),
-        // SIMPLIFY-PENDING "simplify" => Box::new(crate::simplify::Simplify::from_options(&spec.options)?),
+        "simplify" => Box::new(crate::simplify::Simplify::from_options(&spec.options)?),
         "cse" => Box::new(Cse),
         "dce" => Box::new(Dce),
         "verify" => Box::new(VerifyPass),

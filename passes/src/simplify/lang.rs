@@ -19,25 +19,63 @@ pub enum Term {
     /// Original node `%i`: an input, parameter, iota or random_uniform.
     Leaf(u32),
     /// `const`: the f64 bits of the value as written, and the node's type.
-    Const { bits: u64, dtype: DType, shape: Box<[usize]> },
+    Const {
+        bits: u64,
+        dtype: DType,
+        shape: Box<[usize]>,
+    },
     Unary(u8, [Id; 1]),
     Binary(u8, [Id; 2]),
     Select([Id; 3]),
-    Reduce { max: bool, axes: Box<[usize]>, x: [Id; 1] },
+    Reduce {
+        max: bool,
+        axes: Box<[usize]>,
+        x: [Id; 1],
+    },
     /// The target shape (the dtype is the operand's).
-    Reshape { shape: Box<[usize]>, x: [Id; 1] },
-    Permute { perm: Box<[usize]>, x: [Id; 1] },
+    Reshape {
+        shape: Box<[usize]>,
+        x: [Id; 1],
+    },
+    Permute {
+        perm: Box<[usize]>,
+        x: [Id; 1],
+    },
     /// `dims` and the target shape.
-    Broadcast { dims: Box<[usize]>, shape: Box<[usize]>, x: [Id; 1] },
-    Slice { axis: usize, start: usize, end: usize, x: [Id; 1] },
-    Concat { axis: usize, xs: Box<[Id]> },
+    Broadcast {
+        dims: Box<[usize]>,
+        shape: Box<[usize]>,
+        x: [Id; 1],
+    },
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+        x: [Id; 1],
+    },
+    Concat {
+        axis: usize,
+        xs: Box<[Id]>,
+    },
     /// The padding value as f64 bits.
-    Pad { axis: usize, lo: usize, hi: usize, value: u64, x: [Id; 1] },
+    Pad {
+        axis: usize,
+        lo: usize,
+        hi: usize,
+        value: u64,
+        x: [Id; 1],
+    },
     MatMul([Id; 2]),
     Gather([Id; 2]),
     /// The result shape.
-    ScatterAdd { shape: Box<[usize]>, x: [Id; 2] },
-    Cast { dtype: DType, x: [Id; 1] },
+    ScatterAdd {
+        shape: Box<[usize]>,
+        x: [Id; 2],
+    },
+    Cast {
+        dtype: DType,
+        x: [Id; 1],
+    },
 }
 
 pub fn unary_code(u: UnaryOp) -> u8 {
@@ -69,9 +107,7 @@ impl Term {
             Op::Unary(u) => Term::Unary(unary_code(*u), one(0)),
             Op::Binary(b) => Term::Binary(binary_code(*b), two()),
             Op::Select => Term::Select([kids[0], kids[1], kids[2]]),
-            Op::Reduce { op, axes } => {
-                Term::Reduce { max: *op == ReduceOp::Max, axes: axes.clone().into(), x: one(0) }
-            }
+            Op::Reduce { op, axes } => Term::Reduce { max: *op == ReduceOp::Max, axes: axes.clone().into(), x: one(0) },
             Op::Reshape => Term::Reshape { shape: node.ty.shape.clone().into(), x: one(0) },
             Op::Permute { perm } => Term::Permute { perm: perm.clone().into(), x: one(0) },
             Op::Broadcast { dims } => {
@@ -149,10 +185,6 @@ impl Term {
         let mut t = self.clone();
         for c in t.children_mut() {
             *c = z;
-        }
-        if let Term::Concat { xs, .. } = &mut t {
-            // Arity is part of the op for concat.
-            *xs = vec![z; xs.len()].into();
         }
         t
     }
