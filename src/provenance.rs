@@ -46,7 +46,11 @@ pub fn history(run: &PipelineRun, node: NodeId) -> Vec<Step> {
                 let before = inputs[k].node(f);
                 let touched = after.origin.passes.last().map(String::as_str) == Some(record.name)
                     && before.origin.passes.last().map(String::as_str) != Some(record.name);
-                if touched || before.op != after.op || before.ty != after.ty { Change::Rewritten } else { Change::Kept }
+                let source = &record.outcome.source;
+                let same_operands = after.inputs.len() == before.inputs.len()
+                    && after.inputs.iter().zip(&before.inputs).all(|(a, b)| source.get(a.index()).copied().flatten() == Some(*b));
+                let same = before.op == after.op && before.ty == after.ty && same_operands;
+                if touched || !same { Change::Rewritten } else { Change::Kept }
             }
         };
         steps.push(Step { pass: record.name, node: id, from, explanation, change });

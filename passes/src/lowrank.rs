@@ -110,13 +110,20 @@ impl Pass for Lowrank {
         let chosen = self.choose(graph)?;
         self.check_ranks(graph, &chosen)?;
         let mut outcome = rebuild(graph, &chosen, self.rank);
-        let factored: Vec<String> = chosen.iter().map(|c| describe_param(graph, c.weight)).collect();
+        const LISTED: usize = 4;
+        let mut factored: Vec<String> = chosen.iter().take(LISTED).map(|c| describe_param(graph, c.weight)).collect();
+        if chosen.len() > LISTED {
+            factored.push(format!("... and {} more", chosen.len() - LISTED));
+        }
+        let before = graph.param_count();
         outcome.report = Some(format!(
-            "lowrank: factored {} projection(s) at r={} (target {}): {}",
+            "lowrank: factored {} projection(s) at r={} (target {}): {}\n  parameters {} -> {}",
             chosen.len(),
             self.rank,
             self.target.describe(),
-            factored.join(", ")
+            factored.join(", "),
+            before,
+            outcome.graph.param_count()
         ));
         Ok(outcome)
     }
