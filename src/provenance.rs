@@ -33,8 +33,7 @@ pub struct Step {
 pub fn history(run: &PipelineRun, node: NodeId) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut current = Some(node);
-    let inputs: Vec<&Graph> =
-        std::iter::once(&run.input).chain(run.records.iter().map(|r| &r.outcome.graph)).collect();
+    let inputs: Vec<&Graph> = std::iter::once(&run.input).chain(run.records.iter().map(|r| &r.outcome.graph)).collect();
     for (k, record) in run.records.iter().enumerate().rev() {
         let Some(id) = current else { break };
         let from = record.outcome.source.get(id.index()).copied().flatten();
@@ -48,7 +47,11 @@ pub fn history(run: &PipelineRun, node: NodeId) -> Vec<Step> {
                     && before.origin.passes.last().map(String::as_str) != Some(record.name);
                 let source = &record.outcome.source;
                 let same_operands = after.inputs.len() == before.inputs.len()
-                    && after.inputs.iter().zip(&before.inputs).all(|(a, b)| source.get(a.index()).copied().flatten() == Some(*b));
+                    && after
+                        .inputs
+                        .iter()
+                        .zip(&before.inputs)
+                        .all(|(a, b)| source.get(a.index()).copied().flatten() == Some(*b));
                 let same = before.op == after.op && before.ty == after.ty && same_operands;
                 if touched || !same { Change::Rewritten } else { Change::Kept }
             }

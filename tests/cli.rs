@@ -260,8 +260,20 @@ fn dump_dir_through_the_cli() {
     let dir = temp_dir("dump");
     let dump = dir.join("passes");
     let o = lpac(&[
-        "ir", "models/tiny.lpa", "--set", "layers=1", "--lowrank", "16", "--passes", "cse,dce",
-        "--dump-dir", dump.to_str().unwrap(), "--time-passes", "--verify-each", "-o", dir.join("out.ir").to_str().unwrap(),
+        "ir",
+        "models/tiny.lpa",
+        "--set",
+        "layers=1",
+        "--lowrank",
+        "16",
+        "--passes",
+        "cse,dce",
+        "--dump-dir",
+        dump.to_str().unwrap(),
+        "--time-passes",
+        "--verify-each",
+        "-o",
+        dir.join("out.ir").to_str().unwrap(),
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(dump.join("00-input.ir").exists() && dump.join("01-after-lowrank.ir").exists());
@@ -275,8 +287,27 @@ fn dump_dir_through_the_cli() {
 #[test]
 fn check_each_through_the_cli() {
     let o = lpac(&[
-        "ir", "models/llama.lpa", "--set", "layers=1", "--set", "d=32", "--set", "heads=2", "--set", "ffn=64",
-        "--set", "seq=8", "--set", "batch=2", "--set", "vocab=64", "--lowrank", "4", "--pipeline", "default", "--check-each",
+        "ir",
+        "models/llama.lpa",
+        "--set",
+        "layers=1",
+        "--set",
+        "d=32",
+        "--set",
+        "heads=2",
+        "--set",
+        "ffn=64",
+        "--set",
+        "seq=8",
+        "--set",
+        "batch=2",
+        "--set",
+        "vocab=64",
+        "--lowrank",
+        "4",
+        "--pipeline",
+        "default",
+        "--check-each",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let o = lpac(&["ir", "models/gpt.lpa", "--passes", "cse", "--check-each"]);
@@ -294,7 +325,7 @@ fn explain_and_provenance() {
     let ir = lpac(&["ir", "models/tiny.lpa", "--set", "layers=1", "--lowrank", "16"]);
     let text = stdout(&ir);
     let line = text.lines().find(|l| l.contains("= matmul") && l.contains("via lowrank")).expect("a factored matmul");
-    let node = line.trim().split_whitespace().next().unwrap();
+    let node = line.split_whitespace().next().unwrap();
     let o = lpac(&["explain", "models/tiny.lpa", node, "--set", "layers=1", "--lowrank", "16"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = stdout(&o);

@@ -17,7 +17,8 @@ fn compile(path: &str, sets: &[&str]) -> Graph {
 
 /// (pass name, IR text after it) for each pass of `pipeline`.
 fn after_each(graph: Graph, pipeline: &str, instr: &Instrumentation) -> Vec<(String, String)> {
-    let passes: Vec<_> = registry::parse_pipeline(pipeline).unwrap().iter().map(|s| registry::create(s).unwrap()).collect();
+    let passes: Vec<_> =
+        registry::parse_pipeline(pipeline).unwrap().iter().map(|s| registry::create(s).unwrap()).collect();
     let run = run_pipeline(graph, &passes, instr, &mut std::io::sink()).unwrap_or_else(|e| panic!("{e}"));
     run.records.iter().map(|r| (r.name.to_string(), lpac_ir::print(&r.outcome.graph))).collect()
 }
@@ -47,7 +48,9 @@ fn check_each_holds_over_the_default_pipeline_for_every_model() {
     let small = ["layers=2", "d=32", "heads=2", "ffn=64", "seq=8", "batch=2", "vocab=64", "dropout=0.1"];
     let instr = Instrumentation { check_each: true, verify_each: true, ..Default::default() };
     for path in ["models/tiny.lpa", "models/gpt.lpa", "models/llama.lpa"] {
-        for pipeline in ["simplify,cse,dce", "lowrank{rank=8},simplify,cse,dce", "lowrank{rank=8,target=all},simplify,cse,dce"] {
+        for pipeline in
+            ["simplify,cse,dce", "lowrank{rank=8},simplify,cse,dce", "lowrank{rank=8,target=all},simplify,cse,dce"]
+        {
             let graph = compile(path, &small);
             let steps = after_each(graph, pipeline, &instr);
             assert!(!steps.is_empty(), "{path} {pipeline}");

@@ -262,7 +262,8 @@ fn infer_reshape(ty: &TensorType, dims: &[i64]) -> Result<Vec<usize>, String> {
         return Err(format!("bad reshape target {:?}: sizes must be positive, with at most one -1", dims));
     }
     let too_big = || format!("reshape target {:?} has too many elements", dims);
-    let known = dims.iter().filter(|&&d| d > 0).try_fold(1usize, |n, &d| n.checked_mul(d as usize)).ok_or_else(too_big)?;
+    let known =
+        dims.iter().filter(|&&d| d > 0).try_fold(1usize, |n, &d| n.checked_mul(d as usize)).ok_or_else(too_big)?;
     let mut shape: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(&i) = unknown.first() {
         if !ty.numel().is_multiple_of(known) {

@@ -351,7 +351,11 @@ impl<'a> Evaluator<'a> {
         if let Some(v) = builtins::constant(name) {
             return v;
         }
-        self.error(frame, span, format!("`{name}` is not defined on this path (is it assigned only in a branch or loop that did not run?)"))
+        self.error(
+            frame,
+            span,
+            format!("`{name}` is not defined on this path (is it assigned only in a branch or loop that did not run?)"),
+        )
     }
 
     fn unary(&mut self, frame: &Frame, op: ast::UnaryOp, v: Value, span: Span) -> Value {

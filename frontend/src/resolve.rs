@@ -170,7 +170,8 @@ impl Resolver {
         let empty = HashSet::new();
         for entry in entries {
             if builtins::constant(&entry.name.name).is_some() {
-                let msg = format!("`{}` is a built-in name (a dtype or `inf`) and cannot be a config key", entry.name.name);
+                let msg =
+                    format!("`{}` is a built-in name (a dtype or `inf`) and cannot be a config key", entry.name.name);
                 self.push(Diagnostic::error(entry.name.span, msg));
             }
             if let Some(first) = seen.insert(&entry.name.name, entry.name.span) {
@@ -257,7 +258,8 @@ impl Resolver {
     }
 
     fn call(&mut self, p: &Program, callee: &crate::ast::Ident, args: &[Arg], span: Span) {
-        let (params, required): (Vec<String>, Vec<bool>) = if let Some(block) = p.block(&callee.name, self.from_prelude) {
+        let (params, required): (Vec<String>, Vec<bool>) = if let Some(block) = p.block(&callee.name, self.from_prelude)
+        {
             block.params.iter().map(|bp| (bp.name.name.clone(), bp.default.is_none())).unzip()
         } else if let Some(sig) = builtins::signature(&callee.name) {
             sig.iter().map(|s| (s.trim_end_matches('?').to_string(), !s.ends_with('?'))).unzip()

@@ -152,7 +152,8 @@ fn compiles(src: &str, sets: &[&str]) -> lpac_ir::Graph {
 
 #[test]
 fn overriding_a_derived_key_skips_its_formula() {
-    let src = "config {\n  d = 10\n  heads = 4\n  head_dim = d / heads\n}\nmodel m(x: [2, head_dim]) {\n  return sum(x)\n}\n";
+    let src =
+        "config {\n  d = 10\n  heads = 4\n  head_dim = d / heads\n}\nmodel m(x: [2, head_dim]) {\n  return sum(x)\n}\n";
     let g = compiles(src, &["head_dim=3"]);
     assert_eq!(g.ty(g.inputs().next().unwrap().0).shape, vec![2, 3]);
 }
@@ -167,7 +168,9 @@ fn mean_over_a_repeated_axis_counts_it_once() {
 #[test]
 fn prelude_blocks_do_not_see_user_config_or_user_blocks() {
     // A user `sigmoid` with another signature must not break the prelude's `silu`.
-    let src = format!("{HEADER}block sigmoid(x, k) {{\n  return x * k\n}}\nmodel m(x: [2, d]) {{\n  return sum(silu(x)) + sum(sigmoid(x, 2.0))\n}}\n");
+    let src = format!(
+        "{HEADER}block sigmoid(x, k) {{\n  return x * k\n}}\nmodel m(x: [2, d]) {{\n  return sum(silu(x)) + sum(sigmoid(x, 2.0))\n}}\n"
+    );
     compiles(&src, &[]);
     let text = errors_of("config {\n  inf = 1.0\n}\nmodel m(x: [2]) {\n  return sum(x)\n}\n", &[]);
     assert!(text.contains("cannot be a config key"), "{text}");

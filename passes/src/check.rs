@@ -60,18 +60,15 @@ impl CheckInputs {
 
     /// The graph's outputs, by name.
     pub fn run(&self, graph: &Graph) -> Result<Vec<(String, Vec<f64>)>, String> {
-        let outputs = interp::run(graph, CHECK_PRECISION, &self.inputs, &self.params, self.ctx).map_err(|e| e.to_string())?;
+        let outputs =
+            interp::run(graph, CHECK_PRECISION, &self.inputs, &self.params, self.ctx).map_err(|e| e.to_string())?;
         Ok(outputs.into_iter().map(|(name, t)| (name, t.to_f64_vec())).collect())
     }
 }
 
 /// The first output that differs beyond `tolerance`: (name, index, before,
 /// after, relative error).
-pub fn first_difference(
-    before: &[(String, Vec<f64>)],
-    after: &[(String, Vec<f64>)],
-    tolerance: f64,
-) -> Option<String> {
+pub fn first_difference(before: &[(String, Vec<f64>)], after: &[(String, Vec<f64>)], tolerance: f64) -> Option<String> {
     for (name, a) in before {
         let Some((_, b)) = after.iter().find(|(n, _)| n == name) else {
             return Some(format!("output `{name}` disappeared"));
@@ -82,7 +79,8 @@ pub fn first_difference(
         for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
             let same_special = x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
             let rel = (x - y).abs() / x.abs().max(y.abs()).max(1e-30);
-            if !same_special && !(rel <= tolerance) {
+            let within = rel <= tolerance; // false for NaN
+            if !same_special && !within {
                 return Some(format!(
                     "output `{name}` element {i}: {x:e} before, {y:e} after (relative error {rel:.3e}, tolerance {tolerance:e})"
                 ));

@@ -133,9 +133,7 @@ impl Lowrank {
     fn choose(&self, graph: &Graph) -> Result<Vec<Chosen>, PassError> {
         let roles = attention_roles(graph);
         let groups = param_groups(graph);
-        let in_group = |g: ParamGroup| {
-            move |weight_path: &str, _: Option<Role>| groups.get(weight_path) == Some(&g)
-        };
+        let in_group = |g: ParamGroup| move |weight_path: &str, _: Option<Role>| groups.get(weight_path) == Some(&g);
         let chosen: Vec<Chosen> = match &self.target {
             Target::Attention => select(graph, &roles, |_, role| role.is_some()),
             Target::Ffn => select(graph, &roles, in_group(ParamGroup::Ffn)),
@@ -152,7 +150,10 @@ impl Lowrank {
                 Target::All => "no attention or feed-forward parameter matmul was found",
                 Target::Glob(_) => "no weight path of a parameter matmul matches it",
             };
-            return Err(PassError::new("lowrank", format!("target `{}` matches nothing: {why}", self.target.describe())));
+            return Err(PassError::new(
+                "lowrank",
+                format!("target `{}` matches nothing: {why}", self.target.describe()),
+            ));
         }
         Ok(chosen)
     }
@@ -199,11 +200,7 @@ fn attention_roles(graph: &Graph) -> BTreeMap<NodeId, Role> {
 
 /// Every matmul `x·W` with a plain parameter matrix `W` used by it alone,
 /// for which `wanted(path of W, role)` holds.
-fn select(
-    graph: &Graph,
-    roles: &BTreeMap<NodeId, Role>,
-    wanted: impl Fn(&str, Option<Role>) -> bool,
-) -> Vec<Chosen> {
+fn select(graph: &Graph, roles: &BTreeMap<NodeId, Role>, wanted: impl Fn(&str, Option<Role>) -> bool) -> Vec<Chosen> {
     let users = graph.users();
     let mut chosen = Vec::new();
     for id in graph.ids() {
@@ -301,8 +298,8 @@ fn new_factors(copier: &mut GraphCopier, graph: &Graph, c: &Chosen, rank: usize)
         copier.push(node, Some(c.weight))
     };
     let a = param(a_path, vec![d_in, rank], d_in);
-    let a_bias = (c.bias.is_some() && c.place == BiasPlace::FirstFactor)
-        .then(|| param(first_bias_path(path), vec![rank], d_in));
+    let a_bias =
+        (c.bias.is_some() && c.place == BiasPlace::FirstFactor).then(|| param(first_bias_path(path), vec![rank], d_in));
     let b = param(b_path, vec![rank, d_out], rank);
     let _ = d_out;
     Factors { a, a_bias, b }
@@ -334,9 +331,7 @@ pub fn glob_matches(glob: &str, path: &str) -> bool {
         match g {
             [] => p.is_empty(),
             [b'*', b'*', rest @ ..] => (0..=p.len()).any(|i| go(rest, &p[i..])),
-            [b'*', rest @ ..] => {
-                (0..=p.len()).take_while(|&i| i == 0 || p[i - 1] != b'.').any(|i| go(rest, &p[i..]))
-            }
+            [b'*', rest @ ..] => (0..=p.len()).take_while(|&i| i == 0 || p[i - 1] != b'.').any(|i| go(rest, &p[i..])),
             [b'?', rest @ ..] => !p.is_empty() && p[0] != b'.' && go(rest, &p[1..]),
             [c, rest @ ..] => p.first() == Some(c) && go(rest, &p[1..]),
         }
@@ -360,7 +355,10 @@ mod tests {
 
     #[test]
     fn factor_names() {
-        assert_eq!(factor_paths("layers.0.attn.q.weight"), ("layers.0.attn.q.a.weight".into(), "layers.0.attn.q.b.weight".into()));
+        assert_eq!(
+            factor_paths("layers.0.attn.q.weight"),
+            ("layers.0.attn.q.a.weight".into(), "layers.0.attn.q.b.weight".into())
+        );
         assert_eq!(factor_paths("mystery"), ("mystery.a.weight".into(), "mystery.b.weight".into()));
         assert_eq!(first_bias_path("x.q.weight"), "x.q.a.bias");
     }

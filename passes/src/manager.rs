@@ -66,11 +66,20 @@ impl PipelineRun {
 pub enum PipelineError {
     Pass(crate::pass::PassError),
     /// `--verify-each` found the output of a pass invalid.
-    Invalid { pass: String, errors: Vec<String> },
+    Invalid {
+        pass: String,
+        errors: Vec<String>,
+    },
     /// `--check-each` found a meaning-preserving pass changed the numbers.
-    Changed { pass: String, difference: String },
+    Changed {
+        pass: String,
+        difference: String,
+    },
     /// The interpreter could not run the graph for checking.
-    CheckFailed { pass: String, message: String },
+    CheckFailed {
+        pass: String,
+        message: String,
+    },
     Io(String),
 }
 
@@ -251,7 +260,9 @@ impl Dump {
     }
 
     fn write_index(&self, records: &[PassRecord]) -> Result<(), PipelineError> {
-        let mut text = String::from("# pass        changed   time_ms   nodes   file\n00 input       -         -         -       00-input.ir\n");
+        let mut text = String::from(
+            "# pass        changed   time_ms   nodes   file\n00 input       -         -         -       00-input.ir\n",
+        );
         for (i, r) in records.iter().enumerate() {
             let file = if r.changed { Self::file_name(i + 1, r.name) } else { "-".to_string() };
             let _ = writeln!(

@@ -113,10 +113,14 @@ fn factored_model_runs_and_is_still_attention() {
         .inputs()
         .map(|(id, name)| {
             let n = out.ty(id).numel();
-            (name.to_string(), lpac_ir::interp::Tensor::from_i32(out.ty(id).shape.clone(), (0..n as i32).map(|i| i % 64).collect()))
+            (
+                name.to_string(),
+                lpac_ir::interp::Tensor::from_i32(out.ty(id).shape.clone(), (0..n as i32).map(|i| i % 64).collect()),
+            )
         })
         .collect();
-    let loss = lpac_ir::interp::run(&out, lpac_ir::interp::Precision::F64, &inputs, &params, Default::default()).unwrap();
+    let loss =
+        lpac_ir::interp::run(&out, lpac_ir::interp::Precision::F64, &inputs, &params, Default::default()).unwrap();
     let l = loss[0].1.to_f64_vec()[0];
     assert!(l.is_finite() && (l - 64f64.ln()).abs() < 1.5, "loss {l}");
 }
@@ -127,7 +131,9 @@ fn ffn_all_and_glob_targets() {
     let ffn = lowrank(&g, 32, Target::Ffn);
     assert!(shape_of(&ffn, "layers.0.mlp.up.a.weight").is_some() && shape_of(&ffn, "layers.0.attn.q.weight").is_some());
     let all = lowrank(&g, 32, Target::All);
-    assert!(shape_of(&all, "layers.0.mlp.up.a.weight").is_some() && shape_of(&all, "layers.0.attn.q.a.weight").is_some());
+    assert!(
+        shape_of(&all, "layers.0.mlp.up.a.weight").is_some() && shape_of(&all, "layers.0.attn.q.a.weight").is_some()
+    );
     assert!(shape_of(&all, "head.a.weight").is_none(), "`all` leaves the LM head dense");
     let one = lowrank(&g, 32, Target::Glob("layers.*.attn.q.weight".into()));
     assert!(shape_of(&one, "layers.0.attn.q.a.weight").is_some() && shape_of(&one, "layers.0.attn.k.weight").is_some());

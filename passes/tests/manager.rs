@@ -118,7 +118,8 @@ fn dump_dir_has_numbered_files_for_changes_and_an_index() {
     let g = tiny(SMALL);
     let instr = Instrumentation { dump_dir: Some(dir.clone()), ..Default::default() };
     run_pipeline(g, &passes("lowrank{rank=4},verify,cse"), &instr, &mut std::io::sink()).unwrap();
-    let mut files: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut files: Vec<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     files.sort();
     assert_eq!(files, ["00-input.ir", "01-after-lowrank.ir", "03-after-cse.ir", "index.txt"]);
     let index = std::fs::read_to_string(dir.join("index.txt")).unwrap();
@@ -156,7 +157,8 @@ fn printing_after_passes() {
 #[test]
 fn every_pass_output_traces_back_to_its_input() {
     let g = tiny(SMALL);
-    let run = run_pipeline(g, &passes("lowrank{rank=4},cse,dce"), &Instrumentation::default(), &mut std::io::sink()).unwrap();
+    let run =
+        run_pipeline(g, &passes("lowrank{rank=4},cse,dce"), &Instrumentation::default(), &mut std::io::sink()).unwrap();
     for r in &run.records {
         assert_eq!(r.outcome.source.len(), r.outcome.graph.len(), "{}: one source entry per node", r.name);
     }

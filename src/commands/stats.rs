@@ -54,7 +54,8 @@ fn render(name: &str, s: &Stats) -> String {
     out += &format!("    of which matmuls     {:>15}  {}\n", grouped(mm), human_count(mm));
     let train = s.flops_per_step_train();
     out += &format!("  train FLOPs/step       {:>15}  {}  (forward + backward)\n", grouped(train), human_count(train));
-    out += &format!("  activation memory/step {:>15}  {}\n", grouped(s.activation_bytes), human_bytes(s.activation_bytes));
+    out +=
+        &format!("  activation memory/step {:>15}  {}\n", grouped(s.activation_bytes), human_bytes(s.activation_bytes));
     out
 }
 
@@ -62,7 +63,8 @@ fn render_side_by_side(name: &str, dense: &Stats, lpa: &Stats, rank: usize, targ
     let mut out = format!("model `{name}`: dense against lowrank r={rank} (target {target})\n\n");
     out += &format!("  {:<24} {:>16} {:>16} {:>9}\n", "", "dense", "lowrank", "change");
     let mut row = |label: &str, a: u64, b: u64| {
-        let change = if a == 0 { String::from("-") } else { format!("{:+.1}%", 100.0 * (b as f64 - a as f64) / a as f64) };
+        let change =
+            if a == 0 { String::from("-") } else { format!("{:+.1}%", 100.0 * (b as f64 - a as f64) / a as f64) };
         out += &format!("  {:<24} {:>16} {:>16} {:>9}\n", label, human_count(a), human_count(b), change);
     };
     row("parameters", dense.total_params, lpa.total_params);
@@ -76,6 +78,10 @@ fn render_side_by_side(name: &str, dense: &Stats, lpa: &Stats, rank: usize, targ
     row("  of which matmuls", dense.matmul_flops_per_token_fwd() as u64, lpa.matmul_flops_per_token_fwd() as u64);
     row("train FLOPs/step", dense.flops_per_step_train(), lpa.flops_per_step_train());
     row("activation bytes/step", dense.activation_bytes, lpa.activation_bytes);
-    out += &format!("\n  exact parameters: {} dense, {} lowrank\n", grouped(dense.total_params), grouped(lpa.total_params));
+    out += &format!(
+        "\n  exact parameters: {} dense, {} lowrank\n",
+        grouped(dense.total_params),
+        grouped(lpa.total_params)
+    );
     out
 }
