@@ -232,6 +232,12 @@ fn matmul<T: Real>(a: &Value<T>, b: &Value<T>, a_shape: &[usize], b_shape: &[usi
         let a_batch = &a[batch * m * k..(batch + 1) * m * k];
         let b_start = if shared { 0 } else { batch * k * n };
         let b_batch = &b[b_start..b_start + k * n];
+        let start = out.len();
+        out.resize(start + m * n, T::ZERO);
+        if T::fast_matmul(a_batch, b_batch, m, k, n, &mut out[start..]) {
+            continue;
+        }
+        out.truncate(start);
         for i in 0..m {
             // One accumulator per output column, each summed over p in order:
             // the same additions as a dot product per element, but reading

@@ -40,6 +40,11 @@ pub trait Real:
     fn is_nan(self) -> bool;
     fn is_sign_negative(self) -> bool;
 
+    /// `out = a[m,k] · b[k,n]` (row-major) through the gemm crate, if this
+    /// precision uses it; returns false (and leaves `out` alone) otherwise.
+    /// Only f32 does: the f64 interpreter is the oracle and keeps plain loops.
+    fn fast_matmul(a: &[Self], b: &[Self], m: usize, k: usize, n: usize, out: &mut [Self]) -> bool;
+
     /// Host data in this precision.
     fn into_data(values: Vec<Self>) -> TensorData;
     /// Float host data converted to this precision; `None` for int or bool data.
@@ -47,7 +52,7 @@ pub trait Real:
 }
 
 macro_rules! impl_real {
-    ($t:ty, $variant:ident) => {
+    ($t:ty, $variant:ident, $use_gemm:expr) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -90,6 +95,40 @@ macro_rules! impl_real {
             fn is_sign_negative(self) -> bool {
                 <$t>::is_sign_negative(self)
             }
+            fn fast_matmul(a: &[Self], b: &[Self], m: usize, k: usize, n: usize, out: &mut [Self]) -> bool {
+                if !$use_gemm || m == 0 || n == 0 || k == 0 {
+                    return false;
+                }
+                assert!(a.len() == m * k && b.len() == k * n && out.len() == m * n, "matmul operand sizes");
+                // SAFETY: the three slices hold exactly m·k, k·n and m·n
+                // elements (checked above), laid out row-major: element (i, j)
+                // at i·row_stride + j·col_stride. `out` is not read (read_dst
+                // false) and does not alias the operands.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr(),
+                        1,
+                        k as isize,
+                        b.as_ptr(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::Rayon(0),
+                    );
+                }
+                true
+            }
             fn into_data(values: Vec<Self>) -> TensorData {
                 TensorData::$variant(values)
             }
@@ -104,8 +143,8 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f32, F32);
-impl_real!(f64, F64);
+impl_real!(f32, F32, true);
+impl_real!(f64, F64, false);
 
 /// IEEE 754-2019 `maximum`: NaN if either operand is NaN, and +0 > -0.
 pub fn maximum<T: Real>(a: T, b: T) -> T {
