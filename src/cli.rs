@@ -36,6 +36,13 @@ pub enum Command {
     /// Show how one node of the final graph came to be: its source line and
     /// the chain of passes and rewrites that produced it.
     Explain(ExplainArgs),
+    /// Train a model on a text corpus (the bundled Shakespeare by default),
+    /// writing a run folder with metrics, a loss plot and checkpoints.
+    Train(Box<TrainArgs>),
+    /// Test perplexity of a checkpoint on the held-out split of a corpus.
+    Eval(EvalArgs),
+    /// Generate text from a checkpoint.
+    Sample(SampleArgs),
 }
 
 /// The model file and its configuration overrides, shared by every subcommand.
@@ -169,4 +176,149 @@ pub struct ExplainArgs {
     pub node: String,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// Linear warm-up, then cosine decay to --min-lr-ratio of --lr at the last step.
+    Cosine,
+    /// Linear warm-up, then constant.
+    Constant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// AdamW (decoupled weight decay), as torch.optim.AdamW.
+    Adamw,
+    /// SGD with momentum, as torch.optim.SGD.
+    Sgd,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub lowrank: LowrankArgs,
+    /// A UTF-8 text file to train on; the last 5% is held out for evaluation.
+    /// Default: the bundled corpus, data/shakespeare.txt.
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// A Hugging Face tokenizer.json; default: bytes (vocabulary 256).
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+    /// Training steps [default: 300; with --resume: the run's own].
+    #[arg(long, value_name = "N")]
+    pub steps: Option<u64>,
+    /// Sequences per step (sets the model's `batch` config key).
+    #[arg(long, value_name = "B")]
+    pub batch: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long, value_name = "X", default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Steps of linear learning-rate warm-up [default: a tenth of --steps, at most 100].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u64>,
+    /// Learning-rate schedule after the warm-up.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
+    /// The cosine schedule decays to this fraction of --lr.
+    #[arg(long, value_name = "F", default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub optimizer: OptimizerArg,
+    /// AdamW β1.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    /// AdamW β2.
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f64,
+    /// AdamW ε.
+    #[arg(long, default_value_t = 1e-5)]
+    pub eps: f64,
+    /// Weight decay (decoupled for AdamW).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Apply weight decay to every parameter, not only matrices (norms and
+    /// biases are left out by default).
+    #[arg(long)]
+    pub decay_all: bool,
+    /// Clip the global gradient norm to this (0 disables clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Seed of initialisation, batches and dropout: the same seed gives the
+    /// same run, bit for bit.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Evaluate on held-out blocks every N steps (0: only at the end).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub eval_every: u64,
+    /// Held-out blocks used by the evaluations during training (the final
+    /// test perplexity uses all of them).
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub eval_blocks: usize,
+    /// Write a checkpoint every N steps (and at evaluations and the end).
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub checkpoint_every: u64,
+    /// The run folder (default: runs/MODEL).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint, with its recorded
+    /// configuration (only --steps may change): the same loss curve, bit for
+    /// bit, as a run that was never interrupted.
+    #[arg(long)]
+    pub resume: bool,
+    /// Start an LPA model (--lowrank) from a dense checkpoint: factors from the
+    /// truncated SVD of each dense projection, other parameters copied.
+    #[arg(long, value_name = "CHECKPOINT", requires = "lowrank")]
+    pub init_from: Option<PathBuf>,
+    /// Where to run: `interp` (the reference interpreter); `cpu` and `cuda`
+    /// arrive with their backends.
+    #[arg(long, value_enum, default_value = "interp")]
+    pub device: crate::train::device::Device,
+    /// One JSON object per log line on standard output instead of a progress bar.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A checkpoint file or a run folder (its checkpoint.safetensors).
+    #[arg(value_name = "CHECKPOINT|RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// Evaluate on the held-out split (last 5%) of this text instead of the run's data.
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "interp")]
+    pub device: crate::train::device::Device,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// A checkpoint file or a run folder (its checkpoint.safetensors).
+    #[arg(value_name = "CHECKPOINT|RUN_DIR")]
+    pub checkpoint: PathBuf,
+    /// The text to continue.
+    #[arg(long)]
+    pub prompt: String,
+    /// Tokens to generate.
+    #[arg(long, default_value_t = 200)]
+    pub tokens: usize,
+    /// Softmax temperature; 0 picks the most likely token.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Draw only among the K most likely tokens (0: all).
+    #[arg(long, value_name = "K", default_value_t = 40)]
+    pub top_k: usize,
+    /// Seed of the draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "interp")]
+    pub device: crate::train::device::Device,
 }

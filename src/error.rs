@@ -3,6 +3,7 @@
 
 use lpac_frontend::CompileError;
 
+#[derive(Debug)]
 pub enum CliError {
     /// Diagnostics from the frontend, rendered with source snippets.
     Compile(CompileError),

@@ -11,6 +11,7 @@ mod load;
 mod pipeline;
 mod provenance;
 mod stats;
+mod train;
 
 use cli::{Cli, Command};
 
@@ -22,6 +23,9 @@ fn main() -> ExitCode {
         Command::Stats(args) => commands::stats::run(&args),
         Command::Passes => commands::passes::run(),
         Command::Explain(args) => commands::explain::run(&args),
+        Command::Train(args) => commands::train::run(&args),
+        Command::Eval(args) => commands::eval::run(&args),
+        Command::Sample(args) => commands::sample::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

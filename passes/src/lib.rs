@@ -8,12 +8,14 @@
 //!   [`check`]: the numeric check behind `--check-each`.
 //! - The passes: [`lowrank`] (LPA), [`cse`], [`dce`], [`verify_pass`].
 
+pub mod autodiff;
 pub mod check;
 pub mod cost;
 pub mod cse;
 pub mod dce;
 pub mod lowrank;
 pub mod manager;
+pub mod optimizer;
 pub mod pass;
 pub mod registry;
 pub mod simplify;

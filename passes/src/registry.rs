@@ -65,6 +65,8 @@ pub fn all() -> Vec<PassInfo> {
     };
     vec![
         info(&Lowrank { rank: 1, target: Target::Attention }, LOWRANK_OPTIONS),
+        info(&crate::autodiff::Autodiff, &[]),
+        info(&crate::optimizer::Optimizer::default(), crate::optimizer::OPTIONS),
         info(&crate::simplify::Simplify::default(), crate::simplify::OPTIONS),
         info(&Cse, &[]),
         info(&Dce, &[]),
@@ -140,7 +142,9 @@ pub fn create(spec: &PassSpec) -> Result<Box<dyn Pass>, String> {
     }
     Ok(match spec.name.as_str() {
         "lowrank" => Box::new(lowrank_from(spec)?),
+        "autodiff" => Box::new(crate::autodiff::Autodiff),
         "simplify" => Box::new(crate::simplify::Simplify::from_options(&spec.options)?),
+        "optimizer" => Box::new(crate::optimizer::Optimizer::from_options(&spec.options)?),
         "cse" => Box::new(Cse),
         "dce" => Box::new(Dce),
         "verify" => Box::new(VerifyPass),

@@ -375,6 +375,12 @@ fn leftover_group(f: &Facts, param: NodeId) -> ParamGroup {
 /// The projections closest to the first output: walking back from it through
 /// anything but matmuls, the parameter matmuls met first.
 fn head_projections(f: &Facts) -> Vec<Projection> {
+    head_ends(f).into_iter().filter_map(|end| chain_ending_at(f, end)).collect()
+}
+
+/// Where the projections nearest the first output end (the matmul, or the
+/// bias add after it).
+fn head_ends(f: &Facts) -> Vec<NodeId> {
     let Some(out) = f.graph.outputs.first() else { return Vec::new() };
     let mut seen = HashSet::new();
     let mut stack = vec![out.node];
@@ -384,7 +390,7 @@ fn head_projections(f: &Facts) -> Vec<Projection> {
             continue;
         }
         if let Some(end) = bias_or_matmul_end(f, id) {
-            found.extend(chain_ending_at(f, end));
+            found.push(end);
             continue;
         }
         if matches!(f.op(id), Op::MatMul) {
@@ -393,4 +399,14 @@ fn head_projections(f: &Facts) -> Vec<Projection> {
         stack.extend(f.inputs(id).iter().copied());
     }
     found
+}
+
+/// The model's logits: the output of the one projection nearest the loss (the
+/// LM head), if there is exactly one.
+pub fn head_output(graph: &Graph) -> Option<NodeId> {
+    let f = Facts::new(graph);
+    match head_ends(&f).as_slice() {
+        [one] => Some(*one),
+        _ => None,
+    }
 }

@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod eval;
 pub mod explain;
 pub mod ir;
 pub mod passes;
+pub mod sample;
 pub mod stats;
+pub mod train;

@@ -1,0 +1,65 @@
+//! Where a step graph runs. Today the reference interpreter (f32, matrix
+//! products through the gemm crate); the compiled CPU and CUDA backends plug
+//! in here as they land.
+
+use std::collections::BTreeMap;
+
+use lpac_ir::Graph;
+use lpac_ir::interp::{self, Precision, RunContext, Tensor};
+
+use crate::error::CliError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// The reference interpreter, in f32: slow, simple, always available.
+    Interp,
+    /// Compiled CPU kernels (Cranelift).
+    Cpu,
+    /// NVIDIA GPUs (PTX through the CUDA driver).
+    Cuda,
+}
+
+/// Runs one graph again and again with new inputs and parameters.
+pub trait Executor {
+    /// The graph's outputs by name.
+    fn run(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        params: &BTreeMap<String, Tensor>,
+        ctx: RunContext,
+    ) -> Result<BTreeMap<String, Tensor>, String>;
+}
+
+struct Interpreter {
+    graph: Graph,
+}
+
+impl Executor for Interpreter {
+    fn run(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        params: &BTreeMap<String, Tensor>,
+        ctx: RunContext,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        let outputs = interp::run(&self.graph, Precision::F32, inputs, params, ctx).map_err(|e| e.to_string())?;
+        Ok(outputs.into_iter().collect())
+    }
+}
+
+/// An executor for `graph` on `device`, or a clear error if that backend is
+/// not available in this build.
+pub fn executor(device: Device, graph: Graph) -> Result<Box<dyn Executor>, CliError> {
+    match device {
+        Device::Interp => Ok(Box::new(Interpreter { graph })),
+        Device::Cpu => Err(CliError::Message(
+            "--device cpu: the compiled CPU backend (Cranelift) is not part of this lpac yet; \
+             use --device interp (the reference interpreter)"
+                .to_string(),
+        )),
+        Device::Cuda => Err(CliError::Message(
+            "--device cuda: this lpac has no CUDA backend yet, so it cannot use a GPU; \
+             use --device interp"
+                .to_string(),
+        )),
+    }
+}

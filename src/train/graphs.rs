@@ -1,0 +1,88 @@
+//! The graphs a run needs, built from a [`ModelSpec`]: the training step
+//! (forward, backward, optimiser update), the evaluation forward pass
+//! (dropout off), and the sampling pass (one sequence, logits as output).
+
+use lpac_frontend::Override;
+use lpac_ir::{Graph, TensorType};
+use lpac_passes::optimizer::Kind;
+use lpac_passes::registry::PassSpec;
+
+use super::model_spec::{ModelSpec, run_passes};
+use crate::error::CliError;
+
+/// The optimisation passes every step graph gets after it is built.
+fn optimise() -> Vec<PassSpec> {
+    vec![PassSpec::new("simplify").with("explain", false), PassSpec::new("cse"), PassSpec::new("dce")]
+}
+
+/// forward → autodiff → optimizer → simplify, cse, dce.
+pub fn train_graph(spec: &ModelSpec, kind: Kind, decay_mask: bool) -> Result<Graph, CliError> {
+    let forward = spec.forward(&[])?;
+    check_inputs(&forward)?;
+    let mut passes = vec![
+        PassSpec::new("autodiff"),
+        PassSpec::new("optimizer").with("kind", kind.name()).with("decay_mask", decay_mask).with("keep_grads", true),
+    ];
+    passes.extend(optimise());
+    run_passes(forward, &passes)
+}
+
+/// The forward pass with dropout off (if the model has a `dropout` key) and
+/// `extra` overrides (another batch size).
+pub fn eval_graph(spec: &ModelSpec, extra: &[Override]) -> Result<Graph, CliError> {
+    let mut overrides = no_dropout(spec)?;
+    overrides.extend(extra.iter().cloned());
+    let forward = spec.forward(&overrides)?;
+    check_inputs(&forward)?;
+    run_passes(forward, &optimise())
+}
+
+/// One sequence, dropout off, with the model's logits as a second output
+/// `logits` (found from structure: the projection nearest the loss).
+pub fn sample_graph(spec: &ModelSpec) -> Result<Graph, CliError> {
+    let mut overrides = no_dropout(spec)?;
+    if spec.has_key("batch")? {
+        overrides.push(Override { key: "batch".into(), value: "1".into() });
+    }
+    let mut forward = spec.forward(&overrides)?;
+    check_inputs(&forward)?;
+    let logits = lpac_passes::structure::head_output(&forward).ok_or_else(|| {
+        CliError::Message("cannot sample: no output projection (logits) was found in front of the loss".into())
+    })?;
+    forward.add_output("logits", logits);
+    run_passes(forward, &[PassSpec::new("cse"), PassSpec::new("dce")])
+}
+
+fn no_dropout(spec: &ModelSpec) -> Result<Vec<Override>, CliError> {
+    Ok(if spec.has_key("dropout")? { vec![Override { key: "dropout".into(), value: "0".into() }] } else { Vec::new() })
+}
+
+/// `lpac train` feeds two inputs, `tokens` and `targets`, both `i32[batch, seq]`.
+fn check_inputs(graph: &Graph) -> Result<(), CliError> {
+    let inputs: Vec<(&str, &TensorType)> = graph.inputs().map(|(id, name)| (name, graph.ty(id))).collect();
+    let ok = inputs.len() == 2
+        && inputs.iter().all(|(name, ty)| {
+            (*name == "tokens" || *name == "targets") && ty.dtype == lpac_ir::DType::I32 && ty.rank() == 2
+        })
+        && inputs[0].1 == inputs[1].1;
+    if ok {
+        return Ok(());
+    }
+    let declared: Vec<String> = inputs.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+    Err(CliError::Message(format!(
+        "lpac trains models whose inputs are `tokens` and `targets`, both i32[batch, seq]; this model declares {}",
+        declared.join(", ")
+    )))
+}
+
+/// `[batch, seq]` of the model's `tokens` input.
+pub fn batch_and_seq(graph: &Graph) -> (usize, usize) {
+    let (id, _) = graph.inputs().find(|(_, n)| *n == "tokens").expect("checked by check_inputs");
+    let shape = &graph.ty(id).shape;
+    (shape[0], shape[1])
+}
+
+/// The parameters of a graph with their types, in order.
+pub fn param_types(graph: &Graph) -> Vec<(String, TensorType)> {
+    graph.params().map(|(id, path)| (path.to_string(), graph.ty(id).clone())).collect()
+}
