@@ -271,6 +271,10 @@ pub struct TrainArgs {
     /// bit, as a run that was never interrupted.
     #[arg(long)]
     pub resume: bool,
+    /// Stop at this step, saving a checkpoint, as if interrupted (for time-sliced
+    /// runs); continue later with --resume.
+    #[arg(long, value_name = "STEP")]
+    pub stop_at: Option<u64>,
     /// Start an LPA model (--lowrank) from a dense checkpoint: factors from the
     /// truncated SVD of each dense projection, other parameters copied.
     #[arg(long, value_name = "CHECKPOINT", requires = "lowrank")]

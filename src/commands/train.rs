@@ -37,13 +37,17 @@ pub fn tokenizer(path: Option<&Path>) -> Result<Box<dyn Tokenizer>, CliError> {
 }
 
 pub fn run(args: &TrainArgs) -> CliResult {
-    let (config, dir) = if args.resume { resumed_config(args)? } else { new_config(args)? };
+    let (mut config, dir) = if args.resume { resumed_config(args)? } else { new_config(args)? };
+    config.stop_at = args.stop_at;
+    // Everything is checked before the run folder is touched, so a refused
+    // run leaves nothing behind.
     let tok = tokenizer(config.tokenizer.as_deref())?;
     let corpus = load_corpus(&config.data, tok.as_ref(), 0.05).map_err(CliError::Message)?;
     check_vocab(&config.spec, &corpus, tok.as_ref())?;
     let graph = train_graph(&config.spec, config.optimizer, config.decay_mask)?;
     let (batch, seq) = crate::train::graphs::batch_and_seq(&graph);
     check_fits(&corpus, batch, seq).map_err(CliError::Message)?;
+    crate::train::device::check_available(config.device)?;
     let params = param_types(&graph);
     let (state, metrics) = if args.resume {
         let state = load_state(&dir, &params, config.optimizer)?;
@@ -55,11 +59,10 @@ pub fn run(args: &TrainArgs) -> CliResult {
             None => fresh_params(&graph, config.seed),
         };
         let state = TrainState { step: 0, params: initial, optimizer: zero_state(&params, config.optimizer) };
+        create_run_dir(&dir)?;
+        write_config(&dir, &config)?;
         (state, MetricsLog::create(&dir.join(METRICS_FILE)).map_err(CliError::Message)?)
     };
-    if !args.resume {
-        write_config(&dir, &config)?;
-    }
     ctrlc_handler();
     let start = state.step;
     let mut reporter: Box<dyn Reporter> =
@@ -75,26 +78,35 @@ pub fn run(args: &TrainArgs) -> CliResult {
         dir.display()
     ));
     let mut trainer = Trainer { config, dir: dir.clone(), corpus, reporter: reporter.as_mut() };
+    if start == 0 {
+        // A checkpoint exists from the start: a run that fails at step 1 keeps one.
+        trainer.save(&state)?;
+    }
     match trainer.run(state, metrics)? {
         Ending::Finished { test } => {
-            let line = format!(
-                "test perplexity {:.3} (loss {:.4}) over {} held-out blocks of {} tokens; run folder {}",
-                test.perplexity(),
-                test.loss,
-                test.blocks,
-                test.seq,
-                dir.display()
-            );
             if args.json {
                 let json =
                     serde_json::json!({"test_loss": test.loss, "test_ppl": test.perplexity(), "blocks": test.blocks});
                 println!("{json}");
             } else {
-                println!("{line}");
+                println!(
+                    "test perplexity {:.3} (loss {:.4}) over {} held-out blocks of {} tokens; run folder {}",
+                    test.perplexity(),
+                    test.loss,
+                    test.blocks,
+                    test.seq,
+                    dir.display()
+                );
             }
         }
         Ending::Interrupted { step } => {
             eprintln!("interrupted at step {step}: checkpoint saved; continue with --resume --out {}", dir.display());
+        }
+        Ending::Stopped { step } => {
+            eprintln!(
+                "stopped at step {step} (--stop-at): checkpoint saved; continue with --resume --out {}",
+                dir.display()
+            );
         }
     }
     Ok(())
@@ -112,7 +124,7 @@ fn new_config(args: &TrainArgs) -> Result<(RunConfig, PathBuf), CliError> {
     }
     let name = lpac_frontend::compile(&spec.file, &spec.source, &spec.overrides)?.name;
     let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&name));
-    prepare_new_dir(&dir)?;
+    refuse_existing_run(&dir)?;
     let steps = args.steps.unwrap_or(DEFAULT_STEPS);
     let warmup = args.warmup.unwrap_or((steps / 10).min(100));
     let schedule = match args.schedule {
@@ -151,18 +163,23 @@ fn new_config(args: &TrainArgs) -> Result<(RunConfig, PathBuf), CliError> {
         eval_blocks: args.eval_blocks.max(1),
         checkpoint_every: args.checkpoint_every.max(1),
         device: args.device,
+        stop_at: None,
     };
     Ok((config, dir))
 }
 
 /// A new run never overwrites another: the folder must be new or hold no run.
-fn prepare_new_dir(dir: &Path) -> Result<(), CliError> {
+fn refuse_existing_run(dir: &Path) -> Result<(), CliError> {
     if dir.join(CHECKPOINT_FILE).exists() || dir.join(METRICS_FILE).exists() {
         return Err(CliError::Message(format!(
             "{} already holds a run; continue it with --resume, or choose another --out",
             dir.display()
         )));
     }
+    Ok(())
+}
+
+fn create_run_dir(dir: &Path) -> Result<(), CliError> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the run folder {}: {e}", dir.display()))?;
     let probe = dir.join(".lpac-write-test");
     std::fs::write(&probe, b"").map_err(|e| format!("cannot write in the run folder {}: {e}", dir.display()))?;
@@ -226,6 +243,7 @@ pub fn config_from_json(v: &serde_json::Value) -> Result<RunConfig, String> {
         eval_blocks: u("eval_blocks")? as usize,
         checkpoint_every: u("checkpoint_every")?,
         device: crate::train::device::Device::Interp,
+        stop_at: None,
     })
 }
 

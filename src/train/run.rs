@@ -44,6 +44,8 @@ pub struct RunConfig {
     pub eval_blocks: usize,
     pub checkpoint_every: u64,
     pub device: Device,
+    /// Stop (with a checkpoint) on reaching this step, as if interrupted.
+    pub stop_at: Option<u64>,
 }
 
 impl RunConfig {
@@ -84,8 +86,16 @@ pub struct TrainState {
 
 /// How a run ended.
 pub enum Ending {
-    Finished { test: Evaluation },
-    Interrupted { step: u64 },
+    Finished {
+        test: Evaluation,
+    },
+    Interrupted {
+        step: u64,
+    },
+    /// `--stop-at` reached.
+    Stopped {
+        step: u64,
+    },
 }
 
 /// Where log lines go: a progress bar, or JSON objects on stdout.
@@ -116,6 +126,11 @@ impl Trainer<'_> {
                 self.save(&state)?;
                 self.reporter.finish();
                 return Ok(Ending::Interrupted { step: state.step });
+            }
+            if self.config.stop_at.is_some_and(|s| state.step >= s) {
+                self.save(&state)?;
+                self.reporter.finish();
+                return Ok(Ending::Stopped { step: state.step });
             }
             let step = state.step + 1;
             let lr = self.config.schedule.lr_at(self.config.lr, step);
