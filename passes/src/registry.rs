@@ -47,6 +47,7 @@ const LOWRANK_OPTIONS: &[PassOption] = &[
 /// The named pipelines, for `--pipeline NAME`.
 pub const PIPELINES: &[(&str, &str, &str)] = &[
     ("default", "simplify,cse,dce", "the optimisation pipeline every backend runs"),
+    ("train", "autodiff,optimizer,simplify,cse,dce", "the whole training step: forward, backward, AdamW update"),
     ("cleanup", "cse,dce", "merge duplicates and drop dead nodes, nothing else"),
     ("none", "", "no passes: the graph as the frontend built it"),
 ];
