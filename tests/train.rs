@@ -330,3 +330,48 @@ fn ctrl_c_saves_and_exits_cleanly() {
         lpac(&["train", "models/tiny.lpa", "--resume", "--out", out.to_str().unwrap(), "--steps", "1", "--json"]);
     assert_eq!(resumed.status.code(), Some(0), "an interrupted run resumes: {}", text(&resumed));
 }
+
+#[test]
+fn a_hugging_face_tokenizer_drives_the_vocabulary() {
+    let dir = temp("hf");
+    let tokenizer = dir.join("tokenizer.json");
+    std::fs::write(
+        &tokenizer,
+        r#"{
+  "version": "1.0",
+  "truncation": null,
+  "padding": null,
+  "added_tokens": [],
+  "normalizer": null,
+  "pre_tokenizer": { "type": "Whitespace" },
+  "post_processor": null,
+  "decoder": null,
+  "model": { "type": "WordLevel", "vocab": { "[UNK]": 0, "the": 1, "cat": 2, "sat": 3, "on": 4, "mat": 5, ".": 6 }, "unk_token": "[UNK]" }
+}"#,
+    )
+    .unwrap();
+    let data = dir.join("cats.txt");
+    std::fs::write(&data, "the cat sat on the mat . ".repeat(400)).unwrap();
+    let out = dir.join("run");
+    let base = ["train", "models/tiny.lpa", "--data", data.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap()];
+    let mut args = base.to_vec();
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(&["--steps", "30", "--lr", "3e-3", "--eval-every", "0", "--json", "--out", out.to_str().unwrap()]);
+    // The byte-sized vocab would fit, but a smaller one is the point: ids < 7.
+    args.extend_from_slice(&["--set", "vocab=7"]);
+    let o = lpac(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let l: Vec<f64> = losses(&out).into_iter().map(f64::from_bits).collect();
+    assert!((l[0] - 7f64.ln()).abs() < 0.2, "starts near ln 7: {}", l[0]);
+    assert!(l[29] < l[0] - 0.5, "a periodic text is learned quickly: {} -> {}", l[0], l[29]);
+    let s = lpac(&["sample", out.to_str().unwrap(), "--prompt", "the cat", "--tokens", "4", "--temperature", "0"]);
+    assert_eq!(s.status.code(), Some(0), "{}", text(&s));
+    // A vocabulary too small for the tokenizer is refused with the number to use.
+    let small = dir.join("small");
+    let mut args = base.to_vec();
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(&["--steps", "1", "--set", "vocab=4", "--out", small.to_str().unwrap()]);
+    let o = lpac(&args);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--set vocab=7"), "{}", text(&o));
+}
