@@ -306,7 +306,7 @@ fn ctrl_c_saves_and_exits_cleanly() {
     ];
     args.extend_from_slice(SMALL);
     args.extend_from_slice(&["--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lpac"))
+    let child = Command::new(env!("CARGO_BIN_EXE_lpac"))
         .args(&args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(std::process::Stdio::piped())
@@ -353,10 +353,21 @@ fn a_hugging_face_tokenizer_drives_the_vocabulary() {
     let data = dir.join("cats.txt");
     std::fs::write(&data, "the cat sat on the mat . ".repeat(400)).unwrap();
     let out = dir.join("run");
-    let base = ["train", "models/tiny.lpa", "--data", data.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap()];
+    let base =
+        ["train", "models/tiny.lpa", "--data", data.to_str().unwrap(), "--tokenizer", tokenizer.to_str().unwrap()];
     let mut args = base.to_vec();
     args.extend_from_slice(SMALL);
-    args.extend_from_slice(&["--steps", "30", "--lr", "3e-3", "--eval-every", "0", "--json", "--out", out.to_str().unwrap()]);
+    args.extend_from_slice(&[
+        "--steps",
+        "30",
+        "--lr",
+        "3e-3",
+        "--eval-every",
+        "0",
+        "--json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     // The byte-sized vocab would fit, but a smaller one is the point: ids < 7.
     args.extend_from_slice(&["--set", "vocab=7"]);
     let o = lpac(&args);

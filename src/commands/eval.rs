@@ -6,7 +6,7 @@ use crate::cli::EvalArgs;
 use crate::commands::train::{config_from_json, tokenizer};
 use crate::error::{CliError, CliResult};
 use crate::train::checkpoint::{self, Checkpoint, check_params};
-use crate::train::data::load_corpus;
+use crate::train::data::{DEFAULT_TEST_FRACTION, load_corpus};
 use crate::train::evaluate::evaluate;
 use crate::train::graphs::{eval_graph, param_types};
 use crate::train::run::{CHECKPOINT_FILE, RunConfig, run_record};
@@ -48,7 +48,7 @@ pub fn run(args: &EvalArgs) -> CliResult {
     let params = params(&opened)?;
     let data = args.data.clone().unwrap_or_else(|| opened.run.data.clone());
     let tok = tokenizer(opened.run.tokenizer.as_deref())?;
-    let corpus = load_corpus(&data, tok.as_ref(), 0.05).map_err(CliError::Message)?;
+    let corpus = load_corpus(&data, tok.as_ref(), DEFAULT_TEST_FRACTION).map_err(CliError::Message)?;
     let e = evaluate(&opened.run.spec, &params, &corpus.test, args.device, None)?;
     if args.json {
         let json = serde_json::json!({

@@ -10,7 +10,7 @@ use lpac_passes::optimizer::{Hyper, Kind, Schedule};
 use crate::cli::{OptimizerArg, ScheduleArg, TrainArgs};
 use crate::error::{CliError, CliResult};
 use crate::load::overrides;
-use crate::train::data::{check_fits, load_corpus, max_token};
+use crate::train::data::{DEFAULT_TEST_FRACTION, check_fits, load_corpus, max_token};
 use crate::train::graphs::{param_types, train_graph};
 use crate::train::init_from::from_dense;
 use crate::train::metrics::{METRICS_FILE, MetricsLog, Record};
@@ -42,7 +42,7 @@ pub fn run(args: &TrainArgs) -> CliResult {
     // Everything is checked before the run folder is touched, so a refused
     // run leaves nothing behind.
     let tok = tokenizer(config.tokenizer.as_deref())?;
-    let corpus = load_corpus(&config.data, tok.as_ref(), 0.05).map_err(CliError::Message)?;
+    let corpus = load_corpus(&config.data, tok.as_ref(), DEFAULT_TEST_FRACTION).map_err(CliError::Message)?;
     check_vocab(&config.spec, &corpus, tok.as_ref())?;
     let graph = train_graph(&config.spec, config.optimizer, config.decay_mask)?;
     let (batch, seq) = crate::train::graphs::batch_and_seq(&graph);

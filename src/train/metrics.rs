@@ -110,6 +110,7 @@ impl MetricsLog {
     }
 
     /// The file being written.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -122,6 +123,7 @@ impl MetricsLog {
     /// Appends an arbitrary JSON object as a line (for keys beyond
     /// [`Record`]'s). It must have a non-negative integer `step`, so that
     /// [`MetricsLog::resume`] can place it.
+    #[cfg(test)]
     pub fn log_value(&mut self, value: &Value) -> Result<(), String> {
         if value.get("step").and_then(Value::as_u64).is_none() {
             return Err(format!("a metrics line needs a non-negative integer `step`, got {value}"));

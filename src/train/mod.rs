@@ -1,10 +1,8 @@
-//! The training runtime: corpus and batches (`data`), tokenizers
-//! (`tokenizer`), atomic safetensors checkpoints (`checkpoint`), the
-//! `metrics.jsonl` log (`metrics`) and loss plots (`plot`).
-
-// The training loop and the `train`/`eval`/`sample` subcommands that use these
-// modules land next; until then most of this API has no caller in the binary.
-#![allow(dead_code)]
+//! The training runtime: what a run is (`model_spec`, `run`), the graphs it
+//! needs (`graphs`) and where they run (`device`); corpus and batches
+//! (`data`), tokenizers (`tokenizer`), atomic safetensors checkpoints
+//! (`checkpoint`), the `metrics.jsonl` log (`metrics`), loss plots (`plot`),
+//! evaluation, sampling, and LPA from a dense checkpoint (`init_from`).
 
 pub mod checkpoint;
 pub mod data;

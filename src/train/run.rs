@@ -147,8 +147,9 @@ impl Trainer<'_> {
             let record = Record { step, loss, lr, grad_norm, tokens_per_s: tokens_per_step / seconds, eval_loss };
             metrics.log(&record).map_err(CliError::Message)?;
             self.reporter.step(&record, self.config.steps);
-            if step % self.config.checkpoint_every == 0 || eval_loss.is_some() {
+            if step.is_multiple_of(self.config.checkpoint_every) || eval_loss.is_some() {
                 self.save(&state)?;
+                metrics.sync().map_err(CliError::Message)?;
                 self.plot()?;
             }
         }
@@ -186,7 +187,7 @@ impl Trainer<'_> {
     }
 
     fn maybe_evaluate(&self, state: &TrainState) -> Result<Option<f64>, CliError> {
-        if self.config.eval_every == 0 || state.step % self.config.eval_every != 0 {
+        if self.config.eval_every == 0 || !state.step.is_multiple_of(self.config.eval_every) {
             return Ok(None);
         }
         let limit = Some(self.config.eval_blocks);

@@ -88,6 +88,7 @@ impl HfTokenizer {
     }
 
     /// The file this tokenizer was loaded from.
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
