@@ -357,6 +357,34 @@ impl Reporter for Bar {
     }
 }
 
+/// Without a terminal (a log file, CI): a line every 10 steps and at
+/// evaluations, with the same fields as the bar.
+struct PlainLines {
+    started: std::time::Instant,
+    first_step: u64,
+}
+
+impl Reporter for PlainLines {
+    fn step(&mut self, r: &Record, total: u64) {
+        if !(r.step.is_multiple_of(10) || r.eval_loss.is_some() || r.step == total || r.step == self.first_step + 1) {
+            return;
+        }
+        let done = (r.step - self.first_step) as f64;
+        let eta = self.started.elapsed().as_secs_f64() / done.max(1.0) * (total - r.step) as f64;
+        let eval = r.eval_loss.map(|e| format!("  eval {e:.4} (ppl {:.2})", e.exp())).unwrap_or_default();
+        eprintln!(
+            "step {}/{total}  loss {:.4}  lr {:.2e}  |g| {:.3}  {:.0} tok/s  eta {:.0}s{eval}",
+            r.step, r.loss, r.lr, r.grad_norm, r.tokens_per_s, eta
+        );
+    }
+
+    fn message(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+
+    fn finish(&mut self) {}
+}
+
 /// `--json`: the metrics lines on standard output.
 struct JsonLines;
 
