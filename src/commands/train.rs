@@ -65,8 +65,13 @@ pub fn run(args: &TrainArgs) -> CliResult {
     };
     ctrlc_handler();
     let start = state.step;
-    let mut reporter: Box<dyn Reporter> =
-        if args.json { Box::new(JsonLines) } else { Box::new(Bar::new(start, config.steps)) };
+    let mut reporter: Box<dyn Reporter> = if args.json {
+        Box::new(JsonLines)
+    } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Box::new(Bar::new(start, config.steps))
+    } else {
+        Box::new(PlainLines { started: std::time::Instant::now(), first_step: start })
+    };
     reporter.message(&format!(
         "training `{}` ({} parameters) for {} steps on {} ({} + {} tokens), run folder {}",
         graph.name,
