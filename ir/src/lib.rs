@@ -9,6 +9,7 @@ pub mod dot;
 pub mod graph;
 pub mod interp;
 pub mod json;
+pub mod kernel;
 pub mod op;
 pub mod random;
 pub mod text;

@@ -1,0 +1,224 @@
+//! The kernel IR: what fusion produces and backends translate.
+//!
+//! A [`Program`] is a list of buffers and a list of kernels run in order. A
+//! buffer is a dense row-major tensor; every kernel reads buffers and writes
+//! buffers. There are four kinds of kernel:
+//!
+//! - [`LoopKernel`]: a loop nest over an index space. The outer loops run
+//!   over `domain` (independent iterations: backends split them across
+//!   threads); an optional inner reduction runs over `reduce`. The body is a
+//!   small expression DAG of loads (through affine [`IndexMap`]s, so
+//!   transposes, broadcasts and slices are strides, never copies), constants,
+//!   loop indices, random numbers and arithmetic; each output stores one
+//!   expression at the domain index (after the reduction, if any).
+//! - [`GemmKernel`]: a batched, strided matrix product, a library call; the
+//!   operands' layouts are strides, so transposed operands are never copied.
+//! - [`Kernel::Gather`] and [`Kernel::ScatterAdd`]: rows of a table by
+//!   index, and their adjoint.
+//!
+//! Loop variables are numbered: `domain` axes first (`i0`, `i1`, …), then
+//! `reduce` axes. An [`IndexMap`] gives a buffer element as
+//! `offset + Σ strides[v] · var[v]`.
+
+pub mod print;
+
+use crate::graph::NodeId;
+use crate::op::{BinaryOp, ReduceOp, UnaryOp};
+use crate::types::{DType, TensorType};
+
+/// Index of a buffer in its program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BufferId(pub u32);
+
+impl BufferId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// What a buffer holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BufferKind {
+    /// Fed each run (`tokens`, `hp:lr`, optimiser state), by name.
+    Input(String),
+    /// A parameter, by path.
+    Param(String),
+    /// A value produced by a kernel, read by later kernels or returned.
+    Temp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    pub ty: TensorType,
+    pub kind: BufferKind,
+}
+
+/// `offset + Σ strides[v] · var[v]`, in elements of the buffer. `strides` has
+/// one entry per loop variable of the kernel (domain then reduce axes).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct IndexMap {
+    pub offset: i64,
+    pub strides: Vec<i64>,
+}
+
+/// Index into [`LoopKernel::exprs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExprId(pub u32);
+
+impl ExprId {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// One node of a kernel's expression DAG. Operands come earlier in the list.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expr {
+    /// The buffer element at the index map.
+    Load { buffer: BufferId, index: IndexMap },
+    /// The buffer element at `index` if `lo <= bound < hi` (where `bound` is
+    /// another index map, e.g. one loop variable), else `default`: padding
+    /// and concatenation without copies. The load is not performed when out
+    /// of range.
+    LoadIf { buffer: BufferId, index: IndexMap, bound: IndexMap, lo: i64, hi: i64, default: f64 },
+    /// A scalar constant.
+    Const(f64),
+    /// The value of an affine combination of loop variables (iota).
+    Index(IndexMap),
+    /// Uniform [0, 1) from the run's stream for `key` (keyed with the run's
+    /// seed and step as the interpreter does), counter = the index map's value.
+    Random { key: u64, counter: IndexMap },
+    Unary(UnaryOp, ExprId),
+    Binary(BinaryOp, ExprId, ExprId),
+    Select(ExprId, ExprId, ExprId),
+    Cast(ExprId),
+    /// The reduction's running result (only in outputs of a reducing kernel,
+    /// and in expressions after the reduction).
+    Accumulated,
+}
+
+/// An expression and the dtype of its value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Typed {
+    pub expr: Expr,
+    pub dtype: DType,
+}
+
+/// A reduction over the inner loops: `acc = op(acc, exprs[value])` for every
+/// reduce index, starting from the op's identity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reduction {
+    pub op: ReduceOp,
+    pub value: ExprId,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoopKernel {
+    pub name: String,
+    /// Extents of the independent outer loops (the output shape).
+    pub domain: Vec<usize>,
+    /// Extents of the inner reduction loops (empty: no reduction).
+    pub reduce: Vec<usize>,
+    pub exprs: Vec<Typed>,
+    /// Set when `reduce` is not empty.
+    pub reduction: Option<Reduction>,
+    /// `buffer[row-major domain index] = exprs[expr]`, after the reduction.
+    /// Expressions used by outputs may refer to [`Expr::Accumulated`].
+    pub outputs: Vec<(BufferId, ExprId)>,
+    /// The graph nodes this kernel computes (provenance).
+    pub nodes: Vec<NodeId>,
+}
+
+/// `c[b] = Σ_k a[b, m, k] · b[b, k, n]` for every batch index `b`, with
+/// arbitrary element strides: transposes are strides. `c` is contiguous
+/// `[batch.., m, n]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GemmKernel {
+    pub name: String,
+    pub batch: Vec<usize>,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub a: Operand,
+    pub b: Operand,
+    pub c: BufferId,
+    pub nodes: Vec<NodeId>,
+}
+
+/// A matrix operand: element `(batch.., row, col)` at
+/// `offset + Σ batch_strides·batch + row_stride·row + col_stride·col`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Operand {
+    pub buffer: BufferId,
+    pub offset: i64,
+    pub batch_strides: Vec<i64>,
+    pub row_stride: i64,
+    pub col_stride: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kernel {
+    Loop(LoopKernel),
+    Gemm(GemmKernel),
+    /// `out[i.., r..] = table[indices[i..], r..]`
+    Gather { name: String, table: BufferId, indices: BufferId, out: BufferId, nodes: Vec<NodeId> },
+    /// `out = 0; out[indices[i..], r..] += src[i.., r..]` (in index order)
+    ScatterAdd { name: String, indices: BufferId, src: BufferId, out: BufferId, nodes: Vec<NodeId> },
+}
+
+impl Kernel {
+    pub fn name(&self) -> &str {
+        match self {
+            Kernel::Loop(k) => &k.name,
+            Kernel::Gemm(k) => &k.name,
+            Kernel::Gather { name, .. } | Kernel::ScatterAdd { name, .. } => name,
+        }
+    }
+
+    /// Buffers the kernel reads.
+    pub fn reads(&self) -> Vec<BufferId> {
+        match self {
+            Kernel::Loop(k) => k
+                .exprs
+                .iter()
+                .filter_map(|t| match &t.expr {
+                    Expr::Load { buffer, .. } | Expr::LoadIf { buffer, .. } => Some(*buffer),
+                    _ => None,
+                })
+                .collect(),
+            Kernel::Gemm(k) => vec![k.a.buffer, k.b.buffer],
+            Kernel::Gather { table, indices, .. } => vec![*table, *indices],
+            Kernel::ScatterAdd { indices, src, .. } => vec![*indices, *src],
+        }
+    }
+
+    /// Buffers the kernel writes.
+    pub fn writes(&self) -> Vec<BufferId> {
+        match self {
+            Kernel::Loop(k) => k.outputs.iter().map(|(b, _)| *b).collect(),
+            Kernel::Gemm(k) => vec![k.c],
+            Kernel::Gather { out, .. } | Kernel::ScatterAdd { out, .. } => vec![*out],
+        }
+    }
+}
+
+/// A whole compiled step.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Program {
+    pub name: String,
+    pub buffers: Vec<Buffer>,
+    pub kernels: Vec<Kernel>,
+    /// The graph's outputs, by name, in order.
+    pub outputs: Vec<(String, BufferId)>,
+}
+
+impl Program {
+    pub fn buffer(&self, id: BufferId) -> &Buffer {
+        &self.buffers[id.index()]
+    }
+
+    pub fn add_buffer(&mut self, ty: TensorType, kind: BufferKind) -> BufferId {
+        self.buffers.push(Buffer { ty, kind });
+        BufferId(self.buffers.len() as u32 - 1)
+    }
+}
