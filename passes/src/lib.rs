@@ -13,6 +13,7 @@ pub mod check;
 pub mod cost;
 pub mod cse;
 pub mod dce;
+pub mod fuse;
 pub mod lowrank;
 pub mod manager;
 pub mod optimizer;

@@ -1,0 +1,105 @@
+//! `fuse`: from a graph to a kernel program (the kernel IR of
+//! [`lpac_ir::kernel`]).
+//!
+//! 1. **What gets a buffer.** Inputs and parameters; the results of matmuls,
+//!    gathers, scatter-adds and reductions; graph outputs; and any value used
+//!    by more than one node (unless it is cheap to recompute: constants,
+//!    iotas, views of buffers). Everything else — elementwise chains,
+//!    broadcasts, permutes, slices, reshapes, pads, concats, constants,
+//!    iotas, random numbers — is inlined into the kernel of the value that
+//!    uses it.
+//! 2. **Views are index maps.** A load through broadcasts, permutes, slices
+//!    and (splitting or merging) reshapes is one affine [`IndexMap`] over the
+//!    kernel's loop variables: a transpose or a broadcast is a stride, never
+//!    a copy. Pads and concats become guarded loads. Where a view cannot be
+//!    expressed (a reshape that splits a non-contiguous axis, a pad of a
+//!    computed value, a matmul operand that is not a strided buffer), the
+//!    value under it gets a buffer: the builder asks for it, and fusion runs
+//!    again until every kernel can be built.
+//! 3. **Kernels.** A matmul becomes a [`GemmKernel`] whose operand strides
+//!    absorb transposes and shared (stride-0) batches; a reduction a loop
+//!    kernel with inner reduce loops, with its operand's producers fused in
+//!    (so `sum(exp(x - m))` reads `x` and `m` once); gather and scatter-add
+//!    their own kernels; every other buffer a loop kernel over its shape.
+
+mod build;
+pub mod index;
+
+use std::collections::{BTreeSet, HashMap};
+
+use lpac_ir::kernel::{BufferId, BufferKind, Program};
+use lpac_ir::{Graph, NodeId, Op};
+
+pub use build::FuseError;
+
+/// Lowers a graph to a kernel program.
+pub fn fuse(graph: &Graph) -> Result<Program, FuseError> {
+    let mut forced: BTreeSet<NodeId> = BTreeSet::new();
+    // Each round either succeeds or adds at least one node to `forced`, so
+    // this ends after at most one round per node.
+    for _ in 0..=graph.len() {
+        let materialized = materialized(graph, &forced);
+        match build::Builder::new(graph, &materialized).build() {
+            Ok(program) => return Ok(program),
+            Err(build::Failure::NeedsBuffer(node)) => {
+                if !forced.insert(node) {
+                    return Err(FuseError(format!("cannot give {node} a buffer (internal error)")));
+                }
+            }
+            Err(build::Failure::Error(e)) => return Err(e),
+        }
+    }
+    Err(FuseError("fusion did not converge (internal error)".into()))
+}
+
+/// The nodes that get buffers (see the module docs), plus `forced`.
+fn materialized(graph: &Graph, forced: &BTreeSet<NodeId>) -> Vec<bool> {
+    let users = graph.users();
+    let outputs: BTreeSet<NodeId> = graph.outputs.iter().map(|o| o.node).collect();
+    graph
+        .ids()
+        .map(|id| {
+            let node = graph.node(id);
+            let always = matches!(
+                node.op,
+                Op::Input { .. } | Op::Param { .. } | Op::MatMul | Op::Gather | Op::ScatterAdd | Op::Reduce { .. }
+            );
+            let shared = users[id.index()].len() > 1 && !cheap(graph, id);
+            always || shared || outputs.contains(&id) || forced.contains(&id)
+        })
+        .collect()
+}
+
+/// Values recomputed wherever they are used rather than stored: leaves that
+/// are formulas of the index, and views (their cost is in what they view).
+fn cheap(graph: &Graph, id: NodeId) -> bool {
+    matches!(
+        graph.node(id).op,
+        Op::Const { .. } | Op::Iota { .. } | Op::Broadcast { .. } | Op::Reshape | Op::Permute { .. } | Op::Slice { .. }
+    )
+}
+
+/// How many kernels of each kind, and the buffers: for summaries.
+pub fn summary(program: &Program) -> String {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for k in &program.kernels {
+        let kind = match k {
+            lpac_ir::kernel::Kernel::Loop(l) if l.reduce.is_empty() => "loop",
+            lpac_ir::kernel::Kernel::Loop(_) => "reduce",
+            lpac_ir::kernel::Kernel::Gemm(_) => "gemm",
+            lpac_ir::kernel::Kernel::Gather { .. } => "gather",
+            lpac_ir::kernel::Kernel::ScatterAdd { .. } => "scatter_add",
+        };
+        *counts.entry(kind).or_default() += 1;
+    }
+    let mut kinds: Vec<_> = counts.into_iter().collect();
+    kinds.sort();
+    let temps = program.buffers.iter().filter(|b| b.kind == BufferKind::Temp).count();
+    let parts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    format!("{} kernels ({}), {} temporary buffers", program.kernels.len(), parts.join(", "), temps)
+}
+
+/// The buffer of a graph output, by name.
+pub fn output_buffer(program: &Program, name: &str) -> Option<BufferId> {
+    program.outputs.iter().find(|(n, _)| n == name).map(|(_, b)| *b)
+}
