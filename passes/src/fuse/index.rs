@@ -121,7 +121,8 @@ pub fn through_reshape(out: &Logical, out_shape: &[usize], operand_shape: &[usiz
                 // Merge: the operand axis is the row-major flat index of the group.
                 let mut acc = Affine::constant(0, vars);
                 let mut stride = 1i64;
-                for a in (gi..i).rev() {
+                // Size-1 axes are always 0 and contribute nothing.
+                for a in (gi..i).rev().filter(|&a| out_shape[a] > 1) {
                     acc = acc.plus(&out[a].scaled(stride));
                     stride *= out_shape[a] as i64;
                 }
