@@ -41,6 +41,9 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Test perplexity of a checkpoint on the held-out split of a corpus.
     Eval(EvalArgs),
+    /// The kernels of a training step (or forward pass): kernel IR, generated
+    /// code, and a summary of FLOPs, bytes and memory.
+    Kernels(KernelsArgs),
     /// Generate text from a checkpoint.
     Sample(SampleArgs),
 }
@@ -325,4 +328,28 @@ pub struct SampleArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value = "interp")]
     pub device: crate::train::device::Device,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KernelTarget {
+    /// Cranelift-compiled loops and gemm-crate matrix products.
+    Cpu,
+}
+
+#[derive(Args)]
+pub struct KernelsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub lowrank: LowrankArgs,
+    /// Which backend's code to show.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub target: KernelTarget,
+    /// The forward pass only, instead of the whole training step.
+    #[arg(long)]
+    pub forward: bool,
+    /// Write program.kir, one .kir and one .clif per kernel, and summary.txt
+    /// here; without it, print the summary.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }

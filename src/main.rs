@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Explain(args) => commands::explain::run(&args),
         Command::Train(args) => commands::train::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
+        Command::Kernels(args) => commands::kernels::run(&args),
         Command::Sample(args) => commands::sample::run(&args),
     };
     match result {

@@ -4,6 +4,7 @@ pub mod check;
 pub mod eval;
 pub mod explain;
 pub mod ir;
+pub mod kernels;
 pub mod passes;
 pub mod sample;
 pub mod stats;

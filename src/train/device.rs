@@ -13,7 +13,7 @@ use crate::error::CliError;
 pub enum Device {
     /// The reference interpreter, in f32: slow, simple, always available.
     Interp,
-    /// Compiled CPU kernels (Cranelift).
+    /// Compiled CPU kernels: Cranelift for loops, the gemm crate for matrix products.
     Cpu,
     /// NVIDIA GPUs (PTX through the CUDA driver).
     Cuda,
@@ -56,11 +56,10 @@ pub fn check_available(device: Device) -> Result<(), CliError> {
 pub fn executor(device: Device, graph: Graph) -> Result<Box<dyn Executor>, CliError> {
     match device {
         Device::Interp => Ok(Box::new(Interpreter { graph })),
-        Device::Cpu => Err(CliError::Message(
-            "--device cpu: the compiled CPU backend (Cranelift) is not part of this lpac yet; \
-             use --device interp (the reference interpreter)"
-                .to_string(),
-        )),
+        Device::Cpu => {
+            let step = super::cpu::CpuStep::new(&graph).map_err(|e| CliError::Message(format!("--device cpu: {e}")))?;
+            Ok(Box::new(step))
+        }
         Device::Cuda => Err(CliError::Message(
             "--device cuda: this lpac has no CUDA backend yet, so it cannot use a GPU; \
              use --device interp"

@@ -5,6 +5,7 @@
 //! evaluation, sampling, and LPA from a dense checkpoint (`init_from`).
 
 pub mod checkpoint;
+pub mod cpu;
 pub mod data;
 pub mod device;
 pub mod evaluate;

@@ -75,19 +75,32 @@ impl ExprId {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
     /// The buffer element at the index map.
-    Load { buffer: BufferId, index: IndexMap },
+    Load {
+        buffer: BufferId,
+        index: IndexMap,
+    },
     /// The buffer element at `index` if `lo <= bound < hi` (where `bound` is
     /// another index map, e.g. one loop variable), else `default`: padding
     /// and concatenation without copies. The load is not performed when out
     /// of range.
-    LoadIf { buffer: BufferId, index: IndexMap, bound: IndexMap, lo: i64, hi: i64, default: f64 },
+    LoadIf {
+        buffer: BufferId,
+        index: IndexMap,
+        bound: IndexMap,
+        lo: i64,
+        hi: i64,
+        default: f64,
+    },
     /// A scalar constant.
     Const(f64),
     /// The value of an affine combination of loop variables (iota).
     Index(IndexMap),
     /// Uniform [0, 1) from the run's stream for `key` (keyed with the run's
     /// seed and step as the interpreter does), counter = the index map's value.
-    Random { key: u64, counter: IndexMap },
+    Random {
+        key: u64,
+        counter: IndexMap,
+    },
     Unary(UnaryOp, ExprId),
     Binary(BinaryOp, ExprId, ExprId),
     Select(ExprId, ExprId, ExprId),
@@ -161,9 +174,21 @@ pub enum Kernel {
     Loop(LoopKernel),
     Gemm(GemmKernel),
     /// `out[i.., r..] = table[indices[i..], r..]`
-    Gather { name: String, table: BufferId, indices: BufferId, out: BufferId, nodes: Vec<NodeId> },
+    Gather {
+        name: String,
+        table: BufferId,
+        indices: BufferId,
+        out: BufferId,
+        nodes: Vec<NodeId>,
+    },
     /// `out = 0; out[indices[i..], r..] += src[i.., r..]` (in index order)
-    ScatterAdd { name: String, indices: BufferId, src: BufferId, out: BufferId, nodes: Vec<NodeId> },
+    ScatterAdd {
+        name: String,
+        indices: BufferId,
+        src: BufferId,
+        out: BufferId,
+        nodes: Vec<NodeId>,
+    },
 }
 
 impl Kernel {

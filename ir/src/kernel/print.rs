@@ -38,6 +38,13 @@ pub fn print(p: &Program) -> String {
     out
 }
 
+/// One kernel's text, as [`print`] writes it inside the program.
+pub fn print_kernel_text(p: &Program, index: usize) -> String {
+    let mut out = String::new();
+    print_kernel(&mut out, index, &p.kernels[index]);
+    out
+}
+
 fn nodes_comment(nodes: &[crate::graph::NodeId]) -> String {
     if nodes.is_empty() {
         return String::new();
@@ -66,7 +73,14 @@ fn print_kernel(out: &mut String, i: usize, k: &Kernel) {
             );
         }
         Kernel::Gather { name, table, indices, out: o, nodes } => {
-            let _ = writeln!(out, "  kernel k{i} gather {name:?} b{}[b{}] -> b{}{}", table.0, indices.0, o.0, nodes_comment(nodes));
+            let _ = writeln!(
+                out,
+                "  kernel k{i} gather {name:?} b{}[b{}] -> b{}{}",
+                table.0,
+                indices.0,
+                o.0,
+                nodes_comment(nodes)
+            );
         }
         Kernel::ScatterAdd { name, indices, src, out: o, nodes } => {
             let _ = writeln!(
@@ -83,7 +97,14 @@ fn print_kernel(out: &mut String, i: usize, k: &Kernel) {
 
 fn operand(o: &Operand) -> String {
     let batch: Vec<String> = o.batch_strides.iter().map(|s| s.to_string()).collect();
-    format!("b{}[+{}; batch {} r{} c{}]", o.buffer.0, o.offset, if batch.is_empty() { "-".into() } else { batch.join(",") }, o.row_stride, o.col_stride)
+    format!(
+        "b{}[+{}; batch {} r{} c{}]",
+        o.buffer.0,
+        o.offset,
+        if batch.is_empty() { "-".into() } else { batch.join(",") },
+        o.row_stride,
+        o.col_stride
+    )
 }
 
 fn dims(d: &[usize]) -> String {
@@ -93,7 +114,8 @@ fn dims(d: &[usize]) -> String {
 
 fn print_loop(out: &mut String, i: usize, k: &LoopKernel) {
     let reduce = if k.reduce.is_empty() { String::new() } else { format!(" reduce {}", dims(&k.reduce)) };
-    let _ = writeln!(out, "  kernel k{i} loop {:?} domain {}{reduce}{}", k.name, dims(&k.domain), nodes_comment(&k.nodes));
+    let _ =
+        writeln!(out, "  kernel k{i} loop {:?} domain {}{reduce}{}", k.name, dims(&k.domain), nodes_comment(&k.nodes));
     let rank = k.domain.len();
     for (e, t) in k.exprs.iter().enumerate() {
         let body = match &t.expr {

@@ -1,0 +1,376 @@
+//! The executor: runs a checked kernel program on planned memory.
+//!
+//! # Memory
+//! Built once per program: temps live in one 64-byte aligned arena at the
+//! offsets of the [`MemoryPlan`]; each input and parameter buffer has its own
+//! aligned allocation, filled from the caller's tensors at every run (so the
+//! caller keeps ownership of its tensors and f64-held data is rounded on the
+//! way in). Outputs are copied out as tensors.
+//!
+//! # Kernels
+//! - Loop kernels run their compiled function, or, where there is none, the
+//!   [reference evaluator](crate::reference) (which has the same range
+//!   contract).
+//! - Gemm kernels go to the gemm crate ([`crate::gemm`]); gather and
+//!   scatter_add to [`crate::movement`].
+//!
+//! # Threads
+//! Loop kernels are split into contiguous ranges of their flattened domain,
+//! one per thread, on rayon's pool (whose threads persist, so a kernel launch
+//! costs no thread creation); a kernel with fewer than
+//! [`Executor::parallel_min`] elements of work (domain × reduce, default
+//! 16K) runs on the calling thread. `threads` defaults to
+//! `std::thread::available_parallelism()`. Kernels run one after another.
+//!
+//! # Compiled kernels
+//! A compiled loop kernel is `extern "C" fn(buffers, begin, end, seed, step)`:
+//! `buffers[i]` is the base of `BufferId(i)` and the function computes
+//! elements `begin..end` of the row-major domain. Whoever makes the function
+//! pointer (the code generator) promises that it implements its kernel and
+//! stays inside the buffers; the executor checks the program
+//! ([`check_program`]) so that every load of a well-formed kernel is in
+//! bounds, and never hands a compiled kernel a range outside its domain.
+
+use std::collections::BTreeMap;
+
+use lpac_ir::interp::Tensor;
+use lpac_ir::kernel::{Kernel, LoopKernel, Program};
+use lpac_ir::types::TensorType;
+use rayon::prelude::*;
+
+use crate::check::check_program;
+use crate::memory::{AlignedBuf, BufferTable, SharedTable, supplied, write_tensor};
+use crate::plan::{MemoryPlan, plan_memory};
+use crate::{gemm, movement, reference};
+
+/// A compiled loop kernel: `(buffers, begin, end, seed, step)`.
+pub type LoopFn = extern "C" fn(*const *mut u8, u64, u64, u64, u64);
+
+/// Below this much work (domain × reduce elements) a loop kernel runs on one
+/// thread.
+pub const PARALLEL_MIN: usize = 16 * 1024;
+
+pub struct Executor {
+    program: Program,
+    compiled: Vec<Option<LoopFn>>,
+    plan: MemoryPlan,
+    arena: AlignedBuf,
+    /// Own storage of each input and parameter buffer.
+    external: Vec<Option<AlignedBuf>>,
+    types: Vec<TensorType>,
+    threads: usize,
+    parallel_min: usize,
+}
+
+/// The `buffers` pointer handed to compiled kernels on worker threads.
+#[derive(Clone, Copy)]
+struct TablePtr(*const *mut u8);
+// SAFETY: the table it points to outlives the (scoped) parallel loop, and
+// compiled kernels write disjoint elements for disjoint ranges.
+unsafe impl Send for TablePtr {}
+unsafe impl Sync for TablePtr {}
+
+impl Executor {
+    /// An executor that runs every loop kernel on the reference evaluator.
+    pub fn reference(program: Program) -> Result<Executor, String> {
+        Executor::new(program, Vec::new())
+    }
+
+    /// Checks the program, plans its memory and allocates it. `compiled`
+    /// holds, for each kernel (by position), the compiled function of a loop
+    /// kernel or `None` (reference evaluation); it may also be empty (no
+    /// compiled kernels).
+    pub fn new(program: Program, compiled: Vec<Option<LoopFn>>) -> Result<Executor, String> {
+        check_program(&program)?;
+        let compiled = if compiled.is_empty() { vec![None; program.kernels.len()] } else { compiled };
+        if compiled.len() != program.kernels.len() {
+            return Err(format!("{} compiled functions given for {} kernels", compiled.len(), program.kernels.len()));
+        }
+        for (i, (k, f)) in program.kernels.iter().zip(&compiled).enumerate() {
+            if f.is_some() && !matches!(k, Kernel::Loop(_)) {
+                return Err(format!(
+                    "kernel k{i} {:?} is not a loop kernel but was given a compiled function",
+                    k.name()
+                ));
+            }
+        }
+        let plan = plan_memory(&program);
+        let arena = AlignedBuf::zeroed(plan.arena_bytes);
+        let external = program
+            .buffers
+            .iter()
+            .map(|b| match b.kind {
+                lpac_ir::kernel::BufferKind::Temp => None,
+                _ => Some(AlignedBuf::zeroed(b.ty.size_bytes())),
+            })
+            .collect();
+        let types = program.buffers.iter().map(|b| b.ty.clone()).collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Executor { program, compiled, plan, arena, external, types, threads, parallel_min: PARALLEL_MIN })
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    pub fn plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// The arena's size: temps' memory at its planned peak.
+    pub fn planned_peak_bytes(&self) -> usize {
+        self.plan.arena_bytes
+    }
+
+    /// The temps' memory without reuse.
+    pub fn sum_bytes(&self) -> usize {
+        self.plan.sum_bytes
+    }
+
+    /// How many loop kernels run compiled code.
+    pub fn compiled_count(&self) -> usize {
+        self.compiled.iter().filter(|f| f.is_some()).count()
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Sets the number of parts work is split into (at least 1).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
+    pub fn parallel_min(&self) -> usize {
+        self.parallel_min
+    }
+
+    /// Sets the work below which a loop kernel runs on one thread.
+    pub fn set_parallel_min(&mut self, elements: usize) {
+        self.parallel_min = elements;
+    }
+
+    /// Runs the program once: checks and copies in the inputs and
+    /// parameters (extra names are ignored), runs every kernel in order and
+    /// returns the outputs by name. Errors name the input, or the kernel
+    /// (`kernel k3 "gather": index 57 at position 3 is out of range 0..50`).
+    pub fn run(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        params: &BTreeMap<String, Tensor>,
+        seed: u64,
+        step: u64,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        let fed = supplied(&self.program, inputs, params)?;
+        for (i, tensor) in fed.iter().enumerate() {
+            if let (Some(tensor), Some(buf)) = (tensor, self.external[i].as_mut()) {
+                // SAFETY: the buffer has exactly the type's size, is aligned,
+                // and `supplied` checked the tensor against the type.
+                unsafe { write_tensor(buf.as_mut_ptr(), &self.types[i], tensor) };
+            }
+        }
+        let table = self.table();
+        for (i, kernel) in self.program.kernels.iter().enumerate() {
+            self.run_kernel(&table, kernel, self.compiled[i], seed, step)
+                .map_err(|e| format!("kernel k{i} {:?}: {e}", kernel.name()))?;
+        }
+        Ok(self.program.outputs.iter().map(|(name, b)| (name.clone(), table.read_tensor(*b))).collect())
+    }
+
+    /// The pointer table over the arena and the external buffers. Unplaced
+    /// temps (used by no kernel) get a dangling, never-dereferenced pointer.
+    fn table(&self) -> BufferTable<'_> {
+        let base = self.arena.as_ptr().cast_mut();
+        let ptrs = (0..self.types.len())
+            .map(|i| match (&self.external[i], self.plan.offsets[i]) {
+                (Some(buf), _) => buf.as_ptr().cast_mut(),
+                // SAFETY (of the add): offsets lie inside the arena.
+                (None, Some(offset)) => unsafe { base.add(offset) },
+                (None, None) => crate::memory::ALIGN as *mut u8,
+            })
+            .collect();
+        // SAFETY: every pointer is valid for its buffer's size, aligned (the
+        // plan places temps at multiples of 64 in a 64-aligned arena), and
+        // buffers that share memory are never live in the same kernel (the
+        // plan's lifetimes are inclusive). The executor's `&self` borrow
+        // lives as long as the table; `run` takes `&mut self`, so nothing
+        // else touches the memory meanwhile. Unplaced temps are touched by
+        // no kernel and are not outputs.
+        unsafe { BufferTable::from_raw(ptrs, &self.types) }
+    }
+
+    fn run_kernel(
+        &self,
+        table: &BufferTable,
+        kernel: &Kernel,
+        compiled: Option<LoopFn>,
+        seed: u64,
+        step: u64,
+    ) -> Result<(), String> {
+        match kernel {
+            Kernel::Loop(k) => self.run_loop(table, k, compiled, seed, step),
+            Kernel::Gemm(g) => gemm::run_gemm(g, table, self.threads),
+            Kernel::Gather { table: t, indices, out, .. } => movement::gather(table, *t, *indices, *out, self.threads),
+            Kernel::ScatterAdd { indices, src, out, .. } => {
+                movement::scatter_add(table, *indices, *src, *out, self.threads)
+            }
+        }
+    }
+
+    fn run_loop(
+        &self,
+        table: &BufferTable,
+        k: &LoopKernel,
+        compiled: Option<LoopFn>,
+        seed: u64,
+        step: u64,
+    ) -> Result<(), String> {
+        let numel: usize = k.domain.iter().product();
+        let work = numel.saturating_mul(k.reduce.iter().product::<usize>().max(1));
+        let parts = if work < self.parallel_min { 1 } else { self.threads.min(numel).max(1) };
+        let ranges = split(numel, parts);
+        match compiled {
+            Some(f) => {
+                let ptr = TablePtr(table.as_ptr());
+                let call = move |(b, e): (usize, usize)| {
+                    let ptr = ptr;
+                    f(ptr.0, b as u64, e as u64, seed, step)
+                };
+                if ranges.len() == 1 {
+                    call(ranges[0]);
+                } else {
+                    ranges.into_par_iter().for_each(call);
+                }
+                Ok(())
+            }
+            None => {
+                if ranges.len() == 1 {
+                    let (b, e) = ranges[0];
+                    return reference::run_loop_range(k, table, b as u64, e as u64, seed, step);
+                }
+                let shared = SharedTable(table);
+                let results: Vec<Result<(), String>> = ranges
+                    .into_par_iter()
+                    .map(move |(b, e)| {
+                        let shared = shared;
+                        reference::run_loop_range(k, shared.0, b as u64, e as u64, seed, step)
+                    })
+                    .collect();
+                results.into_iter().collect()
+            }
+        }
+    }
+}
+
+/// `0..n` in `parts` contiguous ranges of nearly equal length (none empty
+/// unless `n` is 0).
+pub fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
+    let parts = parts.clamp(1, n.max(1));
+    let (base, extra) = (n / parts, n % parts);
+    let mut ranges = Vec::with_capacity(parts);
+    let mut start = 0;
+    for p in 0..parts {
+        let len = base + usize::from(p < extra);
+        ranges.push((start, start + len));
+        start += len;
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lpac_ir::kernel::{BufferId, BufferKind, Expr, ExprId, IndexMap, Typed};
+    use lpac_ir::op::BinaryOp;
+    use lpac_ir::types::DType;
+
+    #[test]
+    fn splits_cover_the_range() {
+        assert_eq!(split(10, 3), vec![(0, 4), (4, 7), (7, 10)]);
+        assert_eq!(split(2, 8), vec![(0, 1), (1, 2)]);
+        assert_eq!(split(0, 4), vec![(0, 0)]);
+        assert_eq!(split(5, 1), vec![(0, 5)]);
+    }
+
+    /// y = x * 2 + 1 over n elements.
+    fn affine_program(n: usize) -> Program {
+        let mut p = Program { name: "affine".into(), ..Program::default() };
+        let x = p.add_buffer(TensorType::new(DType::F32, vec![n]), BufferKind::Input("x".into()));
+        let y = p.add_buffer(TensorType::new(DType::F32, vec![n]), BufferKind::Temp);
+        let t = |expr| Typed { expr, dtype: DType::F32 };
+        p.kernels.push(Kernel::Loop(LoopKernel {
+            name: "affine".into(),
+            domain: vec![n],
+            reduce: vec![],
+            exprs: vec![
+                t(Expr::Load { buffer: x, index: IndexMap { offset: 0, strides: vec![1] } }),
+                t(Expr::Const(2.0)),
+                t(Expr::Binary(BinaryOp::Mul, ExprId(0), ExprId(1))),
+                t(Expr::Const(1.0)),
+                t(Expr::Binary(BinaryOp::Add, ExprId(2), ExprId(3))),
+            ],
+            reduction: None,
+            outputs: vec![(y, ExprId(4))],
+            nodes: vec![],
+        }));
+        p.outputs.push(("y".into(), y));
+        p
+    }
+
+    /// A hand-written "compiled" kernel for `affine_program`, with the
+    /// compiled ABI.
+    extern "C" fn affine_kernel(buffers: *const *mut u8, begin: u64, end: u64, _seed: u64, _step: u64) {
+        // SAFETY: the executor passes the table of `affine_program`, whose
+        // buffers 0 and 1 hold n f32s, and a range inside 0..n.
+        unsafe {
+            let x = (*buffers).cast::<f32>();
+            let y = (*buffers.add(1)).cast::<f32>();
+            for i in begin as usize..end as usize {
+                *y.add(i) = *x.add(i) * 2.0 + 1.0;
+            }
+        }
+    }
+
+    fn inputs(n: usize) -> BTreeMap<String, Tensor> {
+        BTreeMap::from([("x".to_string(), Tensor::from_f32(vec![n], (0..n).map(|i| i as f32).collect()))])
+    }
+
+    #[test]
+    fn compiled_and_reference_kernels_agree_on_every_thread_count() {
+        let n = 40_000;
+        let expected: Vec<f32> = (0..n).map(|i| i as f32 * 2.0 + 1.0).collect();
+        for threads in [1, 2, 3] {
+            for compiled in [vec![Some(affine_kernel as LoopFn)], vec![]] {
+                let mut ex = Executor::new(affine_program(n), compiled).unwrap();
+                ex.set_threads(threads);
+                let out = ex.run(&inputs(n), &BTreeMap::new(), 0, 0).unwrap();
+                assert_eq!(out["y"].as_f32().unwrap(), expected.as_slice());
+            }
+        }
+    }
+
+    #[test]
+    fn construction_errors() {
+        let p = affine_program(4);
+        let e = Executor::new(p.clone(), vec![None, None]).err().unwrap();
+        assert_eq!(e, "2 compiled functions given for 1 kernels");
+        let mut bad = p;
+        bad.outputs.push(("x".into(), BufferId(7)));
+        assert!(Executor::reference(bad).is_err());
+    }
+
+    #[test]
+    fn inputs_are_checked_by_name() {
+        let mut ex = Executor::reference(affine_program(4)).unwrap();
+        let e = ex.run(&BTreeMap::new(), &BTreeMap::new(), 0, 0).unwrap_err();
+        assert_eq!(e, "input `x` was not provided");
+        let wrong = BTreeMap::from([("x".to_string(), Tensor::from_f32(vec![5], vec![0.0; 5]))]);
+        let e = ex.run(&wrong, &BTreeMap::new(), 0, 0).unwrap_err();
+        assert_eq!(e, "input `x`: expected f32[4], got f32[5]");
+        // Runs can repeat on the same executor.
+        for _ in 0..2 {
+            let out = ex.run(&inputs(4), &BTreeMap::new(), 0, 0).unwrap();
+            assert_eq!(out["y"].as_f32().unwrap(), &[1.0, 3.0, 5.0, 7.0]);
+        }
+    }
+}
