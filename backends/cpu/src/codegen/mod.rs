@@ -16,7 +16,10 @@
 //!
 //! # Code shape
 //!
-//! The range is walked one domain *row* at a time (a row is the innermost
+//! First the loop axes are simplified (`axes`): axes of extent 1 are
+//! dropped and neighbouring axes that every index map walks as one are
+//! merged, so an element-wise kernel over contiguous tensors is one flat
+//! loop. Then the range is walked one domain *row* at a time (a row is the innermost
 //! domain axis): the division of the flat index into coordinates happens
 //! once a row (partial first and last rows included), then an inner loop runs
 //! over the row. Every expression is computed at the outermost loop level

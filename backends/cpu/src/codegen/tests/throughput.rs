@@ -64,17 +64,6 @@ fn throughput_exp_mul_add() {
         std::hint::black_box(&out);
     });
     report("rust loop (std exp)", s);
-    let fma = codegen(true).uses_fma();
-    let s = best_of(10, || {
-        for r in 0..rows {
-            let (xr, yr) = (&xs[r * cols..(r + 1) * cols], &mut out[r * cols..(r + 1) * cols]);
-            for j in 0..cols {
-                yr[j] = crate::codegen::math::exp_ref(xr[j], fma) * ws[j] + bs[j];
-            }
-        }
-        std::hint::black_box(&out);
-    });
-    report("rust loop (same polynomial)", s);
     let s = best_of(10, || {
         for r in 0..rows {
             let (xr, yr) = (&xs[r * cols..(r + 1) * cols], &mut out[r * cols..(r + 1) * cols]);
