@@ -282,9 +282,9 @@ pub struct TrainArgs {
     /// truncated SVD of each dense projection, other parameters copied.
     #[arg(long, value_name = "CHECKPOINT", requires = "lowrank")]
     pub init_from: Option<PathBuf>,
-    /// Where to run: `interp` (the reference interpreter); `cpu` and `cuda`
-    /// arrive with their backends.
-    #[arg(long, value_enum, default_value = "interp")]
+    /// Where to run: `cpu` (compiled kernels), `interp` (the reference
+    /// interpreter: slow, simple, the oracle), `cuda` (not built yet).
+    #[arg(long, value_enum, default_value = "cpu")]
     pub device: crate::train::device::Device,
     /// One JSON object per log line on standard output instead of a progress bar.
     #[arg(long)]
@@ -299,7 +299,8 @@ pub struct EvalArgs {
     /// Evaluate on the held-out split (last 5%) of this text instead of the run's data.
     #[arg(long, value_name = "PATH")]
     pub data: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "interp")]
+    /// Where to run: `cpu` (compiled kernels) or `interp` (the reference interpreter).
+    #[arg(long, value_enum, default_value = "cpu")]
     pub device: crate::train::device::Device,
     /// Print one JSON object.
     #[arg(long)]
@@ -326,7 +327,8 @@ pub struct SampleArgs {
     /// Seed of the draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, value_enum, default_value = "interp")]
+    /// Where to run: `cpu` (compiled kernels) or `interp` (the reference interpreter).
+    #[arg(long, value_enum, default_value = "cpu")]
     pub device: crate::train::device::Device,
 }
 

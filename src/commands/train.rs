@@ -247,7 +247,7 @@ pub fn config_from_json(v: &serde_json::Value) -> Result<RunConfig, String> {
         eval_every: u("eval_every")?,
         eval_blocks: u("eval_blocks")? as usize,
         checkpoint_every: u("checkpoint_every")?,
-        device: crate::train::device::Device::Interp,
+        device: crate::train::device::Device::Cpu,
         stop_at: None,
     })
 }

@@ -17,7 +17,6 @@ pub struct CpuStep {
     executor: Executor,
     // Holds the JIT memory the executor's function pointers point into.
     _codegen: CpuCodegen,
-    pub compiled: Vec<Option<CompiledKernel>>,
 }
 
 /// Everything `lpac kernels` shows, and what the executor runs.
@@ -40,11 +39,7 @@ impl CpuStep {
         let Compiled { program, kernels, codegen } = compile(graph)?;
         let functions = kernels.iter().map(|k| k.as_ref().map(|c| c.func)).collect();
         let executor = Executor::new(program, functions)?;
-        Ok(CpuStep { executor, _codegen: codegen, compiled: kernels })
-    }
-
-    pub fn planned_peak_bytes(&self) -> usize {
-        self.executor.planned_peak_bytes()
+        Ok(CpuStep { executor, _codegen: codegen })
     }
 }
 

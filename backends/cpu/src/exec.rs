@@ -170,9 +170,18 @@ impl Executor {
             }
         }
         let table = self.table();
+        let profile = std::env::var_os("LPAC_PROFILE").is_some();
+        let mut times = Vec::new();
         for (i, kernel) in self.program.kernels.iter().enumerate() {
+            let started = std::time::Instant::now();
             self.run_kernel(&table, kernel, self.compiled[i], seed, step)
                 .map_err(|e| format!("kernel k{i} {:?}: {e}", kernel.name()))?;
+            if profile {
+                times.push((started.elapsed().as_secs_f64(), i));
+            }
+        }
+        if profile {
+            report_profile(&self.program, &mut times);
         }
         Ok(self.program.outputs.iter().map(|(name, b)| (name.clone(), table.read_tensor(*b))).collect())
     }
@@ -372,5 +381,30 @@ mod tests {
             let out = ex.run(&inputs(4), &BTreeMap::new(), 0, 0).unwrap();
             assert_eq!(out["y"].as_f32().unwrap(), &[1.0, 3.0, 5.0, 7.0]);
         }
+    }
+}
+
+/// `LPAC_PROFILE=1`: time per kind of kernel and the slowest kernels, on
+/// standard error, after every run.
+fn report_profile(program: &Program, times: &mut [(f64, usize)]) {
+    let total: f64 = times.iter().map(|t| t.0).sum();
+    let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
+    for (t, i) in times.iter() {
+        let kind = match &program.kernels[*i] {
+            Kernel::Loop(l) if l.reduce.is_empty() => "loop",
+            Kernel::Loop(_) => "reduce",
+            Kernel::Gemm(_) => "gemm",
+            Kernel::Gather { .. } => "gather",
+            Kernel::ScatterAdd { .. } => "scatter_add",
+        };
+        *by_kind.entry(kind).or_default() += t;
+    }
+    eprintln!("profile: {:.1} ms in {} kernels", total * 1e3, times.len());
+    for (kind, t) in by_kind {
+        eprintln!("  {kind:<12} {:>8.1} ms {:>5.1}%", t * 1e3, 100.0 * t / total);
+    }
+    times.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (t, i) in times.iter().take(12) {
+        eprintln!("  k{i:<4} {:>8.2} ms  {}", t * 1e3, program.kernels[*i].name());
     }
 }

@@ -60,7 +60,6 @@ impl Analysis {
     pub fn nvars(&self) -> usize {
         self.ndom + self.nred
     }
-
 }
 
 fn invalid(k: &LoopKernel, m: impl Into<String>) -> CodegenError {
@@ -135,7 +134,10 @@ pub(crate) fn analyze(program: &Program, k: &LoopKernel, allow_vector: bool) -> 
     };
     let check_map = |map: &IndexMap, at: usize| -> Result<(), CodegenError> {
         if map.strides.len() != nvars {
-            return Err(invalid(k, format!("e{at}: index map has {} strides for {nvars} loop variables", map.strides.len())));
+            return Err(invalid(
+                k,
+                format!("e{at}: index map has {} strides for {nvars} loop variables", map.strides.len()),
+            ));
         }
         Ok(())
     };
@@ -147,7 +149,10 @@ pub(crate) fn analyze(program: &Program, k: &LoopKernel, allow_vector: bool) -> 
             return Err(unsupported(k, format!("e{at}: buffer b{} has dtype {}", b.0, buf.ty.dtype.name())));
         }
         if buf.ty.dtype != dtype {
-            return Err(invalid(k, format!("e{at}: loads {} from buffer b{} of dtype {}", dtype.name(), b.0, buf.ty.dtype.name())));
+            return Err(invalid(
+                k,
+                format!("e{at}: loads {} from buffer b{} of dtype {}", dtype.name(), b.0, buf.ty.dtype.name()),
+            ));
         }
         Ok(())
     };
@@ -251,7 +256,9 @@ pub(crate) fn analyze(program: &Program, k: &LoopKernel, allow_vector: bool) -> 
             }
             Expr::Accumulated => match acc_dtype {
                 None => return bad("`acc` in a kernel without a reduction".into()),
-                Some(ad) if ad != d => return bad(format!("`acc` of dtype {} but the reduction is {}", d.name(), ad.name())),
+                Some(ad) if ad != d => {
+                    return bad(format!("`acc` of dtype {} but the reduction is {}", d.name(), ad.name()));
+                }
                 Some(_) => acc_dep[i] = true,
             },
         }
@@ -278,11 +285,20 @@ pub(crate) fn analyze(program: &Program, k: &LoopKernel, allow_vector: bool) -> 
         if buf.ty.dtype != k.exprs[e.index()].dtype {
             return Err(invalid(
                 k,
-                format!("stores e{} of dtype {} into b{} of dtype {}", e.0, k.exprs[e.index()].dtype.name(), b.0, buf.ty.dtype.name()),
+                format!(
+                    "stores e{} of dtype {} into b{} of dtype {}",
+                    e.0,
+                    k.exprs[e.index()].dtype.name(),
+                    b.0,
+                    buf.ty.dtype.name()
+                ),
             ));
         }
         if numel[b.index()] != total {
-            return Err(invalid(k, format!("output buffer b{} has {} elements for a domain of {total}", b.0, numel[b.index()])));
+            return Err(invalid(
+                k,
+                format!("output buffer b{} has {} elements for a domain of {total}", b.0, numel[b.index()]),
+            ));
         }
         stack.push(e.index());
     }
@@ -384,18 +400,5 @@ pub(crate) fn analyze(program: &Program, k: &LoopKernel, allow_vector: bool) -> 
         .collect();
 
     let inner = if ndom == 0 { 1 } else { k.domain[ndom - 1] as u64 };
-    Ok(Analysis {
-        ndom,
-        nred,
-        inner,
-        total,
-        place,
-        needed,
-        vecdep,
-        in_bounds,
-        fits_i32,
-        mode,
-        vec_var,
-        numel,
-    })
+    Ok(Analysis { ndom, nred, inner, total, place, needed, vecdep, in_bounds, fits_i32, mode, vec_var, numel })
 }

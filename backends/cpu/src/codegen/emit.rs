@@ -8,7 +8,7 @@ use cranelift_codegen::isa::TargetFrontendConfig;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::JITModule;
 use cranelift_module::Module;
-use lpac_ir::kernel::{BufferId, Expr, IndexMap, LoopKernel, Program};
+use lpac_ir::kernel::{BufferId, Expr, ExprId, IndexMap, LoopKernel, Program};
 use lpac_ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 
 use super::analysis::{Analysis, Place, Vectorization, elem_size};
@@ -186,10 +186,13 @@ impl<'a> Em<'a> {
 
     /// The loop over domain rows of `begin..end`.
     fn rows(&mut self, begin: Value, end: Value, exit: cranelift_codegen::ir::Block) -> R<()> {
+        // A range past the domain is cut to it (never written out of bounds).
+        let total = self.b.ins().iconst(I64, self.an.total as i64);
+        let end = self.b.ins().umin(end, total);
         let flat_var = self.b.declare_var(I64);
         self.b.def_var(flat_var, begin);
         let row_block = self.b.create_block();
-        let nonempty = self.b.ins().icmp(IntCC::SignedLessThan, begin, end);
+        let nonempty = self.b.ins().icmp(IntCC::UnsignedLessThan, begin, end);
         self.b.ins().brif(nonempty, row_block, &[], exit, &[]);
 
         self.b.switch_to_block(row_block);
@@ -237,7 +240,13 @@ impl<'a> Em<'a> {
 
     /// `while var + step <= end { body(var); var += step }`, with `var`
     /// already defined; on exit `var` holds the first value not run.
-    fn counted_loop(&mut self, var: Variable, end: Value, step: i64, body: &mut dyn FnMut(&mut Self, Value) -> R<()>) -> R<()> {
+    fn counted_loop(
+        &mut self,
+        var: Variable,
+        end: Value,
+        step: i64,
+        body: &mut dyn FnMut(&mut Self, Value) -> R<()>,
+    ) -> R<()> {
         let body_block = self.b.create_block();
         let exit = self.b.create_block();
         let start = self.b.use_var(var);
@@ -349,7 +358,15 @@ impl<'a> Em<'a> {
 
     /// Reduce loop `level` and those inside it. With `vacc`, the innermost
     /// loop runs four lanes into `vacc` and a scalar tail into `acc`.
-    fn reduce_nest(&mut self, level: usize, op: ReduceOp, value: usize, d: DType, vacc: Option<Variable>, acc: Variable) -> R<()> {
+    fn reduce_nest(
+        &mut self,
+        level: usize,
+        op: ReduceOp,
+        value: usize,
+        d: DType,
+        vacc: Option<Variable>,
+        acc: Variable,
+    ) -> R<()> {
         let var = self.an.ndom + level;
         let last = level + 1 == self.an.nred;
         let rv = self.b.declare_var(I64);
@@ -493,20 +510,20 @@ impl<'a> Em<'a> {
                 let ta = self.k.exprs[a.index()].dtype;
                 let av = self.operand(a.index(), vec)?;
                 let bv = self.operand(b.index(), vec)?;
-                self.binary(*op, ta, av, bv, vec)?
+                match self.clamp_by_constant(*op, ta, *a, *b) {
+                    Some((x, cc)) => {
+                        let (xv, cv) = if x == *a { (av, bv) } else { (bv, av) };
+                        let keep = self.b.ins().fcmp(cc, xv, cv);
+                        self.select_values(keep, xv, cv, DType::F32, vec)
+                    }
+                    None => self.binary(*op, ta, av, bv, vec)?,
+                }
             }
             Expr::Select(c, a, b) => {
                 let cv = self.operand(c.index(), vec)?;
                 let av = self.operand(a.index(), vec)?;
                 let bv = self.operand(b.index(), vec)?;
-                if !vec {
-                    self.b.ins().select(cv, av, bv)
-                } else if d == DType::F32 {
-                    let m = self.b.ins().bitcast(F32X4, MemFlagsData::new(), cv);
-                    self.b.ins().bitselect(m, av, bv)
-                } else {
-                    self.b.ins().bitselect(cv, av, bv)
-                }
+                self.select_values(cv, av, bv, d, vec)
             }
             Expr::Cast(a) => {
                 let ta = self.k.exprs[a.index()].dtype;
@@ -525,6 +542,42 @@ impl<'a> Em<'a> {
             }
         };
         Ok(Val { v, vec })
+    }
+
+    /// `c ? a : b` (a bool, or a mask as vectors).
+    fn select_values(&mut self, c: Value, a: Value, b: Value, d: DType, vec: bool) -> Value {
+        if !vec {
+            self.b.ins().select(c, a, b)
+        } else if d == DType::F32 {
+            let m = self.b.ins().bitcast(F32X4, MemFlagsData::new(), c);
+            self.b.ins().bitselect(m, a, b)
+        } else {
+            self.b.ins().bitselect(c, a, b)
+        }
+    }
+
+    /// `max(x, c)` / `min(x, c)` with `c` a constant (ReLU, clamps) is one
+    /// comparison and a select instead of CLIF's general NaN- and
+    /// zero-exact sequence: `max(x, c) = x if x > c or x is NaN, else c`,
+    /// which is IEEE `maximum` exactly unless `c` is -0 (for `min`, +0);
+    /// `c` must not be NaN. Returns the non-constant operand and the
+    /// condition that keeps it.
+    fn clamp_by_constant(&self, op: BinaryOp, ta: DType, a: ExprId, b: ExprId) -> Option<(ExprId, FloatCC)> {
+        if ta != DType::F32 || !matches!(op, BinaryOp::Max | BinaryOp::Min) {
+            return None;
+        }
+        let constant = |e: ExprId| match self.k.exprs[e.index()].expr {
+            Expr::Const(c) => Some(c as f32),
+            _ => None,
+        };
+        let (x, value) = match (constant(a), constant(b)) {
+            (None, Some(v)) => (a, v),
+            (Some(v), None) => (b, v),
+            _ => return None,
+        };
+        let ok = !value.is_nan() && (value != 0.0 || value.is_sign_negative() == (op == BinaryOp::Min));
+        let cc = if op == BinaryOp::Max { FloatCC::UnorderedOrGreaterThan } else { FloatCC::UnorderedOrLessThan };
+        ok.then_some((x, cc))
     }
 
     /// `offset + Σ stride·var`, plus `lane` steps of the vector variable.
@@ -661,7 +714,8 @@ impl<'a> Em<'a> {
     }
 
     fn random(&mut self, key: u64, counter: &IndexMap, lane: u8) -> R<Value> {
-        let kv = self.keys.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).ok_or_else(|| self.internal("random key"))?;
+        let kv =
+            self.keys.iter().find(|(k, _)| *k == key).map(|(_, v)| *v).ok_or_else(|| self.internal("random key"))?;
         let f = self.refs.uniform.ok_or_else(|| self.internal("uniform not declared"))?;
         let c = self.map_val(counter, lane)?;
         let call = self.b.ins().call(f, &[kv, c]);

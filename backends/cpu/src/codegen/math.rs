@@ -11,18 +11,25 @@
 //!   the 1.5·2^23 trick, `r = x − n·ln 2` in two parts (Cody–Waite), a degree-5
 //!   polynomial for `e^r`, then scaling by `2^n` as two factors `2^⌊n/2⌋` and
 //!   `2^(n−⌊n/2⌋)` so results that overflow give +inf and results in the
-//!   subnormal range round once. Max relative error ≈ 1.2e-7 (normal range).
+//!   subnormal range round once.
 //! - `log(x)`: subnormals are scaled by 2^23 first; `x = m·2^e` with
 //!   `m ∈ [√½, √2)`, a degree-9 polynomial in `m − 1`, and `e·ln 2` in two
 //!   parts. `log(±0) = −inf`, `log(+inf) = +inf`, negative or NaN gives NaN.
-//!   Max relative error ≈ 1e-7.
 //! - `tanh(x)`: on `|x|`, an odd polynomial below 0.625, otherwise
-//!   `1 − 2/(e^{2|x|} + 1)`; then `x`'s sign bit (so `tanh(−0) = −0`). NaN gives NaN, ±inf gives ±1.
-//!   Absolute error below 2e-7.
+//!   `1 − 2/(e^{2|x|} + 1)`; then `x`'s sign bit (so `tanh(−0) = −0`). NaN
+//!   gives NaN, ±inf gives ±1.
+//!
+//! Measured against f64 over a million random arguments (with FMA): max
+//! relative error 8.3e-8 for `exp` (normal results), 7.8e-8 for `log`, max
+//! absolute error 7.6e-8 for `tanh`. The tests bound them by 2.5e-7, 2.5e-7
+//! and 1e-6.
 //!
 //! With `fma`, every `a·b + c` of the algorithms is one fused operation
 //! (`vfmadd`); without, a multiply and an add. The two differ in the last
 //! bit, so a code generator reports which it uses.
+
+// The constants are Cephes' published values, kept as written.
+#![allow(clippy::excessive_precision)]
 
 use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::types::{F32, F32X4, I32, I32X4};

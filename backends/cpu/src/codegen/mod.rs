@@ -19,14 +19,14 @@
 //! First the loop axes are simplified (`axes`): axes of extent 1 are
 //! dropped and neighbouring axes that every index map walks as one are
 //! merged, so an element-wise kernel over contiguous tensors is one flat
-//! loop. Then the range is walked one domain *row* at a time (a row is the innermost
-//! domain axis): the division of the flat index into coordinates happens
-//! once a row (partial first and last rows included), then an inner loop runs
-//! over the row. Every expression is computed at the outermost loop level
-//! where its inputs are known: constants once a call, expressions of the
-//! outer domain coordinates once a row, the rest once an element or once a
-//! reduction step. Expressions that read the reduction's result are computed
-//! after the reduction loops.
+//! loop. Then the range (cut to the domain) is walked one domain *row* at a
+//! time (a row is the innermost domain axis): the flat index is divided into
+//! coordinates once a row (partial first and last rows included), then an
+//! inner loop runs over the row. Every expression is computed at the
+//! outermost loop level where its inputs are known: constants once a call,
+//! expressions of the outer domain coordinates once a row, the rest once an
+//! element or once a reduction step. Expressions that read the reduction's
+//! result are computed after the reduction loops.
 //!
 //! # Vectorisation (f32x4: Cranelift has no 256-bit vectors)
 //!
@@ -46,7 +46,8 @@
 //!   order-independent and exact. When the innermost reduce axis cannot be
 //!   vectorised but the innermost domain axis can (e.g. column sums), four
 //!   domain elements are reduced side by side, each in the sequential
-//!   order: bit-identical to the interpreter.
+//!   order: bit-identical to the interpreter. (The lanes follow the
+//!   simplified reduce axes: contiguous reduce axes merge into one.)
 //! - Inside a vector loop, random numbers, `load_if`, `sin`, `cos`, `pow`,
 //!   i32 division and bool loads/stores are computed lane by lane; `index`
 //!   is computed as an i32x4 ramp when its values fit in i32.
@@ -58,9 +59,12 @@
 //! Arithmetic follows the reference interpreter (docs/ir.md): no FMA
 //! contraction of user arithmetic (an `add` of a `mul` is two roundings, as
 //! in the interpreter), `max`/`min` are IEEE 754-2019 `maximum`/`minimum`
-//! (NaN-propagating, -0 < +0; CLIF `fmax`/`fmin` have exactly these
-//! semantics), comparisons are IEEE, i32 arithmetic wraps, float to i32
-//! truncates and saturates (NaN gives 0), a number to bool is `x != 0`.
+//! (NaN-propagating, -0 < +0: CLIF `fmax`/`fmin` have exactly these
+//! semantics; against a constant — ReLU, clamps — a compare and a select
+//! that give the same results), comparisons are IEEE, i32 arithmetic wraps,
+//! float to i32 truncates and saturates (NaN gives 0), a number to bool is
+//! `x != 0`. So element-wise kernels without `exp`, `log` or `tanh` match the
+//! interpreter's f32 run bit for bit (up to NaN payloads).
 //! Differences, all documented:
 //!
 //! - `exp`, `log` and `tanh` are inline polynomial approximations on f32x4
@@ -246,7 +250,8 @@ impl CpuCodegen {
         set(&mut flags, "use_colocated_libcalls", "false")?;
         set(&mut flags, "is_pic", "false")?;
         set(&mut flags, "opt_level", if options.optimize { "speed" } else { "none" })?;
-        let isa_builder = cranelift_native::builder().map_err(|m| err(format!("host machine is not supported: {m}")))?;
+        let isa_builder =
+            cranelift_native::builder().map_err(|m| err(format!("host machine is not supported: {m}")))?;
         let isa = isa_builder.finish(settings::Flags::new(flags)).map_err(|e| err(format!("building the ISA: {e}")))?;
         let use_fma = isa_has_flag(&*isa, "has_fma");
         let mut builder = JITBuilder::with_isa(isa, default_libcall_names());

@@ -51,7 +51,8 @@ fn out_of_bounds_loads_are_rejected() {
 
 #[test]
 fn malformed_kernels_are_rejected() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Kb)>)> = vec![
+    type Case = (&'static str, Box<dyn Fn(&mut Kb)>);
+    let cases: Vec<Case> = vec![
         (
             "exp of i32",
             Box::new(|kb| {
@@ -111,7 +112,8 @@ fn malformed_kernels_are_rejected() {
         (
             "missing buffer",
             Box::new(|kb| {
-                let y = kb.push(Expr::Load { buffer: lpac_ir::kernel::BufferId(9), index: kb.map(0, &[0, 0]) }, DType::F32);
+                let y =
+                    kb.push(Expr::Load { buffer: lpac_ir::kernel::BufferId(9), index: kb.map(0, &[0, 0]) }, DType::F32);
                 kb.output(y);
             }),
         ),
@@ -177,7 +179,8 @@ fn clif_text_is_deterministic() {
 fn compile_all_skips_library_kernels() {
     let kb = sample_kernel();
     let mut program = kb.program.clone();
-    let c = program.add_buffer(lpac_ir::TensorType { dtype: DType::F32, shape: vec![8, 8] }, lpac_ir::kernel::BufferKind::Temp);
+    let c = program
+        .add_buffer(lpac_ir::TensorType { dtype: DType::F32, shape: vec![8, 8] }, lpac_ir::kernel::BufferKind::Temp);
     let operand = |row_stride, col_stride| Operand {
         buffer: lpac_ir::kernel::BufferId(0),
         offset: 0,
@@ -202,3 +205,25 @@ fn compile_all_skips_library_kernels() {
     assert_eq!(compiled[1].as_ref().unwrap().name, "k");
 }
 
+#[test]
+fn compiled_kernels_can_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<crate::codegen::CompiledKernel>();
+    fn send<T: Send>() {}
+    send::<crate::codegen::CpuCodegen>();
+}
+
+#[test]
+fn ranges_past_the_domain_are_cut() {
+    let kb = sample_kernel();
+    let c = codegen(true).compile(&kb.program, &kb.kernel).unwrap();
+    let mut bufs = random_buffers(&kb.program, &mut Rng::new(5));
+    let before = bufs.clone();
+    run_kernel(&c, &mut bufs, 200, 100, 0, 0); // empty
+    run_kernel(&c, &mut bufs, 96, 1000, 0, 0); // starts at the end
+    assert_same(&bufs, &before, "empty ranges");
+    let mut full = before.clone();
+    run_kernel(&c, &mut full, 0, 96, 0, 0);
+    run_kernel(&c, &mut bufs, 0, u64::MAX as usize, 0, 0);
+    assert_same(&bufs, &full, "a range past the end");
+}

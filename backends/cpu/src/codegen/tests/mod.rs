@@ -433,7 +433,16 @@ fn unflatten(mut flat: usize, shape: &[usize], out: &mut Vec<i64>) {
 /// Runs the kernel's semantics over flat domain indices `begin..end`,
 /// writing the outputs into `bufs`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn eval(k: &LoopKernel, bufs: &mut [Host], begin: usize, end: usize, seed: u64, step: u64, fma: bool, order: Order) {
+pub(crate) fn eval(
+    k: &LoopKernel,
+    bufs: &mut [Host],
+    begin: usize,
+    end: usize,
+    seed: u64,
+    step: u64,
+    fma: bool,
+    order: Order,
+) {
     let red_total: usize = k.reduce.iter().product();
     let mut results = Vec::new();
     for flat in begin..end {
@@ -500,7 +509,12 @@ pub(crate) fn assert_same(got: &[Host], want: &[Host], what: &str) {
         match (g, w) {
             (Host::F(g), Host::F(w)) => {
                 for (i, (a, b)) in g.iter().zip(w).enumerate() {
-                    assert!(same_f32(*a, *b), "{what}: b{bi}[{i}] = {a:e} ({:#x}), expected {b:e} ({:#x})", a.to_bits(), b.to_bits());
+                    assert!(
+                        same_f32(*a, *b),
+                        "{what}: b{bi}[{i}] = {a:e} ({:#x}), expected {b:e} ({:#x})",
+                        a.to_bits(),
+                        b.to_bits()
+                    );
                 }
             }
             (Host::I(g), Host::I(w)) => assert_eq!(g, w, "{what}: b{bi}"),
@@ -527,7 +541,8 @@ pub(crate) fn check_with(kb: &Kb, inputs: &[Host], seed: u64, step: u64) -> Vect
         }
         let order = if c.vectorization == Vectorization::Reduce { Order::Lanes } else { Order::Sequential };
         // The lanes order follows the simplified reduce axes.
-        let reference = if order == Order::Lanes { crate::codegen::axes::simplify(&kb.kernel) } else { kb.kernel.clone() };
+        let reference =
+            if order == Order::Lanes { crate::codegen::axes::simplify(&kb.kernel) } else { kb.kernel.clone() };
         let mut want = inputs.to_vec();
         eval(&reference, &mut want, 0, total, seed, step, fma, order);
         let mut got = inputs.to_vec();

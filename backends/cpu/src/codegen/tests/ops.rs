@@ -171,7 +171,8 @@ fn every_unary_op() {
 #[test]
 fn every_binary_op() {
     let mut rng = Rng::new(6);
-    let float_ops = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min, BinaryOp::Pow];
+    let float_ops =
+        [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min, BinaryOp::Pow];
     let cmp_ops = [BinaryOp::Lt, BinaryOp::Le, BinaryOp::Gt, BinaryOp::Ge, BinaryOp::Eq, BinaryOp::Ne];
     for op in float_ops.iter().chain(&cmp_ops) {
         let kb = binary_kernel(*op, F);
@@ -404,4 +405,25 @@ fn row_level_values_are_hoisted_correctly() {
     let y = kb.bin(BinaryOp::Mul, xe, rs);
     kb.output(y);
     assert_eq!(check(&kb, &mut rng), Vectorization::Domain);
+}
+
+#[test]
+fn max_and_min_with_constants() {
+    let mut rng = Rng::new(16);
+    for op in [BinaryOp::Max, BinaryOp::Min] {
+        for c in [0.0, -0.0, 1.5, -2.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            for swap in [false, true] {
+                let mut kb = Kb::new(&[3, 11], &[]);
+                let x = kb.buffer(F, &[3, 11]);
+                let xe = kb.load(x, 0, &[11, 1]);
+                let ce = kb.konst(c, F);
+                let y = if swap { kb.bin(op, ce, xe) } else { kb.bin(op, xe, ce) };
+                kb.output(y);
+                let mut inputs = random_buffers(&kb.program, &mut rng);
+                inputs[0] = Host::F(op_floats(&mut rng, 33));
+                // Exact, signs of zero included.
+                check_with(&kb, &inputs, 0, 0);
+            }
+        }
+    }
 }

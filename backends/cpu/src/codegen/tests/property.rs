@@ -38,7 +38,8 @@ const F_UNARY: [UnaryOp; 10] = [
 ];
 const F_BINARY: [BinaryOp; 7] =
     [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min, BinaryOp::Pow];
-const I_BINARY: [BinaryOp; 6] = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min];
+const I_BINARY: [BinaryOp; 6] =
+    [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Max, BinaryOp::Min];
 const CMP: [BinaryOp; 6] = [BinaryOp::Lt, BinaryOp::Le, BinaryOp::Gt, BinaryOp::Ge, BinaryOp::Eq, BinaryOp::Ne];
 
 impl Gen<'_> {
@@ -116,7 +117,8 @@ impl Gen<'_> {
                 return self.leaf(phase);
             }
             let v = self.rng.pick(&vars);
-            let ext = if v < self.ndom() { self.kb.kernel.domain[v] } else { self.kb.kernel.reduce[v - self.ndom()] } as i64;
+            let ext =
+                if v < self.ndom() { self.kb.kernel.domain[v] } else { self.kb.kernel.reduce[v - self.ndom()] } as i64;
             let lo = self.rng.below(ext as usize + 1) as i64 - 1;
             let hi = lo + self.rng.below(ext as usize + 1) as i64;
             let mut strides = self.strides(phase);

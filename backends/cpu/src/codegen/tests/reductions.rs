@@ -119,7 +119,8 @@ fn integer_reductions() {
             let acc = kb.reduce(op, xe);
             kb.output(acc);
             let mut inputs = random_buffers(&kb.program, &mut rng);
-            inputs[0] = Host::I((0..4 * e).map(|i| if i % 5 == 0 { i32::MAX - i as i32 } else { i as i32 - 20 }).collect());
+            inputs[0] =
+                Host::I((0..4 * e).map(|i| if i % 5 == 0 { i32::MAX - i as i32 } else { i as i32 - 20 }).collect());
             check_with(&kb, &inputs, 0, 0);
         }
     }
