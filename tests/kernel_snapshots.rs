@@ -1,0 +1,45 @@
+//! Snapshots of the kernels of the default model's training step, dense and
+//! with LPA (r = 64): the kernel IR of the whole program and the Cranelift IR
+//! of every loop kernel, so any change in fusion or code generation shows up
+//! as a reviewable diff. Numbers are checked in tests/cpu_backend.rs.
+
+use std::path::Path;
+
+fn step_graph(lowrank: Option<usize>) -> lpac_ir::Graph {
+    let g = lpac_frontend::compile_file(Path::new("models/tiny.lpa"), &[]).unwrap().graph;
+    let mut pipeline = String::new();
+    if let Some(r) = lowrank {
+        pipeline.push_str(&format!("lowrank{{rank={r}}},"));
+    }
+    pipeline.push_str("autodiff,optimizer,simplify{explain=false},cse,dce");
+    let passes: Vec<_> = lpac_passes::registry::parse_pipeline(&pipeline)
+        .unwrap()
+        .iter()
+        .map(|s| lpac_passes::registry::create(s).unwrap())
+        .collect();
+    lpac_passes::manager::run_pipeline(g, &passes, &Default::default(), &mut std::io::sink()).unwrap().into_output()
+}
+
+fn snapshot(label: &str, lowrank: Option<usize>) {
+    let program = lpac_passes::fuse::fuse(&step_graph(lowrank)).unwrap();
+    insta::assert_snapshot!(format!("{label}-kernel-ir"), lpac_ir::kernel::print::print(&program));
+    let mut codegen = lpac_cpu::codegen::CpuCodegen::new().unwrap();
+    let compiled = codegen.compile_all(&program).unwrap();
+    let mut clif = String::new();
+    for (i, c) in compiled.iter().enumerate() {
+        if let Some(c) = c {
+            clif.push_str(&format!("; k{i} {} ({:?})\n{}\n", c.name, c.vectorization, c.clif));
+        }
+    }
+    insta::assert_snapshot!(format!("{label}-clif"), clif);
+}
+
+#[test]
+fn tiny_training_step_dense() {
+    snapshot("tiny-step-dense", None);
+}
+
+#[test]
+fn tiny_training_step_lowrank_64() {
+    snapshot("tiny-step-lowrank64", Some(64));
+}
