@@ -18,6 +18,56 @@ pub struct Stats {
     pub flops_per_step_bwd: u64,
     pub activation_bytes: u64,
     pub attention_sites: usize,
+    /// The training step's memory as the CPU backend plans it, when computed.
+    pub memory: Option<StepMemory>,
+}
+
+/// A training step's memory: what the plan needs at its peak, against every
+/// tensor of the step held at once.
+#[derive(Clone, Copy, Debug)]
+pub struct StepMemory {
+    /// Inputs, parameters and optimiser state (held for the whole step).
+    pub resident_bytes: u64,
+    /// Temporaries at their peak, as the liveness-based plan places them.
+    pub planned_temp_bytes: u64,
+    /// Temporaries without reuse.
+    pub all_temp_bytes: u64,
+}
+
+impl StepMemory {
+    /// Lowers the training step of `forward` (autodiff, AdamW, the default
+    /// optimisations, fusion) and plans its memory.
+    pub fn of(forward: &Graph) -> Result<StepMemory, String> {
+        let pipeline = "autodiff,optimizer,simplify{explain=false},cse,dce";
+        let passes = lpac_passes::registry::parse_pipeline(pipeline)?
+            .iter()
+            .map(lpac_passes::registry::create)
+            .collect::<Result<Vec<_>, _>>()?;
+        let run =
+            lpac_passes::manager::run_pipeline(forward.clone(), &passes, &Default::default(), &mut std::io::sink())
+                .map_err(|e| e.to_string())?;
+        let program = lpac_passes::fuse::fuse(run.output()).map_err(|e| e.to_string())?;
+        let plan = lpac_cpu::plan_memory(&program);
+        let resident = program
+            .buffers
+            .iter()
+            .filter(|b| b.kind != lpac_ir::kernel::BufferKind::Temp)
+            .map(|b| b.ty.size_bytes() as u64)
+            .sum();
+        Ok(StepMemory {
+            resident_bytes: resident,
+            planned_temp_bytes: plan.arena_bytes as u64,
+            all_temp_bytes: plan.sum_bytes as u64,
+        })
+    }
+
+    pub fn planned_peak_bytes(&self) -> u64 {
+        self.resident_bytes + self.planned_temp_bytes
+    }
+
+    pub fn unplanned_bytes(&self) -> u64 {
+        self.resident_bytes + self.all_temp_bytes
+    }
 }
 
 impl Stats {
@@ -37,6 +87,7 @@ impl Stats {
             flops_per_step_bwd: cost::backward_flops(graph),
             activation_bytes: cost::activation_bytes(graph),
             attention_sites: lpac_passes::structure::find_attention(graph).len(),
+            memory: None,
         }
     }
 
@@ -64,6 +115,8 @@ impl Stats {
             "flops_per_step_train": self.flops_per_step_train(),
             "activation_bytes": self.activation_bytes,
             "attention_sites": self.attention_sites,
+            "planned_peak_bytes": self.memory.map(|m| m.planned_peak_bytes()),
+            "unplanned_bytes": self.memory.map(|m| m.unplanned_bytes()),
         })
     }
 }

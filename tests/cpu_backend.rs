@@ -9,7 +9,8 @@ use std::process::Command;
 use lpac_ir::interp::{self, Precision, RunContext, Tensor};
 
 fn train_graph(sets: &[&str], lowrank: Option<usize>) -> lpac_ir::Graph {
-    let overrides: Vec<lpac_frontend::Override> = sets.iter().map(|s| lpac_frontend::Override::parse(s).unwrap()).collect();
+    let overrides: Vec<lpac_frontend::Override> =
+        sets.iter().map(|s| lpac_frontend::Override::parse(s).unwrap()).collect();
     let g = lpac_frontend::compile_file(Path::new("models/tiny.lpa"), &overrides).unwrap().graph;
     let mut pipeline = String::new();
     if let Some(r) = lowrank {
@@ -42,12 +43,21 @@ fn three_steps(lowrank: Option<usize>) {
         let ty = g.ty(id);
         let n = ty.numel();
         let t = match ty.dtype {
-            lpac_ir::DType::I32 => Tensor::from_i32(ty.shape.clone(), (0..n).map(|i| ((i * 37 + 11) % 256) as i32).collect()),
+            lpac_ir::DType::I32 => {
+                Tensor::from_i32(ty.shape.clone(), (0..n).map(|i| ((i * 37 + 11) % 256) as i32).collect())
+            }
             _ => Tensor::from_f32(ty.shape.clone(), vec![0.0; n]),
         };
         inputs.insert(name.to_string(), t);
     }
-    for (name, value) in [("hp:lr", 1e-3), ("hp:beta1", 0.9), ("hp:beta2", 0.95), ("hp:eps", 1e-5), ("hp:weight_decay", 0.0), ("hp:clip", 1.0)] {
+    for (name, value) in [
+        ("hp:lr", 1e-3),
+        ("hp:beta1", 0.9),
+        ("hp:beta2", 0.95),
+        ("hp:eps", 1e-5),
+        ("hp:weight_decay", 0.0),
+        ("hp:clip", 1.0),
+    ] {
         inputs.insert(name.to_string(), Tensor::scalar_f32(value as f32));
     }
     let mut cpu = lpac_cpu_step(&g);
@@ -58,12 +68,15 @@ fn three_steps(lowrank: Option<usize>) {
             s.insert("hp:step".into(), Tensor::scalar_f32(step as f32));
         }
         let ctx = RunContext { seed: 9, step };
-        let want: BTreeMap<String, Tensor> = interp::run(&g, Precision::F32, &s_ref, &p_ref, ctx).unwrap().into_iter().collect();
+        let want: BTreeMap<String, Tensor> =
+            interp::run(&g, Precision::F32, &s_ref, &p_ref, ctx).unwrap().into_iter().collect();
         let got = cpu.run(&s_cpu, &p_cpu, 9, step).unwrap();
         let loss = rel_diff(&want["loss"], &got["loss"]);
         assert!(loss < 1e-4, "step {step}: loss {:?} vs {:?}", want["loss"].to_f64_vec(), got["loss"].to_f64_vec());
         for (name, t) in &want {
-            let Some(path) = name.strip_prefix("param:").or_else(|| name.split_once(':').map(|(_, p)| p)) else { continue };
+            let Some(path) = name.strip_prefix("param:").or_else(|| name.split_once(':').map(|(_, p)| p)) else {
+                continue;
+            };
             if name.starts_with("grad:") || !(name.starts_with("param:") || name.starts_with("adam_")) {
                 continue;
             }
@@ -74,7 +87,8 @@ fn three_steps(lowrank: Option<usize>) {
             let grad = want[&format!("grad:{path}")].to_f64_vec();
             if grad.iter().all(|g| g.abs() < 1e-6) {
                 let limit = if name.starts_with("param:") { 2e-3 * step as f64 } else { 1e-6 };
-                let worst = t.to_f64_vec().iter().zip(got[name].to_f64_vec()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                let worst =
+                    t.to_f64_vec().iter().zip(got[name].to_f64_vec()).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
                 assert!(worst <= limit, "step {step}: {name} (zero gradient) differs by {worst:e}");
                 continue;
             }
@@ -124,8 +138,31 @@ fn train_on_cpu_and_interp_agree_through_the_cli() {
     let run = |device: &str| {
         let out = dir.join(device);
         let o = Command::new(env!("CARGO_BIN_EXE_lpac"))
-            .args(["train", "models/tiny.lpa", "--set", "layers=1", "--set", "d=32", "--set", "heads=2", "--set", "ffn=64"])
-            .args(["--set", "seq=16", "--batch", "2", "--steps", "4", "--eval-every", "0", "--json", "--device", device])
+            .args([
+                "train",
+                "models/tiny.lpa",
+                "--set",
+                "layers=1",
+                "--set",
+                "d=32",
+                "--set",
+                "heads=2",
+                "--set",
+                "ffn=64",
+            ])
+            .args([
+                "--set",
+                "seq=16",
+                "--batch",
+                "2",
+                "--steps",
+                "4",
+                "--eval-every",
+                "0",
+                "--json",
+                "--device",
+                device,
+            ])
             .args(["--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()])
             .output()
             .unwrap();

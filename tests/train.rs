@@ -386,3 +386,14 @@ fn a_hugging_face_tokenizer_drives_the_vocabulary() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("--set vocab=7"), "{}", text(&o));
 }
+
+#[test]
+fn a_model_too_large_for_memory_is_refused_before_anything_is_written() {
+    let dir = temp("toolarge");
+    let out = dir.join("run");
+    let o = lpac(&["train", "models/gpt.lpa", "--steps", "1", "--out", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("needs") && t.contains("GiB per step as planned"), "{t}");
+    assert!(!out.exists(), "nothing is written for a refused run");
+}

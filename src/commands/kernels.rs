@@ -27,7 +27,8 @@ pub fn run(args: &KernelsArgs) -> CliResult {
     match args.target {
         KernelTarget::Cpu => {
             let started = std::time::Instant::now();
-            let compiled = crate::train::cpu::compile(&graph).map_err(|e| CliError::Message(format!("--target cpu: {e}")))?;
+            let compiled =
+                crate::train::cpu::compile(&graph).map_err(|e| CliError::Message(format!("--target cpu: {e}")))?;
             let seconds = started.elapsed().as_secs_f64();
             let plan = lpac_cpu::plan_memory(&compiled.program);
             let summary = summary(&compiled.program, &compiled.kernels, plan.arena_bytes, plan.sum_bytes, seconds);
@@ -48,7 +49,8 @@ fn write_dir(
 ) -> CliResult {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let write = |name: &str, text: &str| {
-        std::fs::write(dir.join(name), text).map_err(|e| CliError::Message(format!("cannot write {}: {e}", dir.join(name).display())))
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| CliError::Message(format!("cannot write {}: {e}", dir.join(name).display())))
     };
     write("program.kir", &lpac_ir::kernel::print::print(program))?;
     for (i, k) in program.kernels.iter().enumerate() {
@@ -108,11 +110,9 @@ fn truncate(s: &str, n: usize) -> String {
 
 /// Arithmetic expressions × iterations (reductions count their combine).
 fn loop_flops(l: &lpac_ir::kernel::LoopKernel) -> u64 {
-    let arithmetic = l
-        .exprs
-        .iter()
-        .filter(|t| matches!(t.expr, Expr::Unary(..) | Expr::Binary(..) | Expr::Select(..)))
-        .count() as u64;
+    let arithmetic =
+        l.exprs.iter().filter(|t| matches!(t.expr, Expr::Unary(..) | Expr::Binary(..) | Expr::Select(..))).count()
+            as u64;
     let domain: u64 = l.domain.iter().product::<usize>() as u64;
     let reduce: u64 = l.reduce.iter().product::<usize>() as u64;
     domain * reduce * (arithmetic + u64::from(l.reduction.is_some()))

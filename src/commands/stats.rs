@@ -7,11 +7,12 @@ use crate::cli::StatsArgs;
 use crate::error::{CliError, CliResult};
 use crate::load::load;
 use crate::pipeline::{create, lowrank_spec};
-use crate::stats::{Stats, grouped, human_bytes, human_count};
+use crate::stats::{Stats, StepMemory, grouped, human_bytes, human_count};
 
 pub fn run(args: &StatsArgs) -> CliResult {
     let loaded = load(&args.model)?;
-    let dense = Stats::of(&loaded.graph);
+    let mut dense = Stats::of(&loaded.graph);
+    dense.memory = step_memory(&loaded.graph)?;
     let Some(spec) = lowrank_spec(&args.lowrank) else {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&dense.to_json(&loaded.name)).map_err(|e| e.to_string())?);
@@ -23,7 +24,8 @@ pub fn run(args: &StatsArgs) -> CliResult {
     let passes = create(&[spec])?;
     let run = run_pipeline(loaded.graph, &passes, &Instrumentation::default(), &mut std::io::sink())
         .map_err(|e| CliError::Message(e.to_string()))?;
-    let factored = Stats::of(run.output());
+    let mut factored = Stats::of(run.output());
+    factored.memory = step_memory(run.output())?;
     let rank = args.lowrank.lowrank.unwrap_or_default();
     if args.json {
         let mut json = factored.to_json(&loaded.name);
@@ -34,6 +36,15 @@ pub fn run(args: &StatsArgs) -> CliResult {
         print!("{}", render_side_by_side(&loaded.name, &dense, &factored, rank, &args.lowrank.lowrank_target));
     }
     Ok(())
+}
+
+/// The planned memory of a training step, for graphs that are models (a
+/// float scalar loss first, parameters to train).
+fn step_memory(graph: &lpac_ir::Graph) -> Result<Option<StepMemory>, CliError> {
+    if graph.params().next().is_none() {
+        return Ok(None);
+    }
+    StepMemory::of(graph).map(Some).map_err(|e| CliError::Message(format!("planning the training step: {e}")))
 }
 
 fn render(name: &str, s: &Stats) -> String {
@@ -56,6 +67,15 @@ fn render(name: &str, s: &Stats) -> String {
     out += &format!("  train FLOPs/step       {:>15}  {}  (forward + backward)\n", grouped(train), human_count(train));
     out +=
         &format!("  activation memory/step {:>15}  {}\n", grouped(s.activation_bytes), human_bytes(s.activation_bytes));
+    if let Some(m) = s.memory {
+        let (peak, all) = (m.planned_peak_bytes(), m.unplanned_bytes());
+        out += &format!(
+            "  training step memory   {:>15}  {}  planned peak (CPU backend)\n",
+            grouped(peak),
+            human_bytes(peak)
+        );
+        out += &format!("    without reuse        {:>15}  {}\n", grouped(all), human_bytes(all));
+    }
     out
 }
 
@@ -78,6 +98,9 @@ fn render_side_by_side(name: &str, dense: &Stats, lpa: &Stats, rank: usize, targ
     row("  of which matmuls", dense.matmul_flops_per_token_fwd() as u64, lpa.matmul_flops_per_token_fwd() as u64);
     row("train FLOPs/step", dense.flops_per_step_train(), lpa.flops_per_step_train());
     row("activation bytes/step", dense.activation_bytes, lpa.activation_bytes);
+    if let (Some(a), Some(b)) = (dense.memory, lpa.memory) {
+        row("planned step memory", a.planned_peak_bytes(), b.planned_peak_bytes());
+    }
     out += &format!(
         "\n  exact parameters: {} dense, {} lowrank\n",
         grouped(dense.total_params),

@@ -47,7 +47,8 @@ pub fn run(args: &TrainArgs) -> CliResult {
     let graph = train_graph(&config.spec, config.optimizer, config.decay_mask)?;
     let (batch, seq) = crate::train::graphs::batch_and_seq(&graph);
     check_fits(&corpus, batch, seq).map_err(CliError::Message)?;
-    crate::train::device::check_available(config.device)?;
+    // Compiling the step also checks the device and that the step fits in memory.
+    let exec = crate::train::device::executor(config.device, graph.clone())?;
     let params = param_types(&graph);
     let (state, metrics) = if args.resume {
         let state = load_state(&dir, &params, config.optimizer)?;
@@ -87,7 +88,7 @@ pub fn run(args: &TrainArgs) -> CliResult {
         // A checkpoint exists from the start: a run that fails at step 1 keeps one.
         trainer.save(&state)?;
     }
-    match trainer.run(state, metrics)? {
+    match trainer.run(&graph, exec, state, metrics)? {
         Ending::Finished { test } => {
             if args.json {
                 let json =

@@ -23,7 +23,8 @@ pub struct CpuStep {
 pub struct Compiled {
     pub program: Program,
     pub kernels: Vec<Option<CompiledKernel>>,
-    pub codegen: CpuCodegen,
+    /// Keeps the kernels' code alive as long as they may be called.
+    pub _codegen: CpuCodegen,
 }
 
 /// Lowers and compiles a step graph.
@@ -31,16 +32,51 @@ pub fn compile(graph: &Graph) -> Result<Compiled, String> {
     let program = lpac_passes::fuse::fuse(graph).map_err(|e| e.to_string())?;
     let mut codegen = CpuCodegen::new().map_err(|e| e.to_string())?;
     let kernels = codegen.compile_all(&program).map_err(|e| e.to_string())?;
-    Ok(Compiled { program, kernels, codegen })
+    Ok(Compiled { program, kernels, _codegen: codegen })
 }
 
 impl CpuStep {
     pub fn new(graph: &Graph) -> Result<CpuStep, String> {
-        let Compiled { program, kernels, codegen } = compile(graph)?;
+        let program = lpac_passes::fuse::fuse(graph).map_err(|e| e.to_string())?;
+        check_fits_in_memory(&program)?;
+        let mut codegen = CpuCodegen::new().map_err(|e| e.to_string())?;
+        let kernels = codegen.compile_all(&program).map_err(|e| e.to_string())?;
         let functions = kernels.iter().map(|k| k.as_ref().map(|c| c.func)).collect();
         let executor = Executor::new(program, functions)?;
         Ok(CpuStep { executor, _codegen: codegen })
     }
+}
+
+/// Refuses a program whose planned memory exceeds what the machine has
+/// available, before anything is allocated.
+fn check_fits_in_memory(program: &Program) -> Result<(), String> {
+    let plan = lpac_cpu::plan_memory(program);
+    let resident: usize =
+        program.buffers.iter().filter(|b| b.kind != lpac_ir::kernel::BufferKind::Temp).map(|b| b.ty.size_bytes()).sum();
+    let needed = plan.arena_bytes + resident;
+    let Some(available) = available_memory() else { return Ok(()) };
+    if needed as u64 > available {
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        return Err(format!(
+            "`{}` needs {:.1} GiB per step as planned ({:.1} GiB of temporaries, {:.1} GiB of parameters, \
+             optimiser state and inputs), but this machine has {:.1} GiB available; \
+             reduce batch, seq or the model with --set",
+            program.name,
+            gib(needed as f64),
+            gib(plan.arena_bytes as f64),
+            gib(resident as f64),
+            gib(available as f64)
+        ));
+    }
+    Ok(())
+}
+
+/// `MemAvailable` from /proc/meminfo, in bytes (Linux); `None` elsewhere.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl device::Executor for CpuStep {

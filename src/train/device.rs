@@ -46,11 +46,6 @@ impl Executor for Interpreter {
     }
 }
 
-/// A clear error if `device`'s backend is not available in this build.
-pub fn check_available(device: Device) -> Result<(), CliError> {
-    executor(device, Graph::new("probe")).map(|_| ())
-}
-
 /// An executor for `graph` on `device`, or a clear error if that backend is
 /// not available in this build.
 pub fn executor(device: Device, graph: Graph) -> Result<Box<dyn Executor>, CliError> {

@@ -15,9 +15,9 @@ use serde_json::{Value, json};
 
 use super::checkpoint::{self, Checkpoint, check_params};
 use super::data::{Corpus, training_batch};
-use super::device::{Device, executor};
+use super::device::Device;
 use super::evaluate::{Evaluation, evaluate};
-use super::graphs::{batch_and_seq, param_types, train_graph};
+use super::graphs::{batch_and_seq, param_types};
 use super::metrics::{METRICS_FILE, MetricsLog, Record};
 use super::model_spec::ModelSpec;
 use super::plot::{Series, plot_losses};
@@ -113,13 +113,17 @@ pub struct Trainer<'a> {
 }
 
 impl Trainer<'_> {
-    /// Runs from `state` to `config.steps`.
-    pub fn run(&mut self, mut state: TrainState, mut metrics: MetricsLog) -> Result<Ending, CliError> {
-        let graph = train_graph(&self.config.spec, self.config.optimizer, self.config.decay_mask)?;
-        let (batch, seq) = batch_and_seq(&graph);
-        check_params(&Checkpoint { tensors: state.params.clone(), metadata: BTreeMap::new() }, &param_types(&graph))
+    /// Runs the step graph `graph` on `exec` from `state` to `config.steps`.
+    pub fn run(
+        &mut self,
+        graph: &Graph,
+        mut exec: Box<dyn super::device::Executor>,
+        mut state: TrainState,
+        mut metrics: MetricsLog,
+    ) -> Result<Ending, CliError> {
+        let (batch, seq) = batch_and_seq(graph);
+        check_params(&Checkpoint { tensors: state.params.clone(), metadata: BTreeMap::new() }, &param_types(graph))
             .map_err(CliError::Message)?;
-        let mut exec = executor(self.config.device, graph.clone())?;
         let tokens_per_step = (batch * seq) as f64;
         while state.step < self.config.steps {
             if INTERRUPTED.load(Ordering::SeqCst) {
@@ -134,7 +138,7 @@ impl Trainer<'_> {
             }
             let step = state.step + 1;
             let lr = self.config.schedule.lr_at(self.config.lr, step);
-            let inputs = self.step_inputs(&graph, &state, step, lr, batch, seq);
+            let inputs = self.step_inputs(graph, &state, step, lr, batch, seq);
             let started = Instant::now();
             let ctx = RunContext { seed: self.config.seed, step };
             let outputs = exec.run(&inputs, &state.params, ctx).map_err(CliError::Message)?;
@@ -155,6 +159,8 @@ impl Trainer<'_> {
         }
         self.save(&state)?;
         self.plot()?;
+        // The step's buffers are not needed for the final evaluation.
+        drop(exec);
         self.reporter.message("evaluating on the held-out split ...");
         let test = evaluate(&self.config.spec, &state.params, &self.corpus.test, self.config.device, None)?;
         self.reporter.finish();
