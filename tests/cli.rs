@@ -339,13 +339,30 @@ fn explain_and_provenance() {
 fn kernels_writes_ir_code_and_a_summary() {
     let dir = temp_dir("kernels");
     let out = dir.join("k");
-    let o = lpac(&["kernels", "models/tiny.lpa", "--set", "layers=1", "--lowrank", "16", "--target", "cpu", "--out", out.to_str().unwrap()]);
+    let o = lpac(&[
+        "kernels",
+        "models/tiny.lpa",
+        "--set",
+        "layers=1",
+        "--lowrank",
+        "16",
+        "--target",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap();
-    assert!(summary.contains("gemm crate") && summary.contains("cranelift") && summary.contains("memory plan"), "{summary}");
+    assert!(
+        summary.contains("gemm crate") && summary.contains("cranelift") && summary.contains("memory plan"),
+        "{summary}"
+    );
     let program = std::fs::read_to_string(out.join("program.kir")).unwrap();
     assert!(program.starts_with("program tiny"), "{}", &program[..40]);
-    let clif = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "clif")).count();
+    let clif = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "clif"))
+        .count();
     assert!(clif > 10, "one .clif per loop kernel");
     let o = lpac(&["kernels", "models/tiny.lpa", "--set", "layers=1", "--forward"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

@@ -397,3 +397,31 @@ fn a_model_too_large_for_memory_is_refused_before_anything_is_written() {
     assert!(t.contains("needs") && t.contains("GiB per step as planned"), "{t}");
     assert!(!out.exists(), "nothing is written for a refused run");
 }
+
+#[test]
+fn a_non_finite_gradient_is_named_by_its_parameter() {
+    let dir = temp("badgrad");
+    let data = small_corpus(&dir);
+    // The loss is 0 and finite, but d sqrt(u)/du at u = 0 is infinite.
+    let model = dir.join("m.lpa");
+    std::fs::write(
+        &model,
+        "config {\n  batch = 2\n  seq = 8\n}\nmodel m(tokens: i32[batch, seq], targets: i32[batch, seq]) {\n  e = embedding[emb](tokens, 256, 4)\n  return mean(sqrt(e * 0.0))\n}\n",
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let o = lpac(&[
+        "train",
+        model.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("training stopped at step 1") && t.contains("gradient of `emb.weight` is not finite"), "{t}");
+}

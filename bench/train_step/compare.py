@@ -116,6 +116,7 @@ def lpac_row_train(args, lowrank, tokens_per_step):
         tail = (stderr_tail.splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"lpac train exit {rc} after {len(records)} steps: {tail}")
     times = [tokens_per_step / r["tokens_per_s"] for r in records]
+    losses = [r["loss"] for r in records]
     timed = times[args.warmup:total]
     median = statistics.median(timed)
     return dict(
@@ -125,7 +126,9 @@ def lpac_row_train(args, lowrank, tokens_per_step):
         min_step_s=min(timed),
         tokens_per_s=tokens_per_step / median,
         loss_initial=records[0]["loss"],
-        loss=records[total - 1]["loss"],
+        loss=losses[total - 1],
+        loss_median_timed=statistics.median(losses[args.warmup:total]),
+        losses=losses,
         step_times_s=times,
         first_step_note="step 1's own time (graph compilation excluded)",
         command=" ".join(cmd),
@@ -136,13 +139,12 @@ def lpac_row(args, lowrank, stats, mode):
     base = dict(framework=f"lpac ({args.device})", variant=peers.variant_name(lowrank), first_step_s=None,
                 median_step_s=None, steps=args.steps, warmup=args.warmup, tokens_per_s=None, loss=None)
     try:
-        if stats is None:
-            raise RuntimeError("no FLOP statistics from `lpac stats` (see its error)")
+        tokens_per_step = (stats or {}).get("tokens_per_step") or peers.CONFIG["batch"] * peers.CONFIG["seq"]
         meter = peers.CpuMeter().start()
         if mode == "bench-step":
             row = lpac_row_bench_step(args, lowrank)
         else:
-            row = lpac_row_train(args, lowrank, stats["tokens_per_step"])
+            row = lpac_row_train(args, lowrank, tokens_per_step)
         row["other_load"] = meter.stop()
         row.update({k: v for k, v in base.items() if k in ("framework", "variant")})
         row["lpac_mode"] = mode
@@ -211,12 +213,20 @@ def main():
     mode = args.lpac_mode
     if use_lpac and args.lpac and mode == "auto":
         mode = "bench-step" if has_bench_step(args.lpac) else "train"
+    lpac_version = None
+    if use_lpac and args.lpac:
+        try:
+            lpac_version = subprocess.run([args.lpac, "--version"], capture_output=True, text=True,
+                                          timeout=60).stdout.strip() or None
+        except OSError:
+            pass
 
-    load_before = os.getloadavg()
-    busy_limit = 0.5 * len(os.sched_getaffinity(0))
-    if load_before[0] > busy_limit:
-        print(f"# WARNING: the machine is busy (1-minute load average {load_before[0]:.2f} on "
-              f"{len(os.sched_getaffinity(0))} cores): timings will be distorted, PyTorch's most", file=sys.stderr)
+    meter = peers.CpuMeter().start()
+    time.sleep(1.0)
+    load_before = meter.stop() or 0.0
+    if load_before > 0.2:
+        print(f"# WARNING: other processes are using {load_before:.2f} cores: timings will be distorted, "
+              "PyTorch's most", file=sys.stderr)
     rows, stats, stats_err = [], {}, {}
     for lowrank in ranks:
         if use_lpac and args.lpac:
@@ -232,7 +242,7 @@ def main():
             if args.lpac:
                 row = lpac_row(args, lowrank, stats.get(lowrank), mode)
                 if lowrank in stats_err:
-                    row["error"] = row.get("error") or stats_err[lowrank]
+                    row["error"] = "; ".join(filter(None, [row.get("error"), "lpac stats failed: " + stats_err[lowrank]]))
             else:
                 row = dict(framework=f"lpac ({args.device})", variant=peers.variant_name(lowrank), median_step_s=None,
                            first_step_s=None, tokens_per_s=None, loss=None, error="no lpac binary (--lpac PATH)")
@@ -257,6 +267,8 @@ def main():
     for r in rows:
         loss = (f"{r['loss_initial']:.3f} -> {r['loss']:.3f}"
                 if r.get("loss_initial") is not None and r.get("loss") is not None else "-")
+        if r.get("loss_median_timed") is not None:
+            loss += f" (median {r['loss_median_timed']:.3f})"
         note = r.get("error") or (r.get("loss_check") if r.get("loss_check") not in (None, "ok") else "")
         t1.append([r["framework"], r["variant"], fmt(r.get("median_step_s"), ".1f", 1e3), fmt(r.get("tokens_per_s"), ".0f"),
                    fmt(r.get("gflops_per_s"), ".2f"), fmt(r.get("time_vs_lpac"), ".3f") + ("x" if r.get("time_vs_lpac") else ""),
@@ -270,25 +282,27 @@ def main():
 
     print(f"Training step of {args.model} (batch 16 x seq 128 = 2048 tokens, f32, AdamW + clip 1.0): "
           f"W={args.warmup} warm-up, N={args.steps} timed steps")
-    print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores; python {platform.python_version()}; "
-          + ", ".join(sorted({f"{r['framework'].split('-')[0]} {r['framework_version']}" for r in rows
-                              if r.get("framework_version")}))
-          + f"; lpac: {args.lpac or 'none'} ({mode if use_lpac else 'skipped'}); "
-          f"load average before: {load_before[0]:.2f}")
+    versions = sorted({f"{r['framework'].split('-')[0]} {r['framework_version']}" for r in rows if r.get("framework_version")})
+    print("; ".join([f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores", f"python {platform.python_version()}"]
+                    + ([", ".join(versions)] if versions else [])
+                    + [f"lpac: {args.lpac or 'none'}" + (f" [{lpac_version}]" if lpac_version else "")
+                       + f" ({mode if use_lpac else 'skipped'})",
+                       f"other load before: {load_before:.2f} cores"]))
     busiest = max((r.get("other_load") or 0.0 for r in rows), default=0.0)
     if busiest > 0.2:
         print(f"WARNING: other processes kept up to {busiest:.2f} cores busy during some rows ('other load'): "
               "those timings are distorted; rerun on an idle machine")
     print()
-    print(table(["framework", "variant", "median step (ms)", "tokens/s", "GFLOP/s", "time vs lpac", "loss (step 1 -> last)",
+    print(table(["framework", "variant", "median step (ms)", "tokens/s", "GFLOP/s", "time vs lpac", "loss: step 1 -> last (median of timed)",
                  "other load", "note"], t1))
     print()
     print("First step (tracing/compilation included) and time to it:")
     print(table(["framework", "variant", "first step (s)", "launch -> first step done (s)", "first - median (s)", "note"], t2))
     print()
-    print("GFLOP/s: lpac's analytic flops_per_step_train / median step time "
-          + ", ".join(f"({peers.variant_name(k)}: {v['flops_per_step_train'] / 1e9:.2f} GFLOP/step)" for k, v in stats.items())
-          + ". time vs lpac: median step time / lpac's (same variant); > 1 means slower than lpac.")
+    print("GFLOP/s: lpac's analytic flops_per_step_train / median step time ("
+          + (", ".join(f"{peers.variant_name(k)}: {v['flops_per_step_train'] / 1e9:.2f} GFLOP/step" for k, v in stats.items())
+             or "no `lpac stats`, so no GFLOP/s")
+          + "). time vs lpac: median step time / lpac's (same variant); > 1 means slower than lpac.")
     sys.exit(1 if any(r.get("error") for r in rows) else 0)
 
 

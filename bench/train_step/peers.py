@@ -26,7 +26,8 @@ For each (framework, variant) it prints one JSON object on stdout:
 framework, variant, first_step_s (the first call of the step: tracing/compilation included),
 median_step_s (over --steps timed steps after --warmup warm-up steps; the first step is the
 first warm-up step), steps, tokens_per_s (tokens per step / median_step_s), loss (the loss of
-the last timed step), loss_initial (step 1), loss_check, plus details. A framework that fails
+the last timed step), loss_initial (step 1), loss_median_timed, loss_check (the first loss is
+within 0.25 of ln 256 and the median timed loss is at least 0.5 below it), plus details. A framework that fails
 prints its row with an `error` key instead of crashing the others.
 
 Install:  pip install torch jax numpy     (CPU wheels from PyPI; no optax needed)
@@ -201,6 +202,7 @@ def torch_step_factory(cfg, lowrank, params_np, compiled, attention, adamw_impl)
         clip_and_update()
         return loss.item()
 
+    step.params, step.loss_fn = p, loss_fn  # for debugging and tests
     return step
 
 
@@ -363,6 +365,7 @@ def run_one(args, framework, lowrank):
         row["tokens_per_step"] = tokens_per_step
         row["loss_initial"] = losses[0]
         row["loss"] = losses[-1]
+        row["loss_median_timed"] = float(np.median(losses[args.warmup:]))
         row["losses"] = losses
         row["step_times_s"] = times
         problems = []
@@ -370,8 +373,12 @@ def run_one(args, framework, lowrank):
         # E[loss] ~ ln V + s^2 / 2 = 5.60, so the first loss should be within a few tenths of ln V.
         if abs(losses[0] - math.log(cfg["vocab"])) > 0.25:
             problems.append(f"initial loss {losses[0]:.4f} is not ~ ln {cfg['vocab']} = {math.log(cfg['vocab']):.4f}")
-        if not losses[-1] < losses[0]:
-            problems.append("loss did not decrease")
+        # The median over the timed steps, not the last loss alone: at a constant lr of 1e-3
+        # without warm-up this model has a one-step loss spike around steps 11-13 (e.g. seed 0,
+        # dense: 3.40 -> 8.14 -> 3.36 at steps 12-14), identically in every framework here and in
+        # lpac itself, so a single step is not a reliable sign of divergence.
+        if not row["loss_median_timed"] < losses[0] - 0.5:
+            problems.append(f"loss did not decrease (median of the timed steps {row['loss_median_timed']:.4f})")
         row["loss_check"] = "ok" if not problems else "FAILED: " + "; ".join(problems)
         row["error"] = None
     except Exception as e:  # noqa: BLE001 - a failing framework reports, the others go on

@@ -21,8 +21,17 @@ pub fn train_graph(spec: &ModelSpec, kind: Kind, decay_mask: bool) -> Result<Gra
     check_inputs(&forward)?;
     let mut passes = vec![
         PassSpec::new("autodiff"),
-        PassSpec::new("optimizer").with("kind", kind.name()).with("decay_mask", decay_mask).with("keep_grads", true),
+        PassSpec::new("optimizer").with("kind", kind.name()).with("decay_mask", decay_mask).with("keep_grads", false),
     ];
+    passes.extend(optimise());
+    run_passes(forward, &passes)
+}
+
+/// forward → autodiff → simplify, cse, dce: the gradients alone, to find
+/// which one is not finite when a step's gradient norm is not.
+pub fn grads_graph(spec: &ModelSpec) -> Result<Graph, CliError> {
+    let forward = spec.forward(&[])?;
+    let mut passes = vec![PassSpec::new("autodiff")];
     passes.extend(optimise());
     run_passes(forward, &passes)
 }

@@ -138,14 +138,18 @@ impl Trainer<'_> {
             }
             let step = state.step + 1;
             let lr = self.config.schedule.lr_at(self.config.lr, step);
-            let inputs = self.step_inputs(graph, &state, step, lr, batch, seq);
+            let mut inputs = self.step_inputs(graph, step, lr, batch, seq);
+            // The optimiser state moves into the step and comes back updated:
+            // no copy of it is made.
+            let state_names: Vec<String> = state.optimizer.keys().cloned().collect();
+            inputs.append(&mut state.optimizer);
             let started = Instant::now();
             let ctx = RunContext { seed: self.config.seed, step };
             let outputs = exec.run(&inputs, &state.params, ctx).map_err(CliError::Message)?;
             let seconds = started.elapsed().as_secs_f64();
             let (loss, grad_norm) = (scalar(&outputs, "loss"), scalar(&outputs, "grad_norm"));
-            check_finite(step, &outputs)?;
-            absorb(&mut state, &outputs);
+            self.check_finite(step, &outputs, &inputs, &state.params)?;
+            absorb(&mut state, outputs, &state_names)?;
             state.step = step;
             let eval_loss = self.maybe_evaluate(&state)?;
             let record = Record { step, loss, lr, grad_norm, tokens_per_s: tokens_per_step / seconds, eval_loss };
@@ -167,16 +171,57 @@ impl Trainer<'_> {
         Ok(Ending::Finished { test })
     }
 
-    /// Tokens, targets, hyperparameters and optimiser state for one step.
-    fn step_inputs(
+    /// NaN or infinity in the loss or the gradient norm stops the run. A finite
+    /// norm means every gradient is finite; when it is not, the gradients are
+    /// computed again (same batch, parameters and dropout) to name the first
+    /// non-finite one.
+    fn check_finite(
         &self,
-        graph: &Graph,
-        state: &TrainState,
         step: u64,
-        lr: f64,
-        batch: usize,
-        seq: usize,
-    ) -> BTreeMap<String, Tensor> {
+        outputs: &BTreeMap<String, Tensor>,
+        inputs: &BTreeMap<String, Tensor>,
+        params: &BTreeMap<String, Tensor>,
+    ) -> Result<(), CliError> {
+        let loss = scalar(outputs, "loss");
+        if loss.is_finite() && scalar(outputs, "grad_norm").is_finite() {
+            return Ok(());
+        }
+        let what = if !loss.is_finite() {
+            format!("the loss is {loss}")
+        } else {
+            let name = self.first_bad_gradient(step, inputs, params).unwrap_or_else(|| "(unknown)".into());
+            format!("the loss is {loss:.4} but the gradient of `{name}` is not finite")
+        };
+        Err(CliError::Message(format!(
+            "training stopped at step {step}: {what}. The last good checkpoint is kept; \
+             try a lower --lr or more --warmup"
+        )))
+    }
+
+    /// The path of the first parameter whose gradient is not finite.
+    fn first_bad_gradient(
+        &self,
+        step: u64,
+        inputs: &BTreeMap<String, Tensor>,
+        params: &BTreeMap<String, Tensor>,
+    ) -> Option<String> {
+        let graph = super::graphs::grads_graph(&self.config.spec).ok()?;
+        let batch: BTreeMap<String, Tensor> = inputs
+            .iter()
+            .filter(|(k, _)| *k == "tokens" || *k == "targets")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut exec = super::device::executor(self.config.device, graph).ok()?;
+        let outputs = exec.run(&batch, params, RunContext { seed: self.config.seed, step }).ok()?;
+        let not_finite = |t: &Tensor| t.to_f64_vec().iter().any(|x| !x.is_finite());
+        outputs
+            .iter()
+            .find(|(name, t)| name.starts_with("grad:") && not_finite(t))
+            .map(|(n, _)| n["grad:".len()..].to_string())
+    }
+
+    /// Tokens, targets, hyperparameters and optimiser state for one step.
+    fn step_inputs(&self, graph: &Graph, step: u64, lr: f64, batch: usize, seq: usize) -> BTreeMap<String, Tensor> {
         let (tokens, targets) = training_batch(&self.corpus.train, batch, seq, self.config.seed, step);
         let mut inputs = BTreeMap::from([
             ("tokens".to_string(), Tensor::from_i32(vec![batch, seq], tokens)),
@@ -185,10 +230,7 @@ impl Trainer<'_> {
         for (name, value) in self.config.hyper.feeds(self.config.optimizer, lr, step) {
             inputs.insert(name.to_string(), Tensor::scalar_f32(value as f32));
         }
-        for (name, t) in &state.optimizer {
-            inputs.insert(name.clone(), t.clone());
-        }
-        debug_assert!(graph.inputs().all(|(_, n)| inputs.contains_key(n)));
+        debug_assert!(graph.inputs().all(|(_, n)| inputs.contains_key(n) || n.contains(':')));
         inputs
     }
 
@@ -229,37 +271,24 @@ fn scalar(outputs: &BTreeMap<String, Tensor>, name: &str) -> f64 {
 
 /// NaN or infinity in the loss or any gradient stops the run, naming the step
 /// and the first non-finite tensor.
-fn check_finite(step: u64, outputs: &BTreeMap<String, Tensor>) -> Result<(), CliError> {
-    let loss = scalar(outputs, "loss");
-    let bad = |t: &Tensor| t.to_f64_vec().iter().any(|x| !x.is_finite());
-    let first_bad_grad = outputs.iter().find(|(name, t)| name.starts_with("grad:") && bad(t)).map(|(n, _)| n.clone());
-    if loss.is_finite() && first_bad_grad.is_none() && scalar(outputs, "grad_norm").is_finite() {
-        return Ok(());
-    }
-    let what = if !loss.is_finite() {
-        format!("the loss is {loss}")
-    } else {
-        let name = first_bad_grad.unwrap_or_else(|| "grad_norm".into());
-        format!("the loss is {loss:.4} but the gradient `{}` is not finite", name.trim_start_matches("grad:"))
-    };
-    Err(CliError::Message(format!(
-        "training stopped at step {step}: {what}. The last good checkpoint is kept; \
-         try a lower --lr or more --warmup"
-    )))
-}
-
 /// Takes the new parameters and optimiser state from a step's outputs.
-fn absorb(state: &mut TrainState, outputs: &BTreeMap<String, Tensor>) {
+fn absorb(
+    state: &mut TrainState,
+    mut outputs: BTreeMap<String, Tensor>,
+    state_names: &[String],
+) -> Result<(), CliError> {
     for (path, value) in state.params.iter_mut() {
-        if let Some(new) = outputs.get(&format!("param:{path}")) {
-            *value = new.clone();
+        if let Some(new) = outputs.remove(&format!("param:{path}")) {
+            *value = new;
         }
     }
-    for (name, value) in state.optimizer.iter_mut() {
-        if let Some(new) = outputs.get(name) {
-            *value = new.clone();
-        }
+    for name in state_names {
+        let new = outputs
+            .remove(name)
+            .ok_or_else(|| CliError::Message(format!("internal error: the step returned no `{name}`")))?;
+        state.optimizer.insert(name.clone(), new);
     }
+    Ok(())
 }
 
 /// Fresh optimiser state: zeros shaped like each parameter.

@@ -286,6 +286,31 @@ pub fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
     ranges
 }
 
+/// `LPAC_PROFILE=1`: time per kind of kernel and the slowest kernels, on
+/// standard error, after every run.
+fn report_profile(program: &Program, times: &mut [(f64, usize)]) {
+    let total: f64 = times.iter().map(|t| t.0).sum();
+    let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
+    for (t, i) in times.iter() {
+        let kind = match &program.kernels[*i] {
+            Kernel::Loop(l) if l.reduce.is_empty() => "loop",
+            Kernel::Loop(_) => "reduce",
+            Kernel::Gemm(_) => "gemm",
+            Kernel::Gather { .. } => "gather",
+            Kernel::ScatterAdd { .. } => "scatter_add",
+        };
+        *by_kind.entry(kind).or_default() += t;
+    }
+    eprintln!("profile: {:.1} ms in {} kernels", total * 1e3, times.len());
+    for (kind, t) in by_kind {
+        eprintln!("  {kind:<12} {:>8.1} ms {:>5.1}%", t * 1e3, 100.0 * t / total);
+    }
+    times.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (t, i) in times.iter().take(12) {
+        eprintln!("  k{i:<4} {:>8.2} ms  {}", t * 1e3, program.kernels[*i].name());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,27 +409,3 @@ mod tests {
     }
 }
 
-/// `LPAC_PROFILE=1`: time per kind of kernel and the slowest kernels, on
-/// standard error, after every run.
-fn report_profile(program: &Program, times: &mut [(f64, usize)]) {
-    let total: f64 = times.iter().map(|t| t.0).sum();
-    let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
-    for (t, i) in times.iter() {
-        let kind = match &program.kernels[*i] {
-            Kernel::Loop(l) if l.reduce.is_empty() => "loop",
-            Kernel::Loop(_) => "reduce",
-            Kernel::Gemm(_) => "gemm",
-            Kernel::Gather { .. } => "gather",
-            Kernel::ScatterAdd { .. } => "scatter_add",
-        };
-        *by_kind.entry(kind).or_default() += t;
-    }
-    eprintln!("profile: {:.1} ms in {} kernels", total * 1e3, times.len());
-    for (kind, t) in by_kind {
-        eprintln!("  {kind:<12} {:>8.1} ms {:>5.1}%", t * 1e3, 100.0 * t / total);
-    }
-    times.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (t, i) in times.iter().take(12) {
-        eprintln!("  k{i:<4} {:>8.2} ms  {}", t * 1e3, program.kernels[*i].name());
-    }
-}
