@@ -177,7 +177,7 @@ def main():
     ap.add_argument("--no-lpac", action="store_true", help="peers only (no lpac row; no GFLOP/s)")
     ap.add_argument("--lpac-mode", choices=["auto", "bench-step", "train"], default="auto",
                     help="how to time lpac (default auto: bench-step if the binary has it, else train)")
-    ap.add_argument("--device", default="interp", help="lpac's --device (interp, cpu, cuda)")
+    ap.add_argument("--device", default="cpu", help="lpac's --device (cpu, interp, cuda)")
     ap.add_argument("--model", default="models/tiny.lpa",
                     help="lpac's model (the peers implement tiny.lpa's default config only)")
     ap.add_argument("--frameworks", default=",".join(peers.FRAMEWORKS),
