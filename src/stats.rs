@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use lpac_ir::Graph;
 use lpac_passes::cost;
+use lpac_passes::optimizer::Kind;
 use lpac_passes::structure::{ParamGroup, param_groups};
 use serde_json::{Value, json};
 
@@ -38,15 +39,8 @@ impl StepMemory {
     /// Lowers the training step of `forward` (autodiff, AdamW, the default
     /// optimisations, fusion) and plans its memory.
     pub fn of(forward: &Graph) -> Result<StepMemory, String> {
-        let pipeline = "autodiff,optimizer,simplify{explain=false},cse,dce";
-        let passes = lpac_passes::registry::parse_pipeline(pipeline)?
-            .iter()
-            .map(lpac_passes::registry::create)
-            .collect::<Result<Vec<_>, _>>()?;
-        let run =
-            lpac_passes::manager::run_pipeline(forward.clone(), &passes, &Default::default(), &mut std::io::sink())
-                .map_err(|e| e.to_string())?;
-        let program = lpac_passes::fuse::fuse(run.output()).map_err(|e| e.to_string())?;
+        let step = crate::train::graphs::step_of(forward.clone(), Kind::AdamW, true).map_err(|e| e.render())?;
+        let program = lpac_passes::fuse::fuse(&step).map_err(|e| e.to_string())?;
         let plan = lpac_cpu::plan_memory(&program);
         let resident = program
             .buffers

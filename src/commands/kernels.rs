@@ -5,25 +5,22 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use lpac_ir::kernel::{Expr, Kernel, Program};
-use lpac_passes::registry::PassSpec;
+use lpac_passes::optimizer::Kind;
 
 use crate::cli::{KernelTarget, KernelsArgs};
 use crate::error::{CliError, CliResult};
 use crate::load::overrides;
-use crate::train::model_spec::{ModelSpec, run_passes};
+use crate::train::model_spec::ModelSpec;
 
 pub fn run(args: &KernelsArgs) -> CliResult {
     let lowrank = args.lowrank.lowrank.map(|r| (r, args.lowrank.lowrank_target.clone()));
     let spec = ModelSpec::read(&args.model.file, overrides(&args.model.set)?, lowrank)?;
     let forward = spec.forward(&[])?;
-    let pipeline = if args.forward { "simplify,cse,dce" } else { "autodiff,optimizer,simplify,cse,dce" };
-    let mut specs: Vec<PassSpec> = lpac_passes::registry::parse_pipeline(pipeline).map_err(CliError::Message)?;
-    for s in &mut specs {
-        if s.name == "simplify" {
-            s.options.insert("explain".into(), "false".into());
-        }
-    }
-    let graph = run_passes(forward, &specs)?;
+    let graph = if args.forward {
+        crate::train::graphs::optimised(forward)?
+    } else {
+        crate::train::graphs::step_of(forward, Kind::AdamW, true)?
+    };
     match args.target {
         KernelTarget::Cpu => {
             let started = std::time::Instant::now();

@@ -19,12 +19,23 @@ fn optimise() -> Vec<PassSpec> {
 pub fn train_graph(spec: &ModelSpec, kind: Kind, decay_mask: bool) -> Result<Graph, CliError> {
     let forward = spec.forward(&[])?;
     check_inputs(&forward)?;
+    step_of(forward, kind, decay_mask)
+}
+
+/// The training step of a forward graph: its gradients, the optimiser's
+/// update, and the default optimisations — one graph.
+pub fn step_of(forward: Graph, kind: Kind, decay_mask: bool) -> Result<Graph, CliError> {
     let mut passes = vec![
         PassSpec::new("autodiff"),
         PassSpec::new("optimizer").with("kind", kind.name()).with("decay_mask", decay_mask).with("keep_grads", false),
     ];
     passes.extend(optimise());
     run_passes(forward, &passes)
+}
+
+/// A forward graph with the default optimisations (what evaluation runs).
+pub fn optimised(forward: Graph) -> Result<Graph, CliError> {
+    run_passes(forward, &optimise())
 }
 
 /// forward → autodiff → simplify, cse, dce: the gradients alone, to find
@@ -43,7 +54,7 @@ pub fn eval_graph(spec: &ModelSpec, extra: &[Override]) -> Result<Graph, CliErro
     overrides.extend(extra.iter().cloned());
     let forward = spec.forward(&overrides)?;
     check_inputs(&forward)?;
-    run_passes(forward, &optimise())
+    optimised(forward)
 }
 
 /// One sequence, dropout off, with the model's logits as a second output
