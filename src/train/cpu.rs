@@ -88,4 +88,64 @@ impl device::Executor for CpuStep {
     ) -> Result<BTreeMap<String, Tensor>, String> {
         self.executor.run(inputs, params, ctx.seed, ctx.step)
     }
+
+    fn resident(&mut self) -> Option<&mut dyn device::Resident> {
+        Some(self)
+    }
+}
+
+impl CpuStep {
+    /// `(output, is a parameter, target)`: `param:PATH` feeds parameter
+    /// PATH; an output named like an input (optimiser state) feeds it.
+    fn carries(&self) -> Vec<(String, bool, String)> {
+        let program = self.executor.program();
+        let inputs: Vec<&str> = program
+            .buffers
+            .iter()
+            .filter_map(|b| match &b.kind {
+                lpac_ir::kernel::BufferKind::Input(n) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        program
+            .outputs
+            .iter()
+            .filter_map(|(name, _)| match name.strip_prefix("param:") {
+                Some(path) => Some((name.clone(), true, path.to_string())),
+                None if inputs.contains(&name.as_str()) => Some((name.clone(), false, name.clone())),
+                None => None,
+            })
+            .collect()
+    }
+}
+
+impl device::Resident for CpuStep {
+    fn load(&mut self, params: &BTreeMap<String, Tensor>, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
+        for (path, t) in params {
+            self.executor.write_external(true, path, t)?;
+        }
+        for (name, t) in state {
+            self.executor.write_external(false, name, t)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, inputs: &BTreeMap<String, Tensor>, ctx: RunContext) -> Result<BTreeMap<String, Tensor>, String> {
+        self.executor.run_resident(inputs, &["loss", "grad_norm"], ctx.seed, ctx.step)
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        let carries = self.carries();
+        self.executor.carry(&carries)
+    }
+
+    fn read(&self, params: &mut BTreeMap<String, Tensor>, state: &mut BTreeMap<String, Tensor>) -> Result<(), String> {
+        for (path, t) in params.iter_mut() {
+            *t = self.executor.read_external(true, path)?;
+        }
+        for (name, t) in state.iter_mut() {
+            *t = self.executor.read_external(false, name)?;
+        }
+        Ok(())
+    }
 }

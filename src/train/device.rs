@@ -28,6 +28,26 @@ pub trait Executor {
         params: &BTreeMap<String, Tensor>,
         ctx: RunContext,
     ) -> Result<BTreeMap<String, Tensor>, String>;
+
+    /// Training with the parameters and optimiser state kept in the
+    /// executor between steps, where the backend supports it.
+    fn resident(&mut self) -> Option<&mut dyn Resident> {
+        None
+    }
+}
+
+/// A training step whose parameters (`param:PATH` outputs) and optimiser
+/// state (outputs named like the inputs they replace) stay in the executor.
+pub trait Resident {
+    /// Writes the parameters and the optimiser state.
+    fn load(&mut self, params: &BTreeMap<String, Tensor>, state: &BTreeMap<String, Tensor>) -> Result<(), String>;
+    /// Runs a step with `inputs` (batch and hyperparameters); returns `loss`
+    /// and `grad_norm`. The new parameters and state are taken by `commit`.
+    fn step(&mut self, inputs: &BTreeMap<String, Tensor>, ctx: RunContext) -> Result<BTreeMap<String, Tensor>, String>;
+    /// Makes the last step's parameters and state the current ones.
+    fn commit(&mut self) -> Result<(), String>;
+    /// Copies the current parameters and state into the host maps (same keys).
+    fn read(&self, params: &mut BTreeMap<String, Tensor>, state: &mut BTreeMap<String, Tensor>) -> Result<(), String>;
 }
 
 struct Interpreter {

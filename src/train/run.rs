@@ -125,42 +125,75 @@ impl Trainer<'_> {
         check_params(&Checkpoint { tensors: state.params.clone(), metadata: BTreeMap::new() }, &param_types(graph))
             .map_err(CliError::Message)?;
         let tokens_per_step = (batch * seq) as f64;
+        // Backends that can keep the parameters and optimiser state between
+        // steps get them once; the host copies are refreshed only when needed
+        // (checkpoints, evaluations, the end).
+        if let Some(r) = exec.resident() {
+            r.load(&state.params, &state.optimizer).map_err(CliError::Message)?;
+        }
+        let mut stale = false;
         while state.step < self.config.steps {
             if INTERRUPTED.load(Ordering::SeqCst) {
+                sync(exec.as_mut(), &mut state, &mut stale)?;
                 self.save(&state)?;
                 self.reporter.finish();
                 return Ok(Ending::Interrupted { step: state.step });
             }
             if self.config.stop_at.is_some_and(|s| state.step >= s) {
+                sync(exec.as_mut(), &mut state, &mut stale)?;
                 self.save(&state)?;
                 self.reporter.finish();
                 return Ok(Ending::Stopped { step: state.step });
             }
             let step = state.step + 1;
             let lr = self.config.schedule.lr_at(self.config.lr, step);
-            let mut inputs = self.step_inputs(graph, step, lr, batch, seq);
-            // The optimiser state moves into the step and comes back updated:
-            // no copy of it is made.
-            let state_names: Vec<String> = state.optimizer.keys().cloned().collect();
-            inputs.append(&mut state.optimizer);
-            let started = Instant::now();
             let ctx = RunContext { seed: self.config.seed, step };
-            let outputs = exec.run(&inputs, &state.params, ctx).map_err(CliError::Message)?;
-            let seconds = started.elapsed().as_secs_f64();
-            let (loss, grad_norm) = (scalar(&outputs, "loss"), scalar(&outputs, "grad_norm"));
-            self.check_finite(step, &outputs, &inputs, &state.params)?;
-            absorb(&mut state, outputs, &state_names)?;
+            let mut inputs = self.step_inputs(graph, step, lr, batch, seq);
+            let started = Instant::now();
+            let (loss, grad_norm, seconds) = match exec.resident() {
+                Some(r) => {
+                    let outputs = r.step(&inputs, ctx).map_err(CliError::Message)?;
+                    let seconds = started.elapsed().as_secs_f64();
+                    let (loss, grad_norm) = (scalar(&outputs, "loss"), scalar(&outputs, "grad_norm"));
+                    if !(loss.is_finite() && grad_norm.is_finite()) {
+                        // Not committed: the executor still holds this step's inputs.
+                        r.read(&mut state.params, &mut state.optimizer).map_err(CliError::Message)?;
+                        self.check_finite(step, &outputs, &inputs, &state.params)?;
+                    }
+                    r.commit().map_err(CliError::Message)?;
+                    stale = true;
+                    (loss, grad_norm, seconds)
+                }
+                None => {
+                    // The optimiser state moves into the step and comes back
+                    // updated: no copy of it is made.
+                    let state_names: Vec<String> = state.optimizer.keys().cloned().collect();
+                    inputs.append(&mut state.optimizer);
+                    let outputs = exec.run(&inputs, &state.params, ctx).map_err(CliError::Message)?;
+                    let seconds = started.elapsed().as_secs_f64();
+                    let (loss, grad_norm) = (scalar(&outputs, "loss"), scalar(&outputs, "grad_norm"));
+                    self.check_finite(step, &outputs, &inputs, &state.params)?;
+                    absorb(&mut state, outputs, &state_names)?;
+                    (loss, grad_norm, seconds)
+                }
+            };
             state.step = step;
+            let checkpoint_due = step.is_multiple_of(self.config.checkpoint_every);
+            let eval_due = self.config.eval_every > 0 && step.is_multiple_of(self.config.eval_every);
+            if checkpoint_due || eval_due {
+                sync(exec.as_mut(), &mut state, &mut stale)?;
+            }
             let eval_loss = self.maybe_evaluate(&state)?;
             let record = Record { step, loss, lr, grad_norm, tokens_per_s: tokens_per_step / seconds, eval_loss };
             metrics.log(&record).map_err(CliError::Message)?;
             self.reporter.step(&record, self.config.steps);
-            if step.is_multiple_of(self.config.checkpoint_every) || eval_loss.is_some() {
+            if checkpoint_due || eval_loss.is_some() {
                 self.save(&state)?;
                 metrics.sync().map_err(CliError::Message)?;
                 self.plot()?;
             }
         }
+        sync(exec.as_mut(), &mut state, &mut stale)?;
         self.save(&state)?;
         self.plot()?;
         // The step's buffers are not needed for the final evaluation.
@@ -271,6 +304,16 @@ fn scalar(outputs: &BTreeMap<String, Tensor>, name: &str) -> f64 {
 
 /// NaN or infinity in the loss or any gradient stops the run, naming the step
 /// and the first non-finite tensor.
+/// Refreshes the host copies of the parameters and optimiser state from a
+/// resident executor, if they are behind.
+fn sync(exec: &mut dyn super::device::Executor, state: &mut TrainState, stale: &mut bool) -> Result<(), CliError> {
+    if *stale && let Some(r) = exec.resident() {
+        r.read(&mut state.params, &mut state.optimizer).map_err(CliError::Message)?;
+    }
+    *stale = false;
+    Ok(())
+}
+
 /// Takes the new parameters and optimiser state from a step's outputs.
 fn absorb(
     state: &mut TrainState,

@@ -186,6 +186,101 @@ impl Executor {
         Ok(self.program.outputs.iter().map(|(name, b)| (name.clone(), table.read_tensor(*b))).collect())
     }
 
+    // ---- resident mode -------------------------------------------------
+    //
+    // Training keeps the parameters and the optimiser state in the executor
+    // between runs instead of copying them in and out every step: write them
+    // once, run with only the batch and the hyperparameters, then `carry` the
+    // step's new values into the buffers they replace.
+
+    /// The external buffer of an input (`param == false`) or a parameter.
+    fn external_id(&self, param: bool, name: &str) -> Option<usize> {
+        self.program.buffers.iter().position(|b| match &b.kind {
+            lpac_ir::kernel::BufferKind::Input(n) => !param && n == name,
+            lpac_ir::kernel::BufferKind::Param(p) => param && p == name,
+            lpac_ir::kernel::BufferKind::Temp => false,
+        })
+    }
+
+    /// Writes a tensor into an input or parameter buffer, where it stays
+    /// until written again.
+    pub fn write_external(&mut self, param: bool, name: &str, tensor: &Tensor) -> Result<(), String> {
+        let what = if param { "parameter" } else { "input" };
+        let id = self.external_id(param, name).ok_or_else(|| format!("the program has no {what} `{name}`"))?;
+        crate::memory::check_tensor(what, name, &self.types[id], tensor)?;
+        let buf = self.external[id].as_mut().expect("inputs and parameters have their own buffers");
+        // SAFETY: the buffer has exactly the type's size and alignment, and
+        // the tensor was checked against the type.
+        unsafe { write_tensor(buf.as_mut_ptr(), &self.types[id], tensor) };
+        Ok(())
+    }
+
+    /// The current contents of an input or parameter buffer.
+    pub fn read_external(&self, param: bool, name: &str) -> Result<Tensor, String> {
+        let what = if param { "parameter" } else { "input" };
+        let id = self.external_id(param, name).ok_or_else(|| format!("the program has no {what} `{name}`"))?;
+        Ok(self.table().read_tensor(lpac_ir::kernel::BufferId(id as u32)))
+    }
+
+    /// Runs the program with `inputs` written first and every other input
+    /// and parameter as it is; returns the outputs named in `wanted`.
+    pub fn run_resident(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        wanted: &[&str],
+        seed: u64,
+        step: u64,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        for (name, tensor) in inputs {
+            self.write_external(false, name, tensor)?;
+        }
+        let table = self.table();
+        for (i, kernel) in self.program.kernels.iter().enumerate() {
+            self.run_kernel(&table, kernel, self.compiled[i], seed, step)
+                .map_err(|e| format!("kernel k{i} {:?}: {e}", kernel.name()))?;
+        }
+        let mut out = BTreeMap::new();
+        for name in wanted {
+            let (_, b) =
+                self.program.outputs.iter().find(|(n, _)| n == name).ok_or_else(|| format!("no output `{name}`"))?;
+            out.insert(name.to_string(), table.read_tensor(*b));
+        }
+        Ok(out)
+    }
+
+    /// Copies outputs of the last run into input or parameter buffers:
+    /// `(output name, is a parameter, input name or parameter path)`.
+    pub fn carry(&mut self, pairs: &[(String, bool, String)]) -> Result<(), String> {
+        for (output, param, target) in pairs {
+            let (_, src) = self
+                .program
+                .outputs
+                .iter()
+                .find(|(n, _)| n == output)
+                .ok_or_else(|| format!("no output `{output}`"))?;
+            let src = src.index();
+            let dst = self.external_id(*param, target).ok_or_else(|| format!("no input or parameter `{target}`"))?;
+            if self.types[src] != self.types[dst] {
+                return Err(format!("output `{output}` is {}, `{target}` is {}", self.types[src], self.types[dst]));
+            }
+            let bytes = self.types[dst].size_bytes();
+            let from: *const u8 = {
+                let table = self.table();
+                // SAFETY: `src` is a buffer id of this program, below the table's length.
+                unsafe { *table.as_ptr().add(src) }
+            };
+            let to = self.external[dst].as_mut().expect("inputs and parameters have their own buffers").as_mut_ptr();
+            if std::ptr::eq(from, to.cast_const()) {
+                continue;
+            }
+            // SAFETY: both buffers are valid for `bytes` bytes (same type)
+            // and distinct allocations or arena regions (an external buffer
+            // never lies in the arena).
+            unsafe { std::ptr::copy_nonoverlapping(from, to, bytes) };
+        }
+        Ok(())
+    }
+
     /// The pointer table over the arena and the external buffers. Unplaced
     /// temps (used by no kernel) get a dangling, never-dereferenced pointer.
     fn table(&self) -> BufferTable<'_> {
