@@ -92,7 +92,7 @@ def main():
     rel = abs(torch_loss - lpac_loss) / abs(torch_loss)
     print(f"held-out blocks: {len(blocks)} of {cfg['seq']} tokens")
     print(f"PyTorch (float64) loss: {torch_loss:.8f}")
-    print(f"lpac (interpreter, f32) loss: {lpac_loss:.8f}")
+    print(f"lpac (f32, default device) loss: {lpac_loss:.8f}")
     print(f"relative difference: {rel:.2e} ({'ok' if rel <= 1e-4 else 'FAILED'}: tolerance 1e-4)")
     sys.exit(0 if rel <= 1e-4 else 1)
 
