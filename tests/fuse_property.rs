@@ -1,0 +1,158 @@
+//! Fusion plus the CPU backend against the reference interpreter on random
+//! graphs: chains of views (permute, reshape, slice, pad, concat, broadcast),
+//! elementwise ops and reductions, so index-map composition, guarded loads and
+//! buffer decisions are all exercised on shapes nobody chose by hand.
+
+use std::collections::BTreeMap;
+
+use lpac_ir::interp::{self, Precision, RunContext, Tensor};
+use lpac_ir::{BinaryOp, DType, Graph, NodeId, Op, Origin, ReduceOp, TensorType, UnaryOp};
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn add(g: &mut Graph, op: Op, inputs: Vec<NodeId>, ty: Option<TensorType>) -> NodeId {
+    g.add(op, inputs, ty, Origin::default()).expect("generated nodes are well typed")
+}
+
+fn f32t(shape: Vec<usize>) -> TensorType {
+    TensorType::new(DType::F32, shape)
+}
+
+/// One random op applied to `x`; returns the new node.
+fn random_op(g: &mut Graph, rng: &mut Rng, x: NodeId, other: NodeId) -> NodeId {
+    let shape = g.ty(x).shape.clone();
+    let rank = shape.len();
+    match rng.below(10) {
+        0 => add(g, Op::Unary([UnaryOp::Exp, UnaryOp::Tanh, UnaryOp::Neg][rng.below(3)]), vec![x], None),
+        1 => {
+            let mut perm: Vec<usize> = (0..rank).collect();
+            for i in (1..rank).rev() {
+                perm.swap(i, rng.below(i + 1));
+            }
+            add(g, Op::Permute { perm }, vec![x], None)
+        }
+        2 => {
+            // Merge all axes, or split the last one when it divides.
+            let n: usize = shape.iter().product();
+            let last = *shape.last().unwrap_or(&1);
+            let target = if last % 2 == 0 && last > 2 && rng.below(2) == 0 {
+                let mut s = shape[..rank - 1].to_vec();
+                s.extend([2, last / 2]);
+                s
+            } else {
+                vec![n]
+            };
+            add(g, Op::Reshape, vec![x], Some(f32t(target)))
+        }
+        3 if shape.iter().any(|&d| d > 1) => {
+            let axis = (0..rank).find(|&a| shape[a] > 1).unwrap();
+            let start = rng.below(shape[axis] - 1);
+            add(g, Op::Slice { axis, start, end: shape[axis] }, vec![x], None)
+        }
+        4 => {
+            let axis = rng.below(rank);
+            add(g, Op::Pad { axis, lo: rng.below(3), hi: rng.below(3), value: 0.5 }, vec![x], None)
+        }
+        5 => {
+            let axis = rng.below(rank);
+            add(g, Op::Concat { axis }, vec![x, x], None)
+        }
+        6 if rank > 1 => {
+            let axis = rng.below(rank);
+            add(g, Op::Reduce { op: [ReduceOp::Sum, ReduceOp::Max][rng.below(2)], axes: vec![axis] }, vec![x], None)
+        }
+        7 => {
+            // x + broadcast(other reduced to a scalar)
+            let other_axes: Vec<usize> = (0..g.ty(other).rank()).collect();
+            let s = add(g, Op::Reduce { op: ReduceOp::Sum, axes: other_axes }, vec![other], None);
+            let b = add(g, Op::Broadcast { dims: vec![] }, vec![s], Some(f32t(shape.clone())));
+            add(g, Op::Binary(BinaryOp::Add), vec![x, b], None)
+        }
+        8 => {
+            // select(x > 0, x, x * x)
+            let zero = add(g, Op::Const { value: 0.0 }, vec![], Some(f32t(shape.clone())));
+            let c = add(g, Op::Binary(BinaryOp::Gt), vec![x, zero], None);
+            let sq = add(g, Op::Binary(BinaryOp::Mul), vec![x, x], None);
+            add(g, Op::Select, vec![c, x, sq], None)
+        }
+        _ => {
+            // A stretch broadcast: [d..] -> [2, d..] then sum it back.
+            let mut out = vec![2];
+            out.extend(shape.iter().copied());
+            let dims: Vec<usize> = (1..=rank).collect();
+            let b = add(g, Op::Broadcast { dims }, vec![x], Some(f32t(out)));
+            add(g, Op::Reduce { op: ReduceOp::Sum, axes: vec![0] }, vec![b], None)
+        }
+    }
+}
+
+fn random_graph(seed: u64) -> Graph {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut g = Graph::new("random");
+    let rank = 1 + rng.below(3);
+    let shape: Vec<usize> = (0..rank).map(|_| 1 + rng.below(5)).collect();
+    let x = add(&mut g, Op::Input { name: "x".into() }, vec![], Some(f32t(shape.clone())));
+    let y = add(&mut g, Op::Input { name: "y".into() }, vec![], Some(f32t(vec![3])));
+    let mut cur = x;
+    for _ in 0..2 + rng.below(6) {
+        if g.ty(cur).numel() > 4096 || g.ty(cur).rank() > 4 {
+            break;
+        }
+        cur = random_op(&mut g, &mut rng, cur, y);
+    }
+    let axes: Vec<usize> = (0..g.ty(cur).rank()).collect();
+    let total =
+        if axes.is_empty() { cur } else { add(&mut g, Op::Reduce { op: ReduceOp::Sum, axes }, vec![cur], None) };
+    g.add_output("loss", total);
+    g.add_output("value", cur);
+    g
+}
+
+fn inputs_for(g: &Graph, seed: u64) -> BTreeMap<String, Tensor> {
+    let mut rng = Rng(seed | 1);
+    g.inputs()
+        .map(|(id, name)| {
+            let shape = g.ty(id).shape.clone();
+            let n = shape.iter().product();
+            let data = (0..n).map(|_| (rng.below(2001) as f32 - 1000.0) / 1000.0).collect();
+            (name.to_string(), Tensor::from_f32(shape, data))
+        })
+        .collect()
+}
+
+#[test]
+fn random_graphs_fuse_and_run_like_the_interpreter() {
+    let mut codegen = lpac_cpu::codegen::CpuCodegen::new().unwrap();
+    for seed in 0..300u64 {
+        let g = random_graph(seed);
+        let inputs = inputs_for(&g, seed);
+        let params = BTreeMap::new();
+        let want = interp::run(&g, Precision::F32, &inputs, &params, RunContext::default()).unwrap();
+        let program =
+            lpac_passes::fuse::fuse(&g).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", lpac_ir::print(&g)));
+        let compiled = codegen.compile_all(&program).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let functions = compiled.iter().map(|c| c.as_ref().map(|c| c.func)).collect();
+        let mut exec = lpac_cpu::Executor::new(program, functions).unwrap();
+        let got = exec.run(&inputs, &params, 0, 0).unwrap();
+        for (name, t) in want {
+            let (a, b) = (t.to_f64_vec(), got[&name].to_f64_vec());
+            assert_eq!(a.len(), b.len(), "seed {seed}: {name}");
+            let scale = a.iter().map(|x| x.abs()).fold(1.0, f64::max);
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-5 * scale, "seed {seed}: {name}: {x} vs {y}\n{}", lpac_ir::print(&g));
+            }
+        }
+    }
+}
