@@ -47,7 +47,7 @@ fn random_op(g: &mut Graph, rng: &mut Rng, x: NodeId, other: NodeId) -> NodeId {
             // Merge all axes, or split the last one when it divides.
             let n: usize = shape.iter().product();
             let last = *shape.last().unwrap_or(&1);
-            let target = if last % 2 == 0 && last > 2 && rng.below(2) == 0 {
+            let target = if last.is_multiple_of(2) && last > 2 && rng.below(2) == 0 {
                 let mut s = shape[..rank - 1].to_vec();
                 s.extend([2, last / 2]);
                 s
