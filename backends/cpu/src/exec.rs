@@ -401,7 +401,8 @@ fn report_profile(program: &Program, times: &mut [(f64, usize)]) {
         eprintln!("  {kind:<12} {:>8.1} ms {:>5.1}%", t * 1e3, 100.0 * t / total);
     }
     times.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (t, i) in times.iter().take(12) {
+    let top = std::env::var("LPAC_PROFILE_TOP").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
+    for (t, i) in times.iter().take(top) {
         eprintln!("  k{i:<4} {:>8.2} ms  {}", t * 1e3, program.kernels[*i].name());
     }
 }
