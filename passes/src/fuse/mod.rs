@@ -4,7 +4,7 @@
 //! 1. **What gets a buffer.** Inputs and parameters; the results of matmuls,
 //!    gathers, scatter-adds and reductions; graph outputs; and any value used
 //!    by more than one node (unless it is cheap to recompute: constants,
-//!    iotas, views of buffers). Everything else — elementwise chains,
+//!    iotas, views of buffers, and small elementwise values used a few times). Everything else — elementwise chains,
 //!    broadcasts, permutes, slices, reshapes, pads, concats, constants,
 //!    iotas, random numbers — is inlined into the kernel of the value that
 //!    uses it.
@@ -56,19 +56,34 @@ pub fn fuse(graph: &Graph) -> Result<Program, FuseError> {
 fn materialized(graph: &Graph, forced: &BTreeSet<NodeId>) -> Vec<bool> {
     let users = graph.users();
     let outputs: BTreeSet<NodeId> = graph.outputs.iter().map(|o| o.node).collect();
-    graph
-        .ids()
-        .map(|id| {
-            let node = graph.node(id);
-            let always = matches!(
-                node.op,
-                Op::Input { .. } | Op::Param { .. } | Op::MatMul | Op::Gather | Op::ScatterAdd | Op::Reduce { .. }
-            );
-            let shared = users[id.index()].len() > 1 && !cheap(graph, id);
-            always || shared || outputs.contains(&id) || forced.contains(&id)
-        })
-        .collect()
+    let mut materialized = vec![false; graph.len()];
+    // The arithmetic an inlined node costs, counting its inlined producers.
+    let mut inline_cost = vec![0usize; graph.len()];
+    for id in graph.ids() {
+        let node = graph.node(id);
+        let always = matches!(
+            node.op,
+            Op::Input { .. } | Op::Param { .. } | Op::MatMul | Op::Gather | Op::ScatterAdd | Op::Reduce { .. }
+        );
+        let own = usize::from(matches!(node.op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast));
+        inline_cost[id.index()] = own
+            + node.inputs.iter().filter(|i| !materialized[i.index()]).map(|i| inline_cost[i.index()]).sum::<usize>();
+        let uses = users[id.index()].len();
+        let shared = uses > 1 && !cheap(graph, id) && !recomputable(inline_cost[id.index()], uses);
+        materialized[id.index()] = always || shared || outputs.contains(&id) || forced.contains(&id);
+    }
+    materialized
 }
+
+/// A value used a few times that costs a few operations is cheaper to
+/// recompute in each user than to store and load again (a masked, scaled
+/// score feeds both the row maximum and the exponential).
+fn recomputable(cost: usize, uses: usize) -> bool {
+    cost <= RECOMPUTE_MAX_OPS && uses <= RECOMPUTE_MAX_USES
+}
+
+const RECOMPUTE_MAX_OPS: usize = 3;
+const RECOMPUTE_MAX_USES: usize = 3;
 
 /// Values recomputed wherever they are used rather than stored: leaves that
 /// are formulas of the index, and views (their cost is in what they view).
