@@ -301,7 +301,6 @@ fn new_factors(copier: &mut GraphCopier, graph: &Graph, c: &Chosen, rank: usize)
     let a_bias =
         (c.bias.is_some() && c.place == BiasPlace::FirstFactor).then(|| param(first_bias_path(path), vec![rank], d_in));
     let b = param(b_path, vec![rank, d_out], rank);
-    let _ = d_out;
     Factors { a, a_bias, b }
 }
 
