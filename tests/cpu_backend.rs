@@ -17,12 +17,7 @@ fn train_graph(sets: &[&str], lowrank: Option<usize>) -> lpac_ir::Graph {
         pipeline.push_str(&format!("lowrank{{rank={r}}},"));
     }
     pipeline.push_str("autodiff,optimizer{keep_grads=true},simplify{explain=false},cse,dce");
-    let passes: Vec<_> = lpac_passes::registry::parse_pipeline(&pipeline)
-        .unwrap()
-        .iter()
-        .map(|s| lpac_passes::registry::create(s).unwrap())
-        .collect();
-    lpac_passes::manager::run_pipeline(g, &passes, &Default::default(), &mut std::io::sink()).unwrap().into_output()
+    lpac_passes::manager::run_text(g, &pipeline).unwrap()
 }
 
 /// The largest difference relative to the tensor's largest magnitude, or to

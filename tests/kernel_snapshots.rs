@@ -12,12 +12,7 @@ fn step_graph(lowrank: Option<usize>) -> lpac_ir::Graph {
         pipeline.push_str(&format!("lowrank{{rank={r}}},"));
     }
     pipeline.push_str("autodiff,optimizer,simplify{explain=false},cse,dce");
-    let passes: Vec<_> = lpac_passes::registry::parse_pipeline(&pipeline)
-        .unwrap()
-        .iter()
-        .map(|s| lpac_passes::registry::create(s).unwrap())
-        .collect();
-    lpac_passes::manager::run_pipeline(g, &passes, &Default::default(), &mut std::io::sink()).unwrap().into_output()
+    lpac_passes::manager::run_text(g, &pipeline).unwrap()
 }
 
 fn snapshot(label: &str, lowrank: Option<usize>) {

@@ -17,8 +17,7 @@ fn compile(path: &str, sets: &[&str]) -> Graph {
 
 /// (pass name, IR text after it) for each pass of `pipeline`.
 fn after_each(graph: Graph, pipeline: &str, instr: &Instrumentation) -> Vec<(String, String)> {
-    let passes: Vec<_> =
-        registry::parse_pipeline(pipeline).unwrap().iter().map(|s| registry::create(s).unwrap()).collect();
+    let passes = registry::create_pipeline(pipeline).unwrap();
     let run = run_pipeline(graph, &passes, instr, &mut std::io::sink()).unwrap_or_else(|e| panic!("{e}"));
     run.records.iter().map(|r| (r.name.to_string(), lpac_ir::print(&r.outcome.graph))).collect()
 }

@@ -149,6 +149,15 @@ pub fn run_pipeline(
     Ok(run)
 }
 
+/// Runs a pipeline string over `graph` without instrumentation and returns
+/// the result: the one-liner for tools and tests.
+pub fn run_text(graph: Graph, pipeline: &str) -> Result<Graph, String> {
+    let passes = crate::registry::create_pipeline(pipeline)?;
+    run_pipeline(graph, &passes, &Instrumentation::default(), &mut std::io::sink())
+        .map(PipelineRun::into_output)
+        .map_err(|e| e.to_string())
+}
+
 fn verify_after(record: &PassRecord) -> Result<(), PipelineError> {
     lpac_ir::verify(&record.outcome.graph).map_err(|errors| PipelineError::Invalid {
         pass: record.name.to_string(),

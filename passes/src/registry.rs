@@ -128,6 +128,11 @@ fn parse_options(part: &str, body: &str) -> Result<BTreeMap<String, String>, Str
     Ok(options)
 }
 
+/// Creates every pass of a pipeline string (`lowrank{rank=8},simplify,cse`).
+pub fn create_pipeline(text: &str) -> Result<Vec<Box<dyn Pass>>, String> {
+    parse_pipeline(text)?.iter().map(create).collect()
+}
+
 /// Creates the pass a spec names, checking its options.
 pub fn create(spec: &PassSpec) -> Result<Box<dyn Pass>, String> {
     let known: Vec<&str> = all().iter().map(|p| p.name).collect();

@@ -6,15 +6,12 @@ use std::path::Path;
 use lpac_frontend::{Override, compile_file};
 use lpac_ir::kernel::Kernel;
 use lpac_passes::fuse::{fuse, summary};
-use lpac_passes::manager::{Instrumentation, run_pipeline};
 use lpac_passes::registry;
 
 fn graph(path: &str, sets: &[&str], pipeline: &str) -> lpac_ir::Graph {
     let overrides: Vec<Override> = sets.iter().map(|s| Override::parse(s).unwrap()).collect();
     let g = compile_file(Path::new(path), &overrides).unwrap_or_else(|e| panic!("{e}")).graph;
-    let passes: Vec<_> =
-        registry::parse_pipeline(pipeline).unwrap().iter().map(|s| registry::create(s).unwrap()).collect();
-    run_pipeline(g, &passes, &Instrumentation::default(), &mut std::io::sink()).unwrap().into_output()
+    lpac_passes::manager::run_text(g, pipeline).unwrap()
 }
 
 #[test]

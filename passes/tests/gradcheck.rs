@@ -621,11 +621,7 @@ fn gpt_and_llama() {
 #[test]
 fn simplify_cse_dce_keep_the_gradients() {
     let g = compile("../models/tiny.lpa", SMALL);
-    let passes: Vec<Box<dyn Pass>> = registry::parse_pipeline("autodiff,simplify,cse,dce")
-        .unwrap()
-        .iter()
-        .map(|s| registry::create(s).unwrap())
-        .collect();
+    let passes: Vec<Box<dyn Pass>> = registry::create_pipeline("autodiff,simplify,cse,dce").unwrap();
     let instr = Instrumentation { check_each: true, verify_each: true, check_seed: 3, ..Default::default() };
     let run = run_pipeline(g.clone(), &passes, &instr, &mut std::io::sink()).unwrap_or_else(|e| panic!("{e}"));
     let out = run.output();

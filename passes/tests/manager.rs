@@ -17,7 +17,7 @@ fn tiny(sets: &[&str]) -> Graph {
 const SMALL: &[&str] = &["layers=1", "d=32", "heads=2", "ffn=64", "seq=8", "batch=2"];
 
 fn passes(list: &str) -> Vec<Box<dyn Pass>> {
-    registry::parse_pipeline(list).unwrap().iter().map(|s| registry::create(s).unwrap()).collect()
+    registry::create_pipeline(list).unwrap()
 }
 
 /// A rewrite that claims to preserve meaning but doubles the first constant

@@ -7,7 +7,7 @@ use std::path::Path;
 use lpac_frontend::{Override, compile};
 use lpac_ir::Graph;
 use lpac_passes::manager::{Instrumentation, run_pipeline};
-use lpac_passes::registry::{self, PassSpec};
+use lpac_passes::registry::PassSpec;
 use serde_json::{Value, json};
 
 use crate::error::CliError;
@@ -91,7 +91,7 @@ impl ModelSpec {
 
 /// Runs passes given as specs, quietly.
 pub fn run_passes(graph: Graph, specs: &[PassSpec]) -> Result<Graph, CliError> {
-    let passes = specs.iter().map(|s| registry::create(s).map_err(CliError::Message)).collect::<Result<Vec<_>, _>>()?;
+    let passes = crate::pipeline::create(specs)?;
     let run = run_pipeline(graph, &passes, &Instrumentation::default(), &mut std::io::sink())
         .map_err(|e| CliError::Message(e.to_string()))?;
     Ok(run.into_output())
