@@ -170,11 +170,18 @@ impl Executor {
             }
         }
         let table = self.table();
+        self.run_kernels(&table, seed, step)?;
+        Ok(self.program.outputs.iter().map(|(name, b)| (name.clone(), table.read_tensor(*b))).collect())
+    }
+
+    /// Every kernel in order; with `LPAC_PROFILE` set, times each one and
+    /// reports after the run.
+    fn run_kernels(&self, table: &BufferTable, seed: u64, step: u64) -> Result<(), String> {
         let profile = std::env::var_os("LPAC_PROFILE").is_some();
         let mut times = Vec::new();
         for (i, kernel) in self.program.kernels.iter().enumerate() {
             let started = std::time::Instant::now();
-            self.run_kernel(&table, kernel, self.compiled[i], seed, step)
+            self.run_kernel(table, kernel, self.compiled[i], seed, step)
                 .map_err(|e| format!("kernel k{i} {:?}: {e}", kernel.name()))?;
             if profile {
                 times.push((started.elapsed().as_secs_f64(), i));
@@ -183,7 +190,7 @@ impl Executor {
         if profile {
             report_profile(&self.program, &mut times);
         }
-        Ok(self.program.outputs.iter().map(|(name, b)| (name.clone(), table.read_tensor(*b))).collect())
+        Ok(())
     }
 
     // ---- resident mode -------------------------------------------------
@@ -235,10 +242,7 @@ impl Executor {
             self.write_external(false, name, tensor)?;
         }
         let table = self.table();
-        for (i, kernel) in self.program.kernels.iter().enumerate() {
-            self.run_kernel(&table, kernel, self.compiled[i], seed, step)
-                .map_err(|e| format!("kernel k{i} {:?}: {e}", kernel.name()))?;
-        }
+        self.run_kernels(&table, seed, step)?;
         let mut out = BTreeMap::new();
         for name in wanted {
             let (_, b) =

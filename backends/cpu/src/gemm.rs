@@ -91,6 +91,28 @@ fn batch_offsets(batch: &[usize], o: &Operand) -> Vec<isize> {
     offsets
 }
 
+/// The same product with trailing batch axes folded into the rows where the
+/// layout allows: when `a`'s batch stride is `m` rows and `b` is shared
+/// across that axis (stride 0), `batch × [m, k] · [k, n]` is one
+/// `[batch·m, k] · [k, n]` product (`c` is contiguous, so its rows follow
+/// on). A projection of `[B, T, d]` activations is then one big gemm the
+/// crate blocks and threads well, not `B` small ones.
+fn fold_batches(g: &GemmKernel) -> GemmKernel {
+    let mut g = g.clone();
+    while let (Some(&count), Some(&a_stride), Some(&b_stride)) =
+        (g.batch.last(), g.a.batch_strides.last(), g.b.batch_strides.last())
+    {
+        if b_stride != 0 || a_stride != g.m as i64 * g.a.row_stride || g.m == 0 {
+            break;
+        }
+        g.m *= count;
+        g.batch.pop();
+        g.a.batch_strides.pop();
+        g.b.batch_strides.pop();
+    }
+    g
+}
+
 /// Runs a gemm kernel on the table's buffers (see the module docs for the
 /// threading). Checks dtypes, `c`'s size and that every addressed operand
 /// element exists, so a malformed kernel is an error, never a wild access.
@@ -120,6 +142,9 @@ pub fn run_gemm(g: &GemmKernel, table: &BufferTable, threads: usize) -> Result<(
         unsafe { std::ptr::write_bytes(ptrs.c, 0, c_len) };
         return Ok(());
     }
+    let folded = fold_batches(g);
+    let g = &folded;
+    let (m, batches) = (g.m, g.batch.iter().product::<usize>());
     let a_offsets = batch_offsets(&g.batch, &g.a);
     let b_offsets = batch_offsets(&g.batch, &g.b);
     let one = |batch: usize, parallelism: Parallelism| {
@@ -153,7 +178,7 @@ pub fn run_gemm(g: &GemmKernel, table: &BufferTable, threads: usize) -> Result<(
     };
     if threads <= 1 {
         (0..batches).for_each(|b| one(b, Parallelism::None));
-    } else if batches > 1 && m * n * k < SMALL_PRODUCT {
+    } else if batches >= 2 * threads || (batches > 1 && m * n * k < SMALL_PRODUCT) {
         (0..batches)
             .into_par_iter()
             .with_min_len(batches.div_ceil(threads * 4))
@@ -287,6 +312,30 @@ mod tests {
             let b = op(0, &[8, 0], 2, 1);
             check(Case { batch: vec![3, 2], m: 3, k: 4, n: 2, a, b, a_len: 24, b_len: 24 }, threads);
         }
+    }
+
+    #[test]
+    fn shared_weights_fold_batches_into_rows() {
+        let g = |a: Operand, b: Operand| GemmKernel {
+            name: "mm".into(),
+            batch: vec![2, 3],
+            m: 4,
+            k: 5,
+            n: 6,
+            a,
+            b,
+            c: BufferId(1),
+            nodes: vec![],
+        };
+        // Contiguous activations times one weight: a single [24,5]·[5,6].
+        let folded = fold_batches(&g(op(0, &[60, 20], 5, 1), op(0, &[0, 0], 6, 1)));
+        assert_eq!((folded.batch.clone(), folded.m), (vec![], 24));
+        // Per-batch b (attention) cannot fold; a gap between batches cannot
+        // either; folding stops at the first axis that does not fit.
+        assert_eq!(fold_batches(&g(op(0, &[60, 20], 5, 1), op(0, &[0, 30], 6, 1))).m, 4);
+        assert_eq!(fold_batches(&g(op(0, &[60, 21], 5, 1), op(0, &[0, 0], 6, 1))).m, 4);
+        let partial = fold_batches(&g(op(0, &[70, 20], 5, 1), op(0, &[0, 0], 6, 1)));
+        assert_eq!((partial.batch.clone(), partial.m, partial.a.batch_strides.clone()), (vec![2], 12, vec![70]));
     }
 
     #[test]
