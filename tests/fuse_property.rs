@@ -156,3 +156,63 @@ fn random_graphs_fuse_and_run_like_the_interpreter() {
         }
     }
 }
+
+/// Fuses, compiles and runs `g`; compares with the interpreter.
+fn check_against_interpreter(g: &Graph, seed: u64) -> lpac_ir::kernel::Program {
+    let inputs = inputs_for(g, seed);
+    let params = BTreeMap::new();
+    let want = interp::run(g, Precision::F32, &inputs, &params, RunContext::default()).unwrap();
+    let program = lpac_passes::fuse::fuse(g).unwrap();
+    let mut codegen = lpac_cpu::codegen::CpuCodegen::new().unwrap();
+    let compiled = codegen.compile_all(&program).unwrap();
+    let functions = compiled.iter().map(|c| c.as_ref().map(|c| c.func)).collect();
+    let mut exec = lpac_cpu::Executor::new(program.clone(), functions).unwrap();
+    let got = exec.run(&inputs, &params, 0, 0).unwrap();
+    for (name, t) in want {
+        let (a, b) = (t.to_f64_vec(), got[&name].to_f64_vec());
+        let scale = a.iter().map(|x| x.abs()).fold(1.0, f64::max);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * scale, "{name}[{i}]: {x} vs {y}");
+        }
+    }
+    program
+}
+
+#[test]
+fn column_reductions_run_in_two_stages_like_the_interpreter() {
+    // (input shape, permutation applied first, reduced axes, op)
+    let cases: [(&[usize], Option<&[usize]>, &[usize], ReduceOp); 4] = [
+        (&[16, 128, 24], None, &[0, 1], ReduceOp::Sum),
+        (&[2048, 6], None, &[0], ReduceOp::Max),
+        (&[1000, 6], Some(&[1, 0]), &[1], ReduceOp::Sum),
+        (&[96, 8, 5], Some(&[1, 0, 2]), &[0, 1], ReduceOp::Sum),
+    ];
+    for (seed, (shape, perm, axes, op)) in cases.into_iter().enumerate() {
+        let mut g = Graph::new("columns");
+        let x = add(&mut g, Op::Input { name: "x".into() }, vec![], Some(f32t(shape.to_vec())));
+        let x = match perm {
+            Some(p) => add(&mut g, Op::Permute { perm: p.to_vec() }, vec![x], None),
+            None => x,
+        };
+        let e = add(&mut g, Op::Unary(UnaryOp::Tanh), vec![x], None);
+        let r = add(&mut g, Op::Reduce { op, axes: axes.to_vec() }, vec![e], None);
+        // A consumer after the reduction, fused into its second stage.
+        let r_ty = g.ty(r).clone();
+        let two = add(&mut g, Op::Const { value: 2.0 }, vec![], Some(r_ty));
+        let out = add(&mut g, Op::Binary(BinaryOp::Mul), vec![r, two], None);
+        g.add_output("out", out);
+        let program = check_against_interpreter(&g, seed as u64);
+        assert!(
+            program.kernels.iter().any(|k| k.name().ends_with(".partial")),
+            "case {seed}: no split\n{}",
+            lpac_ir::kernel::print::print(&program)
+        );
+    }
+    // A row-wise (contiguous) reduction stays one kernel.
+    let mut g = Graph::new("rows");
+    let x = add(&mut g, Op::Input { name: "x".into() }, vec![], Some(f32t(vec![4, 1024])));
+    let r = add(&mut g, Op::Reduce { op: ReduceOp::Sum, axes: vec![1] }, vec![x], None);
+    g.add_output("out", r);
+    let program = check_against_interpreter(&g, 9);
+    assert!(program.kernels.iter().all(|k| !k.name().ends_with(".partial")));
+}

@@ -21,9 +21,13 @@
 //!    kernel with inner reduce loops, with its operand's producers fused in
 //!    (so `sum(exp(x - m))` reads `x` and `m` once); gather and scatter-add
 //!    their own kernels; every other buffer a loop kernel over its shape.
+//! 4. **Column reductions in two stages** ([`split`]): a long reduction over
+//!    outer axes (a bias gradient) becomes partial sums over row chunks and
+//!    a short sum of the partials, so no loop walks thousands of rows.
 
 mod build;
 pub mod index;
+pub mod split;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -40,7 +44,10 @@ pub fn fuse(graph: &Graph) -> Result<Program, FuseError> {
     for _ in 0..=graph.len() {
         let materialized = materialized(graph, &forced);
         match build::Builder::new(graph, &materialized).build() {
-            Ok(program) => return Ok(program),
+            Ok(mut program) => {
+                split::split_column_reductions(&mut program);
+                return Ok(program);
+            }
             Err(build::Failure::NeedsBuffer(node)) => {
                 if !forced.insert(node) {
                     return Err(FuseError(format!("cannot give {node} a buffer (internal error)")));
