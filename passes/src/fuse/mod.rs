@@ -21,11 +21,14 @@
 //!    kernel with inner reduce loops, with its operand's producers fused in
 //!    (so `sum(exp(x - m))` reads `x` and `m` once); gather and scatter-add
 //!    their own kernels; every other buffer a loop kernel over its shape.
-//! 4. **Column reductions in two stages** ([`split`]): a long reduction over
+//! 4. **No identity copies** ([`copies`]): a kernel that only copies a
+//!    buffer unchanged is dropped and its readers read the original.
+//! 5. **Column reductions in two stages** ([`split`]): a long reduction over
 //!    outer axes (a bias gradient) becomes partial sums over row chunks and
 //!    a short sum of the partials, so no loop walks thousands of rows.
 
 mod build;
+pub mod copies;
 pub mod index;
 pub mod split;
 
@@ -45,6 +48,7 @@ pub fn fuse(graph: &Graph) -> Result<Program, FuseError> {
         let materialized = materialized(graph, &forced);
         match build::Builder::new(graph, &materialized).build() {
             Ok(mut program) => {
+                copies::forward_copies(&mut program);
                 split::split_column_reductions(&mut program);
                 return Ok(program);
             }

@@ -165,13 +165,7 @@ fn split(program: &mut Program, k: &LoopKernel) -> Option<(LoopKernel, LoopKerne
 }
 
 fn row_major(shape: &[usize]) -> Vec<i64> {
-    let mut strides = vec![0i64; shape.len()];
-    let mut s = 1i64;
-    for (i, &d) in shape.iter().enumerate().rev() {
-        strides[i] = s;
-        s *= d as i64;
-    }
-    strides
+    lpac_ir::types::strides(shape).into_iter().map(|s| s as i64).collect()
 }
 
 /// Which expressions `roots` depend on.
