@@ -106,7 +106,7 @@ fn lpac_cpu_step(g: &lpac_ir::Graph) -> lpac_cpu::Executor {
     let program = lpac_passes::fuse::fuse(g).unwrap();
     let mut codegen = lpac_cpu::codegen::CpuCodegen::new().unwrap();
     let kernels = codegen.compile_all(&program).unwrap();
-    let functions = kernels.iter().map(|k| k.as_ref().map(|c| c.func)).collect();
+    let functions = kernels.iter().map(|k| k.iter().map(|c| c.func).collect()).collect();
     // The JIT memory must outlive the executor: leak the code generator in this test.
     std::mem::forget(codegen);
     lpac_cpu::Executor::new(program, functions).unwrap()

@@ -143,7 +143,7 @@ fn random_graphs_fuse_and_run_like_the_interpreter() {
         let program =
             lpac_passes::fuse::fuse(&g).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{}", lpac_ir::print(&g)));
         let compiled = codegen.compile_all(&program).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        let functions = compiled.iter().map(|c| c.as_ref().map(|c| c.func)).collect();
+        let functions = compiled.iter().map(|c| c.iter().map(|c| c.func).collect()).collect();
         let mut exec = lpac_cpu::Executor::new(program, functions).unwrap();
         let got = exec.run(&inputs, &params, 0, 0).unwrap();
         for (name, t) in want {
@@ -165,7 +165,7 @@ fn check_against_interpreter(g: &Graph, seed: u64) -> lpac_ir::kernel::Program {
     let program = lpac_passes::fuse::fuse(g).unwrap();
     let mut codegen = lpac_cpu::codegen::CpuCodegen::new().unwrap();
     let compiled = codegen.compile_all(&program).unwrap();
-    let functions = compiled.iter().map(|c| c.as_ref().map(|c| c.func)).collect();
+    let functions = compiled.iter().map(|c| c.iter().map(|c| c.func).collect()).collect();
     let mut exec = lpac_cpu::Executor::new(program.clone(), functions).unwrap();
     let got = exec.run(&inputs, &params, 0, 0).unwrap();
     for (name, t) in want {
@@ -215,4 +215,42 @@ fn column_reductions_run_in_two_stages_like_the_interpreter() {
     g.add_output("out", r);
     let program = check_against_interpreter(&g, 9);
     assert!(program.kernels.iter().all(|k| !k.name().ends_with(".partial")));
+}
+
+#[test]
+fn softmax_and_layer_norm_run_as_row_kernels_like_the_interpreter() {
+    let mut g = Graph::new("rows");
+    let x = add(&mut g, Op::Input { name: "x".into() }, vec![], Some(f32t(vec![3, 40, 301])));
+    // softmax over the last axis
+    let m = add(&mut g, Op::Reduce { op: ReduceOp::Max, axes: vec![2] }, vec![x], None);
+    let mb = add(&mut g, Op::Broadcast { dims: vec![0, 1] }, vec![m], Some(f32t(vec![3, 40, 301])));
+    let d = add(&mut g, Op::Binary(BinaryOp::Sub), vec![x, mb], None);
+    let e = add(&mut g, Op::Unary(UnaryOp::Exp), vec![d], None);
+    let s = add(&mut g, Op::Reduce { op: ReduceOp::Sum, axes: vec![2] }, vec![e], None);
+    let sb = add(&mut g, Op::Broadcast { dims: vec![0, 1] }, vec![s], Some(f32t(vec![3, 40, 301])));
+    let p = add(&mut g, Op::Binary(BinaryOp::Div), vec![e, sb], None);
+    // layer norm (no affine) of the probabilities
+    let n = add(&mut g, Op::Const { value: 301.0 }, vec![], Some(f32t(vec![3, 40])));
+    let sum = add(&mut g, Op::Reduce { op: ReduceOp::Sum, axes: vec![2] }, vec![p], None);
+    let mean = add(&mut g, Op::Binary(BinaryOp::Div), vec![sum, n], None);
+    let meanb = add(&mut g, Op::Broadcast { dims: vec![0, 1] }, vec![mean], Some(f32t(vec![3, 40, 301])));
+    let c = add(&mut g, Op::Binary(BinaryOp::Sub), vec![p, meanb], None);
+    let c2 = add(&mut g, Op::Binary(BinaryOp::Mul), vec![c, c], None);
+    let var_sum = add(&mut g, Op::Reduce { op: ReduceOp::Sum, axes: vec![2] }, vec![c2], None);
+    let var = add(&mut g, Op::Binary(BinaryOp::Div), vec![var_sum, n], None);
+    let r = add(&mut g, Op::Unary(UnaryOp::Rsqrt), vec![var], None);
+    let rb = add(&mut g, Op::Broadcast { dims: vec![0, 1] }, vec![r], Some(f32t(vec![3, 40, 301])));
+    let y = add(&mut g, Op::Binary(BinaryOp::Mul), vec![c, rb], None);
+    g.add_output("y", y);
+    g.add_output("p", p);
+    let program = check_against_interpreter(&g, 5);
+    let rows: Vec<usize> = program
+        .kernels
+        .iter()
+        .filter_map(|k| match k {
+            lpac_ir::kernel::Kernel::Rows(r) => Some(r.stages.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(!rows.is_empty() && rows.iter().sum::<usize>() >= 4, "{}", lpac_ir::kernel::print::print(&program));
 }

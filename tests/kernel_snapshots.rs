@@ -21,9 +21,10 @@ fn snapshot(label: &str, lowrank: Option<usize>) {
     let mut codegen = lpac_cpu::codegen::CpuCodegen::new().unwrap();
     let compiled = codegen.compile_all(&program).unwrap();
     let mut clif = String::new();
-    for (i, c) in compiled.iter().enumerate() {
-        if let Some(c) = c {
-            clif.push_str(&format!("; k{i} {} ({:?})\n{}\n", c.name, c.vectorization, c.clif));
+    for (i, bodies) in compiled.iter().enumerate() {
+        for (s, c) in bodies.iter().enumerate() {
+            let stage = if bodies.len() > 1 { format!(".{s}") } else { String::new() };
+            clif.push_str(&format!("; k{i}{stage} {} ({:?})\n{}\n", c.name, c.vectorization, c.clif));
         }
     }
     insta::assert_snapshot!(format!("{label}-clif"), clif);

@@ -41,7 +41,7 @@ pub fn run(args: &KernelsArgs) -> CliResult {
 fn write_dir(
     dir: &Path,
     program: &Program,
-    kernels: &[Option<lpac_cpu::codegen::CompiledKernel>],
+    kernels: &[Vec<lpac_cpu::codegen::CompiledKernel>],
     summary: &str,
 ) -> CliResult {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -53,8 +53,17 @@ fn write_dir(
     for (i, k) in program.kernels.iter().enumerate() {
         let stem = format!("k{i:03}-{}", file_name(k.name()));
         write(&format!("{stem}.kir"), &lpac_ir::kernel::print::print_kernel_text(program, i))?;
-        if let Some(Some(c)) = kernels.get(i) {
-            write(&format!("{stem}.clif"), &c.clif)?;
+        match kernels.get(i).map(Vec::as_slice) {
+            Some([c]) => write(&format!("{stem}.clif"), &c.clif)?,
+            Some(stages @ [_, _, ..]) => {
+                let text: Vec<String> = stages
+                    .iter()
+                    .enumerate()
+                    .map(|(s, c)| format!("; stage k{i}.{s} {}\n{}", c.name, c.clif))
+                    .collect();
+                write(&format!("{stem}.clif"), &text.join("\n"))?;
+            }
+            _ => {}
         }
     }
     write("summary.txt", summary)?;
@@ -62,14 +71,16 @@ fn write_dir(
     Ok(())
 }
 
+/// A kernel name as part of a file name: ASCII letters, digits, `_` and
+/// `-`, at most 60 characters (a rows kernel names all its stages).
 fn file_name(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect()
+    name.chars().take(60).map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect()
 }
 
 /// One line per kernel: kind, FLOPs, bytes moved, how it runs.
 pub fn summary(
     program: &Program,
-    kernels: &[Option<lpac_cpu::codegen::CompiledKernel>],
+    kernels: &[Vec<lpac_cpu::codegen::CompiledKernel>],
     arena: usize,
     sum: usize,
     compile_seconds: f64,
@@ -80,6 +91,7 @@ pub fn summary(
     for (i, k) in program.kernels.iter().enumerate() {
         let (kind, f) = match k {
             Kernel::Loop(l) => (if l.reduce.is_empty() { "loop" } else { "reduce" }, loop_flops(l)),
+            Kernel::Rows(r) => ("rows", r.stages.iter().map(loop_flops).sum()),
             Kernel::Gemm(g) => ("gemm", 2 * (g.m * g.k * g.n) as u64 * g.batch.iter().product::<usize>() as u64),
             Kernel::Gather { .. } => ("gather", 0),
             Kernel::ScatterAdd { .. } => ("scatter", 0),
@@ -87,9 +99,14 @@ pub fn summary(
         let b = kernel_bytes(program, k);
         flops += f;
         bytes += b;
-        let code = match (k, kernels.get(i).and_then(|c| c.as_ref())) {
-            (Kernel::Loop(_), Some(c)) => format!("cranelift ({:?})", c.vectorization),
-            (Kernel::Loop(_), None) => "reference".to_string(),
+        let compiled = kernels.get(i).map(Vec::as_slice).unwrap_or_default();
+        let code = match (k, compiled) {
+            (Kernel::Loop(_), [c]) => format!("cranelift ({:?})", c.vectorization),
+            (Kernel::Rows(r), stages) if stages.len() == r.stages.len() => {
+                let modes: Vec<String> = stages.iter().map(|c| format!("{:?}", c.vectorization)).collect();
+                format!("cranelift ({})", modes.join(", "))
+            }
+            (Kernel::Loop(_) | Kernel::Rows(_), _) => "reference".to_string(),
             (Kernel::Gemm(_), _) => "gemm crate".to_string(),
             _ => "rust".to_string(),
         };

@@ -22,7 +22,8 @@ pub struct CpuStep {
 /// Everything `lpac kernels` shows, and what the executor runs.
 pub struct Compiled {
     pub program: Program,
-    pub kernels: Vec<Option<CompiledKernel>>,
+    /// Per kernel, the compiled loop bodies (see `CpuCodegen::compile_all`).
+    pub kernels: Vec<Vec<CompiledKernel>>,
     /// Keeps the kernels' code alive as long as they may be called.
     pub _codegen: CpuCodegen,
 }
@@ -41,7 +42,7 @@ impl CpuStep {
         check_fits_in_memory(&program)?;
         let mut codegen = CpuCodegen::new().map_err(|e| e.to_string())?;
         let kernels = codegen.compile_all(&program).map_err(|e| e.to_string())?;
-        let functions = kernels.iter().map(|k| k.as_ref().map(|c| c.func)).collect();
+        let functions = kernels.iter().map(|k| k.iter().map(|c| c.func).collect()).collect();
         let executor = Executor::new(program, functions)?;
         Ok(CpuStep { executor, _codegen: codegen })
     }

@@ -32,29 +32,38 @@ pub fn check_program(program: &Program) -> Result<(), String> {
     let mut written = vec![false; program.buffers.len()];
     for (i, kernel) in program.kernels.iter().enumerate() {
         let at = |e: String| format!("kernel k{i} {:?}: {e}", kernel.name());
-        let (reads, writes) = (kernel.reads(), kernel.writes());
-        for &b in reads.iter().chain(&writes) {
+        for &b in kernel.reads().iter().chain(&kernel.writes()) {
             exists(program, b).map_err(at)?;
         }
         check_kernel(program, kernel).map_err(at)?;
-        for (j, &w) in writes.iter().enumerate() {
-            if program.buffer(w).kind != BufferKind::Temp {
-                return Err(at(format!("writes b{}, which is not a temp", w.0)));
+        // A rows kernel's stages run in order: each may read what earlier
+        // stages wrote.
+        let steps: Vec<(Vec<BufferId>, Vec<BufferId>)> = match kernel {
+            Kernel::Rows(r) => {
+                r.stages.iter().map(|s| (s.reads(), s.outputs.iter().map(|(b, _)| *b).collect())).collect()
             }
-            if reads.contains(&w) {
-                return Err(at(format!("reads and writes b{}", w.0)));
+            k => vec![(k.reads(), k.writes())],
+        };
+        for (reads, writes) in steps {
+            for (j, &w) in writes.iter().enumerate() {
+                if program.buffer(w).kind != BufferKind::Temp {
+                    return Err(at(format!("writes b{}, which is not a temp", w.0)));
+                }
+                if reads.contains(&w) {
+                    return Err(at(format!("reads and writes b{}", w.0)));
+                }
+                if writes[..j].contains(&w) || written[w.index()] {
+                    return Err(at(format!("writes b{} twice", w.0)));
+                }
             }
-            if writes[..j].contains(&w) {
-                return Err(at(format!("writes b{} twice", w.0)));
+            for &r in &reads {
+                if program.buffer(r).kind == BufferKind::Temp && !written[r.index()] {
+                    return Err(at(format!("reads b{}, which no earlier kernel writes", r.0)));
+                }
             }
-        }
-        for &r in &reads {
-            if program.buffer(r).kind == BufferKind::Temp && !written[r.index()] {
-                return Err(at(format!("reads b{}, which no earlier kernel writes", r.0)));
+            for &w in &writes {
+                written[w.index()] = true;
             }
-        }
-        for &w in &writes {
-            written[w.index()] = true;
         }
     }
     for (name, b) in &program.outputs {
@@ -78,6 +87,12 @@ fn exists(program: &Program, b: BufferId) -> Result<(), String> {
 pub fn check_kernel(program: &Program, kernel: &Kernel) -> Result<(), String> {
     match kernel {
         Kernel::Loop(k) => check_loop_kernel(program, k),
+        Kernel::Rows(r) => {
+            for (i, stage) in r.stages.iter().enumerate() {
+                check_loop_kernel(program, stage).map_err(|e| format!("stage {i}: {e}"))?;
+            }
+            r.validate()
+        }
         Kernel::Gemm(g) => check_gemm(program, g),
         Kernel::Gather { table, indices, out, .. } => {
             let (t, i, o) = (&program.buffer(*table).ty, &program.buffer(*indices).ty, &program.buffer(*out).ty);

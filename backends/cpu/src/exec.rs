@@ -52,7 +52,9 @@ pub const PARALLEL_MIN: usize = 16 * 1024;
 
 pub struct Executor {
     program: Program,
-    compiled: Vec<Option<LoopFn>>,
+    /// Per kernel, the compiled function of each loop body (one for a loop
+    /// kernel, one per stage of a rows kernel), or none (reference).
+    compiled: Vec<Vec<LoopFn>>,
     plan: MemoryPlan,
     arena: AlignedBuf,
     /// Own storage of each input and parameter buffer.
@@ -77,20 +79,27 @@ impl Executor {
     }
 
     /// Checks the program, plans its memory and allocates it. `compiled`
-    /// holds, for each kernel (by position), the compiled function of a loop
-    /// kernel or `None` (reference evaluation); it may also be empty (no
-    /// compiled kernels).
-    pub fn new(program: Program, compiled: Vec<Option<LoopFn>>) -> Result<Executor, String> {
+    /// holds, for each kernel (by position), the compiled functions of its
+    /// loop bodies — one for a loop kernel, one per stage of a rows kernel —
+    /// or none (reference evaluation); it may also be empty (no compiled
+    /// kernels).
+    pub fn new(program: Program, compiled: Vec<Vec<LoopFn>>) -> Result<Executor, String> {
         check_program(&program)?;
-        let compiled = if compiled.is_empty() { vec![None; program.kernels.len()] } else { compiled };
+        let compiled = if compiled.is_empty() { vec![Vec::new(); program.kernels.len()] } else { compiled };
         if compiled.len() != program.kernels.len() {
             return Err(format!("{} compiled functions given for {} kernels", compiled.len(), program.kernels.len()));
         }
         for (i, (k, f)) in program.kernels.iter().zip(&compiled).enumerate() {
-            if f.is_some() && !matches!(k, Kernel::Loop(_)) {
+            let bodies = match k {
+                Kernel::Loop(_) => 1,
+                Kernel::Rows(r) => r.stages.len(),
+                _ => 0,
+            };
+            if !f.is_empty() && f.len() != bodies {
                 return Err(format!(
-                    "kernel k{i} {:?} is not a loop kernel but was given a compiled function",
-                    k.name()
+                    "kernel k{i} {:?} has {bodies} loop bodies but was given {} compiled functions",
+                    k.name(),
+                    f.len()
                 ));
             }
         }
@@ -129,7 +138,7 @@ impl Executor {
 
     /// How many loop kernels run compiled code.
     pub fn compiled_count(&self) -> usize {
-        self.compiled.iter().filter(|f| f.is_some()).count()
+        self.compiled.iter().map(Vec::len).sum()
     }
 
     pub fn threads(&self) -> usize {
@@ -181,7 +190,7 @@ impl Executor {
         let mut times = Vec::new();
         for (i, kernel) in self.program.kernels.iter().enumerate() {
             let started = std::time::Instant::now();
-            self.run_kernel(table, kernel, self.compiled[i], seed, step)
+            self.run_kernel(table, kernel, &self.compiled[i], seed, step)
                 .map_err(|e| format!("kernel k{i} {:?}: {e}", kernel.name()))?;
             if profile {
                 times.push((started.elapsed().as_secs_f64(), i));
@@ -311,12 +320,13 @@ impl Executor {
         &self,
         table: &BufferTable,
         kernel: &Kernel,
-        compiled: Option<LoopFn>,
+        compiled: &[LoopFn],
         seed: u64,
         step: u64,
     ) -> Result<(), String> {
         match kernel {
-            Kernel::Loop(k) => self.run_loop(table, k, compiled, seed, step),
+            Kernel::Loop(k) => self.run_loop(table, k, compiled.first().copied(), seed, step),
+            Kernel::Rows(r) => self.run_rows(table, r, compiled, seed, step),
             Kernel::Gemm(g) => gemm::run_gemm(g, table, self.threads),
             Kernel::Gather { table: t, indices, out, .. } => movement::gather(table, *t, *indices, *out, self.threads),
             Kernel::ScatterAdd { indices, src, out, .. } => {
@@ -370,6 +380,61 @@ impl Executor {
     }
 }
 
+/// A chunk of rows of a rows kernel aims to touch about this many elements
+/// per stage, so that it stays in the L1/L2 caches between stages.
+const ROW_CHUNK_ELEMENTS: usize = 4096;
+
+impl Executor {
+    /// A rows kernel: its rows split across threads; each thread runs every
+    /// stage on a chunk of its rows before moving to the next chunk.
+    fn run_rows(
+        &self,
+        table: &BufferTable,
+        r: &lpac_ir::kernel::RowsKernel,
+        compiled: &[LoopFn],
+        seed: u64,
+        step: u64,
+    ) -> Result<(), String> {
+        let nrows: usize = r.rows.iter().product();
+        let per_row: Vec<usize> = r.stages.iter().map(|s| r.row_len(s)).collect();
+        let widest = r
+            .stages
+            .iter()
+            .map(|s| r.row_len(s).saturating_mul(s.reduce.iter().product::<usize>().max(1)))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let chunk = (ROW_CHUNK_ELEMENTS / widest).max(1);
+        let work = nrows.saturating_mul(widest).saturating_mul(r.stages.len());
+        let parts = if work < self.parallel_min { 1 } else { self.threads.min(nrows).max(1) };
+        let ptr = TablePtr(table.as_ptr());
+        let shared = SharedTable(table);
+        let run_range = move |(begin, end): (usize, usize)| -> Result<(), String> {
+            let (ptr, shared) = (ptr, shared);
+            let mut row = begin;
+            while row < end {
+                let next = (row + chunk).min(end);
+                for (s, stage) in r.stages.iter().enumerate() {
+                    let (b, e) = ((row * per_row[s]) as u64, (next * per_row[s]) as u64);
+                    match compiled.get(s) {
+                        Some(f) => f(ptr.0, b, e, seed, step),
+                        None => reference::run_loop_range(stage, shared.0, b, e, seed, step)
+                            .map_err(|e| format!("stage {s}: {e}"))?,
+                    }
+                }
+                row = next;
+            }
+            Ok(())
+        };
+        let ranges = split(nrows, parts);
+        if ranges.len() == 1 {
+            return run_range(ranges[0]);
+        }
+        let results: Vec<Result<(), String>> = ranges.into_par_iter().map(run_range).collect();
+        results.into_iter().collect()
+    }
+}
+
 /// `0..n` in `parts` contiguous ranges of nearly equal length (none empty
 /// unless `n` is 0).
 pub fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
@@ -394,6 +459,7 @@ fn report_profile(program: &Program, times: &mut [(f64, usize)]) {
         let kind = match &program.kernels[*i] {
             Kernel::Loop(l) if l.reduce.is_empty() => "loop",
             Kernel::Loop(_) => "reduce",
+            Kernel::Rows(_) => "rows",
             Kernel::Gemm(_) => "gemm",
             Kernel::Gather { .. } => "gather",
             Kernel::ScatterAdd { .. } => "scatter_add",
@@ -474,7 +540,7 @@ mod tests {
         let n = 40_000;
         let expected: Vec<f32> = (0..n).map(|i| i as f32 * 2.0 + 1.0).collect();
         for threads in [1, 2, 3] {
-            for compiled in [vec![Some(affine_kernel as LoopFn)], vec![]] {
+            for compiled in [vec![vec![affine_kernel as LoopFn]], vec![]] {
                 let mut ex = Executor::new(affine_program(n), compiled).unwrap();
                 ex.set_threads(threads);
                 let out = ex.run(&inputs(n), &BTreeMap::new(), 0, 0).unwrap();
@@ -486,7 +552,7 @@ mod tests {
     #[test]
     fn construction_errors() {
         let p = affine_program(4);
-        let e = Executor::new(p.clone(), vec![None, None]).err().unwrap();
+        let e = Executor::new(p.clone(), vec![vec![], vec![]]).err().unwrap();
         assert_eq!(e, "2 compiled functions given for 1 kernels");
         let mut bad = p;
         bad.outputs.push(("x".into(), BufferId(7)));

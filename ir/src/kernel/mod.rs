@@ -2,7 +2,7 @@
 //!
 //! A [`Program`] is a list of buffers and a list of kernels run in order. A
 //! buffer is a dense row-major tensor; every kernel reads buffers and writes
-//! buffers. There are four kinds of kernel:
+//! buffers. There are five kinds of kernel:
 //!
 //! - [`LoopKernel`]: a loop nest over an index space. The outer loops run
 //!   over `domain` (independent iterations: backends split them across
@@ -11,6 +11,9 @@
 //!   transposes, broadcasts and slices are strides, never copies), constants,
 //!   loop indices, random numbers and arithmetic; each output stores one
 //!   expression at the domain index (after the reduction, if any).
+//! - [`RowsKernel`]: loop kernels over the same rows run together, a chunk
+//!   of rows at a time (softmax, norms, cross-entropy: one dispatch, each row
+//!   read from memory once).
 //! - [`GemmKernel`]: a batched, strided matrix product, a library call; the
 //!   operands' layouts are strides, so transposed operands are never copied.
 //! - [`Kernel::Gather`] and [`Kernel::ScatterAdd`]: rows of a table by
@@ -142,6 +145,19 @@ pub struct LoopKernel {
     pub nodes: Vec<NodeId>,
 }
 
+impl LoopKernel {
+    /// Buffers the kernel reads.
+    pub fn reads(&self) -> Vec<BufferId> {
+        self.exprs
+            .iter()
+            .filter_map(|t| match &t.expr {
+                Expr::Load { buffer, .. } | Expr::LoadIf { buffer, .. } => Some(*buffer),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// `c[b] = Σ_k a[b, m, k] · b[b, k, n]` for every batch index `b`, with
 /// arbitrary element strides: transposes are strides. `c` is contiguous
 /// `[batch.., m, n]`.
@@ -169,9 +185,90 @@ pub struct Operand {
     pub col_stride: i64,
 }
 
+/// Loop kernels that run together, a chunk of rows at a time: softmax's
+/// maximum, exponentials, sum and quotient; a norm's statistics and
+/// normalisation; cross-entropy's log-sum-exp and loss.
+///
+/// Every stage's domain starts with `rows`; a stage reads only the rows it
+/// writes from buffers the group's earlier stages write (checked when the
+/// group is formed). Running stage 1 on rows `a..b`, then stage 2 on the
+/// same rows, and so on, is therefore the same as running each stage
+/// over all rows in turn — but a chunk of rows is read from memory once and
+/// reused from cache by every stage, and the group is one dispatch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowsKernel {
+    pub name: String,
+    /// The leading domain axes every stage shares.
+    pub rows: Vec<usize>,
+    pub stages: Vec<LoopKernel>,
+}
+
+impl RowsKernel {
+    /// Elements of a stage's domain per row.
+    pub fn row_len(&self, stage: &LoopKernel) -> usize {
+        stage.domain[self.rows.len()..].iter().product()
+    }
+
+    /// Checks what makes running the stages a chunk of rows at a time the
+    /// same as running them one after another (see [`stage_fits_rows`]).
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, stage) in self.stages.iter().enumerate() {
+            stage_fits_rows(&self.stages[..i], &self.rows, stage).map_err(|e| format!("stage {i}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `stage` can run row by row after the `earlier` stages of a
+/// group over `rows`: its domain starts with `rows`, and it reads what the
+/// earlier stages write only within the same row (their outputs are
+/// row-major over their domains, which start with `rows` too).
+pub fn stage_fits_rows(earlier: &[LoopKernel], rows: &[usize], stage: &LoopKernel) -> Result<(), String> {
+    if stage.domain.len() < rows.len() || stage.domain[..rows.len()] != *rows {
+        return Err(format!("domain {:?} does not start with the rows {rows:?}", stage.domain));
+    }
+    let extents: Vec<usize> = stage.domain.iter().chain(&stage.reduce).copied().collect();
+    for (e, t) in stage.exprs.iter().enumerate() {
+        let (buffer, index, guarded) = match &t.expr {
+            Expr::Load { buffer, index } => (*buffer, index, false),
+            Expr::LoadIf { buffer, index, .. } => (*buffer, index, true),
+            _ => continue,
+        };
+        let Some(producer) = earlier.iter().find(|s| s.outputs.iter().any(|(b, _)| *b == buffer)) else {
+            continue;
+        };
+        if guarded || !row_local(index, rows, &producer.domain, &extents) {
+            return Err(format!("e{e} reads b{} outside the row an earlier stage wrote", buffer.0));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `index` (over loop extents `extents`, rows first) reads, at row
+/// `r`, only elements of row `r` of a row-major buffer over `domain`.
+fn row_local(index: &IndexMap, rows: &[usize], domain: &[usize], extents: &[usize]) -> bool {
+    let strides = crate::types::strides(domain);
+    let row_len: usize = domain[rows.len()..].iter().product();
+    let same_row = (0..rows.len()).all(|v| index.strides.get(v) == Some(&(strides[v] as i64)) || rows[v] == 1);
+    let (mut lo, mut hi) = (index.offset as i128, index.offset as i128);
+    for (v, &extent) in extents.iter().enumerate().skip(rows.len()) {
+        if extent == 0 {
+            return true;
+        }
+        let span = *index.strides.get(v).unwrap_or(&0) as i128 * (extent as i128 - 1);
+        if span < 0 {
+            lo += span;
+        } else {
+            hi += span;
+        }
+    }
+    same_row && lo >= 0 && hi < row_len as i128
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kernel {
     Loop(LoopKernel),
+    Rows(RowsKernel),
     Gemm(GemmKernel),
     /// `out[i.., r..] = table[indices[i..], r..]`
     Gather {
@@ -195,6 +292,7 @@ impl Kernel {
     pub fn name(&self) -> &str {
         match self {
             Kernel::Loop(k) => &k.name,
+            Kernel::Rows(k) => &k.name,
             Kernel::Gemm(k) => &k.name,
             Kernel::Gather { name, .. } | Kernel::ScatterAdd { name, .. } => name,
         }
@@ -203,14 +301,8 @@ impl Kernel {
     /// Buffers the kernel reads.
     pub fn reads(&self) -> Vec<BufferId> {
         match self {
-            Kernel::Loop(k) => k
-                .exprs
-                .iter()
-                .filter_map(|t| match &t.expr {
-                    Expr::Load { buffer, .. } | Expr::LoadIf { buffer, .. } => Some(*buffer),
-                    _ => None,
-                })
-                .collect(),
+            Kernel::Loop(k) => k.reads(),
+            Kernel::Rows(k) => k.stages.iter().flat_map(LoopKernel::reads).collect(),
             Kernel::Gemm(k) => vec![k.a.buffer, k.b.buffer],
             Kernel::Gather { table, indices, .. } => vec![*table, *indices],
             Kernel::ScatterAdd { indices, src, .. } => vec![*indices, *src],
@@ -221,6 +313,7 @@ impl Kernel {
     pub fn writes(&self) -> Vec<BufferId> {
         match self {
             Kernel::Loop(k) => k.outputs.iter().map(|(b, _)| *b).collect(),
+            Kernel::Rows(k) => k.stages.iter().flat_map(|s| s.outputs.iter().map(|(b, _)| *b)).collect(),
             Kernel::Gemm(k) => vec![k.c],
             Kernel::Gather { out, .. } | Kernel::ScatterAdd { out, .. } => vec![*out],
         }

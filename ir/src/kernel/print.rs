@@ -56,6 +56,20 @@ fn nodes_comment(nodes: &[crate::graph::NodeId]) -> String {
 fn print_kernel(out: &mut String, i: usize, k: &Kernel) {
     match k {
         Kernel::Loop(l) => print_loop(out, i, l),
+        Kernel::Rows(r) => {
+            let rows: Vec<String> = r.rows.iter().map(|d| d.to_string()).collect();
+            let _ =
+                writeln!(out, "  kernel k{i} rows {:?} rows [{}] stages {}", r.name, rows.join(","), r.stages.len());
+            for (s, stage) in r.stages.iter().enumerate() {
+                let mut text = String::new();
+                print_loop(&mut text, i, stage);
+                // Stages print as loop kernels named `k<i>.<s>`, indented.
+                let text = text.replacen(&format!("kernel k{i} loop"), &format!("stage k{i}.{s} loop"), 1);
+                for line in text.lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+        }
         Kernel::Gemm(g) => {
             let batch: Vec<String> = g.batch.iter().map(|d| d.to_string()).collect();
             let _ = writeln!(

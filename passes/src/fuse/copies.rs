@@ -44,7 +44,8 @@ fn identity_copy(program: &Program, k: &LoopKernel) -> Option<(BufferId, BufferI
     let Expr::Load { buffer: src, index } = &k.exprs[e.index()].expr else { return None };
     let (s, d) = (program.buffer(*src), program.buffer(*dst));
     let contiguous = index.offset == 0 && index.strides == row_major(&k.domain);
-    let same = s.ty.dtype == d.ty.dtype && s.ty.numel() == d.ty.numel() && d.ty.numel() == k.domain.iter().product::<usize>();
+    let same =
+        s.ty.dtype == d.ty.dtype && s.ty.numel() == d.ty.numel() && d.ty.numel() == k.domain.iter().product::<usize>();
     // A parameter or input could be overwritten between steps by the
     // caller; only temps are forwarded.
     (contiguous && same && s.kind == BufferKind::Temp && d.kind == BufferKind::Temp).then_some((*src, *dst))
@@ -60,14 +61,16 @@ fn redirect_reads(kernel: &mut Kernel, alias: &HashMap<BufferId, BufferId>) {
             *b = *src;
         }
     };
-    match kernel {
-        Kernel::Loop(k) => {
-            for t in &mut k.exprs {
-                if let Expr::Load { buffer, .. } | Expr::LoadIf { buffer, .. } = &mut t.expr {
-                    fix(buffer);
-                }
+    let fix_loop = |k: &mut LoopKernel| {
+        for t in &mut k.exprs {
+            if let Expr::Load { buffer, .. } | Expr::LoadIf { buffer, .. } = &mut t.expr {
+                fix(buffer);
             }
         }
+    };
+    match kernel {
+        Kernel::Loop(k) => fix_loop(k),
+        Kernel::Rows(r) => r.stages.iter_mut().for_each(fix_loop),
         Kernel::Gemm(g) => {
             fix(&mut g.a.buffer);
             fix(&mut g.b.buffer);

@@ -26,10 +26,14 @@
 //! 5. **Column reductions in two stages** ([`split`]): a long reduction over
 //!    outer axes (a bias gradient) becomes partial sums over row chunks and
 //!    a short sum of the partials, so no loop walks thousands of rows.
+//! 6. **Row groups** ([`rows`]): consecutive kernels that only combine
+//!    values of the same row (softmax, norms, cross-entropy, forward and
+//!    backward) become one kernel that runs them a chunk of rows at a time.
 
 mod build;
 pub mod copies;
 pub mod index;
+pub mod rows;
 pub mod split;
 
 use std::collections::{BTreeSet, HashMap};
@@ -50,6 +54,7 @@ pub fn fuse(graph: &Graph) -> Result<Program, FuseError> {
             Ok(mut program) => {
                 copies::forward_copies(&mut program);
                 split::split_column_reductions(&mut program);
+                rows::group_rows(&mut program);
                 return Ok(program);
             }
             Err(build::Failure::NeedsBuffer(node)) => {
@@ -112,6 +117,7 @@ pub fn summary(program: &Program) -> String {
         let kind = match k {
             lpac_ir::kernel::Kernel::Loop(l) if l.reduce.is_empty() => "loop",
             lpac_ir::kernel::Kernel::Loop(_) => "reduce",
+            lpac_ir::kernel::Kernel::Rows(_) => "rows",
             lpac_ir::kernel::Kernel::Gemm(_) => "gemm",
             lpac_ir::kernel::Kernel::Gather { .. } => "gather",
             lpac_ir::kernel::Kernel::ScatterAdd { .. } => "scatter_add",

@@ -148,7 +148,10 @@ fn split(program: &mut Program, k: &LoopKernel) -> Option<(LoopKernel, LoopKerne
     let domain_total: usize = k.domain.iter().product();
     let mut strides = row_major(&k.domain);
     strides.extend(row_major(&moved_axes).into_iter().map(|s| s * domain_total as i64));
-    let mut exprs2 = vec![Typed { expr: Expr::Load { buffer: partial, index: IndexMap { offset: 0, strides } }, dtype: value_dtype }];
+    let mut exprs2 = vec![Typed {
+        expr: Expr::Load { buffer: partial, index: IndexMap { offset: 0, strides } },
+        dtype: value_dtype,
+    }];
     let shift = |e: ExprId| ExprId(e.0 + 1);
     exprs2.extend(rest.into_iter().map(|t| Typed { expr: shift_operands(t.expr, &shift), dtype: t.dtype }));
     let outputs = k.outputs.iter().map(|(b, e)| Some((*b, shift(remap2[e.index()]?)))).collect::<Option<Vec<_>>>()?;

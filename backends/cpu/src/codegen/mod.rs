@@ -334,15 +334,17 @@ impl CpuCodegen {
         Ok(CompiledKernel { name: kernel.name.clone(), func, clif, vectorization: an.mode })
     }
 
-    /// Compiles every loop kernel of the program; other kernels (GEMM,
-    /// gather, scatter-add) get `None`.
-    pub fn compile_all(&mut self, program: &Program) -> Result<Vec<Option<CompiledKernel>>, CodegenError> {
+    /// Compiles every loop body of the program: per kernel, one function for
+    /// a loop kernel, one per stage of a rows kernel, none for library
+    /// kernels (GEMM, gather, scatter-add).
+    pub fn compile_all(&mut self, program: &Program) -> Result<Vec<Vec<CompiledKernel>>, CodegenError> {
         program
             .kernels
             .iter()
             .map(|k| match k {
-                Kernel::Loop(l) => self.compile(program, l).map(Some),
-                _ => Ok(None),
+                Kernel::Loop(l) => Ok(vec![self.compile(program, l)?]),
+                Kernel::Rows(r) => r.stages.iter().map(|s| self.compile(program, s)).collect(),
+                _ => Ok(Vec::new()),
             })
             .collect()
     }
