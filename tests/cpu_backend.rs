@@ -16,7 +16,7 @@ fn train_graph(sets: &[&str], lowrank: Option<usize>) -> lpac_ir::Graph {
     if let Some(r) = lowrank {
         pipeline.push_str(&format!("lowrank{{rank={r}}},"));
     }
-    pipeline.push_str("autodiff,optimizer{keep_grads=true},simplify{explain=false},cse,dce");
+    pipeline.push_str("attention,autodiff,optimizer{keep_grads=true},simplify{explain=false},cse,dce");
     lpac_passes::manager::run_text(g, &pipeline).unwrap()
 }
 

@@ -181,7 +181,8 @@ fn check_against_interpreter(g: &Graph, seed: u64) -> lpac_ir::kernel::Program {
 #[test]
 fn column_reductions_run_in_two_stages_like_the_interpreter() {
     // (input shape, permutation applied first, reduced axes, op)
-    let cases: [(&[usize], Option<&[usize]>, &[usize], ReduceOp); 4] = [
+    type Case<'a> = (&'a [usize], Option<&'a [usize]>, &'a [usize], ReduceOp);
+    let cases: [Case; 4] = [
         (&[16, 128, 24], None, &[0, 1], ReduceOp::Sum),
         (&[2048, 6], None, &[0], ReduceOp::Max),
         (&[1000, 6], Some(&[1, 0]), &[1], ReduceOp::Sum),
@@ -253,4 +254,40 @@ fn softmax_and_layer_norm_run_as_row_kernels_like_the_interpreter() {
         })
         .collect();
     assert!(!rows.is_empty() && rows.iter().sum::<usize>() >= 4, "{}", lpac_ir::kernel::print::print(&program));
+}
+
+#[test]
+fn attention_kernels_match_the_interpreter_across_tiles() {
+    // (batch axes, tq, tk, d, dv, causal): sizes below, at and across the
+    // 64-row tiles.
+    type Case<'a> = (&'a [usize], usize, usize, usize, usize, bool);
+    let cases: [Case; 4] = [
+        (&[2, 3], 100, 100, 24, 24, true),
+        (&[1], 130, 70, 16, 8, false),
+        (&[3], 64, 64, 8, 8, true),
+        (&[2], 5, 5, 3, 3, true),
+    ];
+    for (seed, (batch, tq, tk, d, dv, causal)) in cases.into_iter().enumerate() {
+        let mut g = Graph::new("attention");
+        let shape = |t: usize, c: usize| {
+            let mut s = batch.to_vec();
+            s.extend([t, c]);
+            f32t(s)
+        };
+        let q = add(&mut g, Op::Input { name: "q".into() }, vec![], Some(shape(tq, d)));
+        let k = add(&mut g, Op::Input { name: "k".into() }, vec![], Some(shape(tk, d)));
+        let v = add(&mut g, Op::Input { name: "v".into() }, vec![], Some(shape(tk, dv)));
+        let dout = add(&mut g, Op::Input { name: "dout".into() }, vec![], Some(shape(tq, dv)));
+        let scale = 1.0 / (d as f64).sqrt();
+        let out = add(&mut g, Op::Attention { scale, causal }, vec![q, k, v], None);
+        g.add_output("out", out);
+        for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let grad = add(&mut g, Op::AttentionGrad { scale, causal, wrt }, vec![q, k, v, out, dout], None);
+            g.add_output(*name, grad);
+        }
+        let program = check_against_interpreter(&g, 40 + seed as u64);
+        let attention_kernels =
+            program.kernels.iter().filter(|k| matches!(k, lpac_ir::kernel::Kernel::Attention(_))).count();
+        assert_eq!(attention_kernels, 2, "one forward and one backward kernel for three gradients");
+    }
 }

@@ -11,7 +11,7 @@ fn step_graph(lowrank: Option<usize>) -> lpac_ir::Graph {
     if let Some(r) = lowrank {
         pipeline.push_str(&format!("lowrank{{rank={r}}},"));
     }
-    pipeline.push_str("autodiff,optimizer,simplify{explain=false},cse,dce");
+    pipeline.push_str("attention,autodiff,optimizer,simplify{explain=false},cse,dce");
     lpac_passes::manager::run_text(g, &pipeline).unwrap()
 }
 

@@ -32,12 +32,13 @@ fn snapshot_pipeline(label: &str, pipeline: &str) {
 
 #[test]
 fn tiny_dense_after_each_pass() {
-    snapshot_pipeline("tiny-dense", "simplify,cse,dce");
+    snapshot_pipeline("tiny-dense", lpac_passes::registry::pipeline("default").unwrap());
 }
 
 #[test]
 fn tiny_lowrank_64_after_each_pass() {
-    snapshot_pipeline("tiny-lowrank64", "lowrank{rank=64},simplify,cse,dce");
+    let default = lpac_passes::registry::pipeline("default").unwrap();
+    snapshot_pipeline("tiny-lowrank64", &format!("lowrank{{rank=64}},{default}"));
 }
 
 /// `--check-each` over the default pipeline, LPA included, for every shipped

@@ -51,6 +51,10 @@ fn attrs(op: &Op) -> Value {
         Op::Pad { axis, lo, hi, value } => {
             vec![("axis", json!(axis)), ("lo", json!(lo)), ("hi", json!(hi)), ("value", float(*value))]
         }
+        Op::Attention { scale, causal } => vec![("scale", float(*scale)), ("causal", json!(causal))],
+        Op::AttentionGrad { scale, causal, wrt } => {
+            vec![("scale", float(*scale)), ("causal", json!(causal)), ("wrt", json!(wrt))]
+        }
         Op::Unary(_)
         | Op::Binary(_)
         | Op::Select

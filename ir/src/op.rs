@@ -238,6 +238,25 @@ pub enum Op {
     ScatterAdd,
     /// Convert elements to the node's dtype.
     Cast,
+    /// Scaled dot-product attention over the last two axes:
+    /// `softmax(q·kᵀ·scale)·v` with q `[.., tq, d]`, k `[.., tk, d]`,
+    /// v `[.., tk, dv]` (equal batch axes) giving `[.., tq, dv]`. With
+    /// `causal`, query `i` sees keys `j <= i` only (and `tq = tk`). Not
+    /// written by users: the `attention` pass puts it in place of its
+    /// primitive form so that backends can run it without the `tq × tk`
+    /// scores in memory.
+    Attention {
+        scale: f64,
+        causal: bool,
+    },
+    /// The gradient of [`Op::Attention`] with respect to its operand `wrt`
+    /// (0 = q, 1 = k, 2 = v). Operands: q, k, v, the attention's value and
+    /// the gradient of that value; the result has operand `wrt`'s type.
+    AttentionGrad {
+        scale: f64,
+        causal: bool,
+        wrt: usize,
+    },
 }
 
 impl Op {
@@ -263,6 +282,8 @@ impl Op {
             Op::Gather => "gather",
             Op::ScatterAdd => "scatter_add",
             Op::Cast => "cast",
+            Op::Attention { .. } => "attention",
+            Op::AttentionGrad { .. } => "attention_grad",
         }
     }
 

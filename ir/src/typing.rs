@@ -37,7 +37,8 @@ fn check_arity(op: &Op, n: usize) -> Result<(), String> {
         Op::Unary(_) | Op::Reduce { .. } | Op::Reshape | Op::Permute { .. } | Op::Broadcast { .. } => Some(1),
         Op::Slice { .. } | Op::Pad { .. } | Op::Cast => Some(1),
         Op::Binary(_) | Op::MatMul | Op::Gather | Op::ScatterAdd => Some(2),
-        Op::Select => Some(3),
+        Op::Select | Op::Attention { .. } => Some(3),
+        Op::AttentionGrad { .. } => Some(5),
         Op::Concat { .. } => None,
         _ => unreachable!("every op is covered above"),
     };
@@ -155,8 +156,38 @@ fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, String> {
             shape.extend_from_slice(&table.shape[1..]);
             Ok(table.with_shape(shape))
         }
+        Op::Attention { causal, .. } => infer_attention(inputs[0], inputs[1], inputs[2], *causal),
+        Op::AttentionGrad { causal, wrt, .. } => {
+            let out = infer_attention(inputs[0], inputs[1], inputs[2], *causal)?;
+            require(*inputs[3] == out, || {
+                format!("attention_grad: the attention value is {}, not {}", inputs[3], out)
+            })?;
+            require(*inputs[4] == out, || format!("attention_grad: the gradient is {}, not {}", inputs[4], out))?;
+            require(*wrt < 3, || format!("attention_grad: wrt={wrt} is not 0 (q), 1 (k) or 2 (v)"))?;
+            Ok(inputs[*wrt].clone())
+        }
         _ => unreachable!("ops with given result types are handled by check_given"),
     }
+}
+
+/// q `[.., tq, d]`, k `[.., tk, d]`, v `[.., tk, dv]` → `[.., tq, dv]`.
+fn infer_attention(q: &TensorType, k: &TensorType, v: &TensorType, causal: bool) -> Result<TensorType, String> {
+    require(q.dtype.is_float() && k.dtype == q.dtype && v.dtype == q.dtype, || {
+        format!("attention needs float operands of one dtype, got {q}, {k}, {v}")
+    })?;
+    let r = q.rank();
+    require(r >= 2 && k.rank() == r && v.rank() == r, || {
+        format!("attention needs operands of one rank >= 2, got {q}, {k}, {v}")
+    })?;
+    let batch_ok = q.shape[..r - 2] == k.shape[..r - 2] && q.shape[..r - 2] == v.shape[..r - 2];
+    require(batch_ok, || format!("attention operands differ in their batch axes: {q}, {k}, {v}"))?;
+    let (tq, d, tk, dv) = (q.shape[r - 2], q.shape[r - 1], k.shape[r - 2], v.shape[r - 1]);
+    require(k.shape[r - 1] == d, || format!("attention: q {q} and k {k} differ in the last axis"))?;
+    require(v.shape[r - 2] == tk, || format!("attention: k {k} and v {v} differ in the key axis"))?;
+    require(!causal || tq == tk, || format!("causal attention needs as many queries as keys, got {q} and {k}"))?;
+    let mut shape = q.shape[..r - 2].to_vec();
+    shape.extend([tq, dv]);
+    Ok(q.with_shape(shape))
 }
 
 fn infer_binary(b: BinaryOp, x: &TensorType, y: &TensorType) -> Result<TensorType, String> {

@@ -8,6 +8,7 @@
 //!   [`check`]: the numeric check behind `--check-each`.
 //! - The passes: [`lowrank`] (LPA), [`cse`], [`dce`], [`verify_pass`].
 
+pub mod attention;
 pub mod autodiff;
 pub mod check;
 pub mod cost;

@@ -46,8 +46,12 @@ const LOWRANK_OPTIONS: &[PassOption] = &[
 
 /// The named pipelines, for `--pipeline NAME`.
 pub const PIPELINES: &[(&str, &str, &str)] = &[
-    ("default", "simplify,cse,dce", "the optimisation pipeline every backend runs"),
-    ("train", "autodiff,optimizer,simplify,cse,dce", "the whole training step: forward, backward, AdamW update"),
+    ("default", "attention,simplify,cse,dce", "the optimisation pipeline every backend runs"),
+    (
+        "train",
+        "attention,autodiff,optimizer,simplify,cse,dce",
+        "the whole training step: forward, backward, AdamW update",
+    ),
     ("cleanup", "cse,dce", "merge duplicates and drop dead nodes, nothing else"),
     ("none", "", "no passes: the graph as the frontend built it"),
 ];
@@ -66,6 +70,7 @@ pub fn all() -> Vec<PassInfo> {
     };
     vec![
         info(&Lowrank { rank: 1, target: Target::Attention }, LOWRANK_OPTIONS),
+        info(&crate::attention::FuseAttention, &[]),
         info(&crate::autodiff::Autodiff, &[]),
         info(&crate::optimizer::Optimizer::default(), crate::optimizer::OPTIONS),
         info(&crate::simplify::Simplify::default(), crate::simplify::OPTIONS),
@@ -148,6 +153,7 @@ pub fn create(spec: &PassSpec) -> Result<Box<dyn Pass>, String> {
     }
     Ok(match spec.name.as_str() {
         "lowrank" => Box::new(lowrank_from(spec)?),
+        "attention" => Box::new(crate::attention::FuseAttention),
         "autodiff" => Box::new(crate::autodiff::Autodiff),
         "simplify" => Box::new(crate::simplify::Simplify::from_options(&spec.options)?),
         "optimizer" => Box::new(crate::optimizer::Optimizer::from_options(&spec.options)?),

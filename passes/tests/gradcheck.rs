@@ -496,6 +496,21 @@ fn matmul() {
     });
 }
 
+#[test]
+fn attention() {
+    for causal in [false, true] {
+        let name = if causal { "attention, causal" } else { "attention" };
+        each_shape(name, |b| {
+            let (bt, t, d, dv) = (b.rng.int(1, 3), b.rng.int(1, 5), b.rng.int(1, 4), b.rng.int(1, 4));
+            let tk = if causal { t } else { b.rng.int(1, 5) };
+            let q = b.param(&[bt, t, d], ANY);
+            let k = b.param(&[bt, tk, d], ANY);
+            let v = b.param(&[bt, tk, dv], ANY);
+            b.add(Op::Attention { scale: 0.7, causal }, vec![q, k, v], None)
+        });
+    }
+}
+
 /// Random i32 indices below `rows`, with repeats (so gradients must sum).
 fn indices(b: &mut Builder, shape: &[usize], rows: usize) -> NodeId {
     let n: usize = shape.iter().product();
@@ -598,6 +613,17 @@ fn tiny_dense_and_lowrank() {
     directional("tiny dense", &dense, 3, 1);
     let lpa = Lowrank { rank: 4, target: Target::Attention }.run(&dense).unwrap().graph;
     directional("tiny lowrank r=4", &lpa, 3, 2);
+}
+
+#[test]
+fn tiny_with_fused_attention() {
+    let dense = compile("../models/tiny.lpa", SMALL);
+    let fused = lpac_passes::attention::FuseAttention.run(&dense).unwrap().graph;
+    assert!(fused.nodes.iter().any(|n| matches!(n.op, Op::Attention { .. })), "the attention pass fired");
+    directional("tiny, fused attention", &fused, 3, 7);
+    let lpa = Lowrank { rank: 4, target: Target::Attention }.run(&dense).unwrap().graph;
+    let lpa = lpac_passes::attention::FuseAttention.run(&lpa).unwrap().graph;
+    directional("tiny lowrank r=4, fused attention", &lpa, 3, 8);
 }
 
 #[test]

@@ -92,6 +92,7 @@ pub fn summary(
         let (kind, f) = match k {
             Kernel::Loop(l) => (if l.reduce.is_empty() { "loop" } else { "reduce" }, loop_flops(l)),
             Kernel::Rows(r) => ("rows", r.stages.iter().map(loop_flops).sum()),
+            Kernel::Attention(a) => ("attn", attention_flops(a)),
             Kernel::Gemm(g) => ("gemm", 2 * (g.m * g.k * g.n) as u64 * g.batch.iter().product::<usize>() as u64),
             Kernel::Gather { .. } => ("gather", 0),
             Kernel::ScatterAdd { .. } => ("scatter", 0),
@@ -108,6 +109,7 @@ pub fn summary(
             }
             (Kernel::Loop(_) | Kernel::Rows(_), _) => "reference".to_string(),
             (Kernel::Gemm(_), _) => "gemm crate".to_string(),
+            (Kernel::Attention(_), _) => "rust, gemm-crate tiles".to_string(),
             _ => "rust".to_string(),
         };
         let _ = writeln!(out, "k{i:<4} {kind:<7} {:<40} {f:>14} {b:>14}  {code}", truncate(k.name(), 40));
@@ -130,6 +132,20 @@ fn loop_flops(l: &lpac_ir::kernel::LoopKernel) -> u64 {
     let domain: u64 = l.domain.iter().product::<usize>() as u64;
     let reduce: u64 = l.reduce.iter().product::<usize>() as u64;
     domain * reduce * (arithmetic + u64::from(l.reduction.is_some()))
+}
+
+/// Multiply-adds of the tile products (×2), counting only the tiles a
+/// causal mask leaves (about half); the backward pass recomputes the scores
+/// twice (log-sum-exp sweep and gradient sweep).
+fn attention_flops(a: &lpac_ir::kernel::AttentionKernel) -> u64 {
+    let batches: u64 = a.batch.iter().product::<usize>() as u64;
+    let pairs = (a.tq * a.tk) as u64 / if a.causal { 2 } else { 1 };
+    let (d, dv) = (a.d as u64, a.dv as u64);
+    let per_pair = match &a.pass {
+        lpac_ir::kernel::AttentionPass::Forward { .. } => d + dv,
+        lpac_ir::kernel::AttentionPass::Backward { .. } => 2 * d + 2 * dv + 2 * d,
+    };
+    2 * batches * pairs * per_pair
 }
 
 /// Each distinct buffer read once and each written once.

@@ -15,6 +15,12 @@ fn optimise() -> Vec<PassSpec> {
     vec![PassSpec::new("simplify").with("explain", false), PassSpec::new("cse"), PassSpec::new("dce")]
 }
 
+/// Attention as one op (before autodiff, whose rule for it recomputes the
+/// probabilities instead of keeping them).
+fn fuse_attention() -> PassSpec {
+    PassSpec::new("attention")
+}
+
 /// forward → autodiff → optimizer → simplify, cse, dce.
 pub fn train_graph(spec: &ModelSpec, kind: Kind, decay_mask: bool) -> Result<Graph, CliError> {
     let forward = spec.forward(&[])?;
@@ -26,6 +32,7 @@ pub fn train_graph(spec: &ModelSpec, kind: Kind, decay_mask: bool) -> Result<Gra
 /// update, and the default optimisations — one graph.
 pub fn step_of(forward: Graph, kind: Kind, decay_mask: bool) -> Result<Graph, CliError> {
     let mut passes = vec![
+        fuse_attention(),
         PassSpec::new("autodiff"),
         PassSpec::new("optimizer").with("kind", kind.name()).with("decay_mask", decay_mask).with("keep_grads", false),
     ];
@@ -35,14 +42,16 @@ pub fn step_of(forward: Graph, kind: Kind, decay_mask: bool) -> Result<Graph, Cl
 
 /// A forward graph with the default optimisations (what evaluation runs).
 pub fn optimised(forward: Graph) -> Result<Graph, CliError> {
-    run_passes(forward, &optimise())
+    let mut passes = vec![fuse_attention()];
+    passes.extend(optimise());
+    run_passes(forward, &passes)
 }
 
 /// forward → autodiff → simplify, cse, dce: the gradients alone, to find
 /// which one is not finite when a step's gradient norm is not.
 pub fn grads_graph(spec: &ModelSpec) -> Result<Graph, CliError> {
     let forward = spec.forward(&[])?;
-    let mut passes = vec![PassSpec::new("autodiff")];
+    let mut passes = vec![fuse_attention(), PassSpec::new("autodiff")];
     passes.extend(optimise());
     run_passes(forward, &passes)
 }
@@ -70,7 +79,7 @@ pub fn sample_graph(spec: &ModelSpec) -> Result<Graph, CliError> {
         CliError::Message("cannot sample: no output projection (logits) was found in front of the loss".into())
     })?;
     forward.add_output("logits", logits);
-    run_passes(forward, &[PassSpec::new("cse"), PassSpec::new("dce")])
+    run_passes(forward, &[fuse_attention(), PassSpec::new("cse"), PassSpec::new("dce")])
 }
 
 fn no_dropout(spec: &ModelSpec) -> Result<Vec<Override>, CliError> {

@@ -93,6 +93,7 @@ pub fn check_kernel(program: &Program, kernel: &Kernel) -> Result<(), String> {
             }
             r.validate()
         }
+        Kernel::Attention(a) => crate::attention::check_attention(program, a),
         Kernel::Gemm(g) => check_gemm(program, g),
         Kernel::Gather { table, indices, out, .. } => {
             let (t, i, o) = (&program.buffer(*table).ty, &program.buffer(*indices).ty, &program.buffer(*out).ty);

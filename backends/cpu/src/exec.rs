@@ -327,6 +327,7 @@ impl Executor {
         match kernel {
             Kernel::Loop(k) => self.run_loop(table, k, compiled.first().copied(), seed, step),
             Kernel::Rows(r) => self.run_rows(table, r, compiled, seed, step),
+            Kernel::Attention(a) => crate::attention::run_attention(a, table, self.threads),
             Kernel::Gemm(g) => gemm::run_gemm(g, table, self.threads),
             Kernel::Gather { table: t, indices, out, .. } => movement::gather(table, *t, *indices, *out, self.threads),
             Kernel::ScatterAdd { indices, src, out, .. } => {
@@ -460,6 +461,7 @@ fn report_profile(program: &Program, times: &mut [(f64, usize)]) {
             Kernel::Loop(l) if l.reduce.is_empty() => "loop",
             Kernel::Loop(_) => "reduce",
             Kernel::Rows(_) => "rows",
+            Kernel::Attention(_) => "attention",
             Kernel::Gemm(_) => "gemm",
             Kernel::Gather { .. } => "gather",
             Kernel::ScatterAdd { .. } => "scatter_add",

@@ -73,7 +73,7 @@ fn check_operand(g: &GemmKernel, o: &Operand, len: usize, rows: usize, cols: usi
 
 /// The element offset of each batch's matrix in an operand, row-major over
 /// the batch axes.
-fn batch_offsets(batch: &[usize], o: &Operand) -> Vec<isize> {
+pub(crate) fn batch_offsets(batch: &[usize], o: &Operand) -> Vec<isize> {
     let count: usize = batch.iter().product();
     let mut offsets = Vec::with_capacity(count);
     let mut index = vec![0usize; batch.len()];

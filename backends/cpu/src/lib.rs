@@ -6,10 +6,12 @@
 //! - [`reference`]: the plain evaluator of every kernel kind (the oracle and
 //!   the fallback for loop kernels without compiled code);
 //! - [`gemm`]: matrix products through the gemm crate;
+//! - [`attention`]: fused attention, forward and backward, over tiles;
 //! - [`movement`]: gather and scatter_add;
 //! - [`plan`]: liveness and placement of temps in one arena;
 //! - [`exec`]: the executor that runs a program with threads.
 
+pub mod attention;
 pub mod check;
 pub mod codegen;
 pub mod exec;

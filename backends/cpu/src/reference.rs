@@ -76,6 +76,9 @@ pub fn run_kernel(kernel: &Kernel, table: &BufferTable, seed: u64, step: u64) ->
         // Stage after stage over all rows: what running them row chunk by
         // row chunk must equal.
         Kernel::Rows(r) => r.stages.iter().try_for_each(|s| run_loop_kernel(s, table, seed, step)),
+        // The tiled kernel on one thread: its independent check is the
+        // graph interpreter's `attention` (tests compare whole steps).
+        Kernel::Attention(a) => crate::attention::run_attention(a, table, 1),
         Kernel::Gemm(g) => run_gemm(g, table),
         Kernel::Gather { table: t, indices, out, .. } => run_gather(table, *t, *indices, *out),
         Kernel::ScatterAdd { indices, src, out, .. } => run_scatter_add(table, *indices, *src, *out),

@@ -50,7 +50,132 @@ pub fn eval<T: Real>(
         }
         Op::ScatterAdd => scatter_add(args[0].as_int()?, args[1], &ty.shape),
         Op::Cast => Ok(cast(args[0], ty.dtype)),
+        Op::Attention { scale, causal } => {
+            let dims = AttentionDims::of(&arg_types[0].shape, &arg_types[1].shape, &arg_types[2].shape, *causal);
+            let (q, k, v) = (args[0].as_float()?, args[1].as_float()?, args[2].as_float()?);
+            Ok(Value::Float(attention(&dims, T::from_f64(*scale), q, k, v)))
+        }
+        Op::AttentionGrad { scale, causal, wrt } => {
+            let dims = AttentionDims::of(&arg_types[0].shape, &arg_types[1].shape, &arg_types[2].shape, *causal);
+            let (q, k, v) = (args[0].as_float()?, args[1].as_float()?, args[2].as_float()?);
+            let dout = args[4].as_float()?;
+            Ok(Value::Float(attention_grad(&dims, T::from_f64(*scale), q, k, v, dout, *wrt)))
+        }
     }
+}
+
+/// Sizes of an attention: `batch` matrices of q `[tq, d]`, k `[tk, d]`,
+/// v `[tk, dv]`.
+struct AttentionDims {
+    batch: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+    dv: usize,
+    causal: bool,
+}
+
+impl AttentionDims {
+    fn of(q: &[usize], k: &[usize], v: &[usize], causal: bool) -> Self {
+        let r = q.len();
+        AttentionDims {
+            batch: q[..r - 2].iter().product(),
+            tq: q[r - 2],
+            tk: k[r - 2],
+            d: q[r - 1],
+            dv: v[r - 1],
+            causal,
+        }
+    }
+
+    fn visible(&self, i: usize, j: usize) -> bool {
+        !self.causal || j <= i
+    }
+}
+
+/// The softmax probabilities of query row `i` of batch `b`: the definition,
+/// with masked keys at exactly zero.
+fn attention_row<T: Real>(n: &AttentionDims, scale: T, q: &[T], k: &[T], b: usize, i: usize) -> Vec<T> {
+    let qi = &q[(b * n.tq + i) * n.d..][..n.d];
+    let mut s: Vec<T> = (0..n.tk)
+        .map(|j| {
+            if !n.visible(i, j) {
+                return T::NEG_INFINITY;
+            }
+            let kj = &k[(b * n.tk + j) * n.d..][..n.d];
+            qi.iter().zip(kj).fold(T::ZERO, |acc, (&a, &c)| acc + a * c) * scale
+        })
+        .collect();
+    let m = s.iter().fold(T::NEG_INFINITY, |a, &x| maximum(a, x));
+    let mut sum = T::ZERO;
+    for x in s.iter_mut() {
+        *x = if *x == T::NEG_INFINITY { T::ZERO } else { (*x - m).exp() };
+        sum = sum + *x;
+    }
+    s.iter().map(|&p| p / sum).collect()
+}
+
+fn attention<T: Real>(n: &AttentionDims, scale: T, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+    let mut out = vec![T::ZERO; n.batch * n.tq * n.dv];
+    for b in 0..n.batch {
+        for i in 0..n.tq {
+            let p = attention_row(n, scale, q, k, b, i);
+            let row = &mut out[(b * n.tq + i) * n.dv..][..n.dv];
+            for (j, &pj) in p.iter().enumerate() {
+                let vj = &v[(b * n.tk + j) * n.dv..][..n.dv];
+                for (o, &x) in row.iter_mut().zip(vj) {
+                    *o = *o + pj * x;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The gradient of [`attention`] with respect to q (`wrt` 0), k (1) or v
+/// (2), given the gradient `dout` of its value: with `P` the probabilities,
+/// `dP = dout·vᵀ`, `dS = P ⊙ (dP − rowsum(dP ⊙ P))·scale`, `dq = dS·k`,
+/// `dk = dSᵀ·q`, `dv = Pᵀ·dout`.
+fn attention_grad<T: Real>(n: &AttentionDims, scale: T, q: &[T], k: &[T], v: &[T], dout: &[T], wrt: usize) -> Vec<T> {
+    let len = match wrt {
+        0 => n.batch * n.tq * n.d,
+        1 => n.batch * n.tk * n.d,
+        _ => n.batch * n.tk * n.dv,
+    };
+    let mut grad = vec![T::ZERO; len];
+    for b in 0..n.batch {
+        for i in 0..n.tq {
+            let p = attention_row(n, scale, q, k, b, i);
+            let doi = &dout[(b * n.tq + i) * n.dv..][..n.dv];
+            if wrt == 2 {
+                for (j, &pj) in p.iter().enumerate() {
+                    for (g, &x) in grad[(b * n.tk + j) * n.dv..][..n.dv].iter_mut().zip(doi) {
+                        *g = *g + pj * x;
+                    }
+                }
+                continue;
+            }
+            let dp: Vec<T> = (0..n.tk)
+                .map(|j| doi.iter().zip(&v[(b * n.tk + j) * n.dv..][..n.dv]).fold(T::ZERO, |a, (&x, &y)| a + x * y))
+                .collect();
+            let row_dot = p.iter().zip(&dp).fold(T::ZERO, |a, (&x, &y)| a + x * y);
+            let qi = &q[(b * n.tq + i) * n.d..][..n.d];
+            for j in 0..n.tk {
+                let ds = p[j] * (dp[j] - row_dot) * scale;
+                if wrt == 0 {
+                    let kj = &k[(b * n.tk + j) * n.d..][..n.d];
+                    for (g, &x) in grad[(b * n.tq + i) * n.d..][..n.d].iter_mut().zip(kj) {
+                        *g = *g + ds * x;
+                    }
+                } else {
+                    for (g, &x) in grad[(b * n.tk + j) * n.d..][..n.d].iter_mut().zip(qi) {
+                        *g = *g + ds * x;
+                    }
+                }
+            }
+        }
+    }
+    grad
 }
 
 /// Each element is its index along `axis`, in the node's dtype.

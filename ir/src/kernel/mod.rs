@@ -2,7 +2,7 @@
 //!
 //! A [`Program`] is a list of buffers and a list of kernels run in order. A
 //! buffer is a dense row-major tensor; every kernel reads buffers and writes
-//! buffers. There are five kinds of kernel:
+//! buffers. There are six kinds of kernel:
 //!
 //! - [`LoopKernel`]: a loop nest over an index space. The outer loops run
 //!   over `domain` (independent iterations: backends split them across
@@ -14,6 +14,8 @@
 //! - [`RowsKernel`]: loop kernels over the same rows run together, a chunk
 //!   of rows at a time (softmax, norms, cross-entropy: one dispatch, each row
 //!   read from memory once).
+//! - [`AttentionKernel`]: fused attention, forward or backward, over tiles
+//!   (the scores are never in memory whole).
 //! - [`GemmKernel`]: a batched, strided matrix product, a library call; the
 //!   operands' layouts are strides, so transposed operands are never copied.
 //! - [`Kernel::Gather`] and [`Kernel::ScatterAdd`]: rows of a table by
@@ -265,10 +267,60 @@ fn row_local(index: &IndexMap, rows: &[usize], domain: &[usize], extents: &[usiz
     same_row && lo >= 0 && hi < row_len as i128
 }
 
+/// Scaled dot-product attention (`softmax(q·kᵀ·scale [causal])·v`) for every
+/// batch index, or its backward pass, computed a tile of queries and keys
+/// at a time: the `tq × tk` scores are never in memory whole. Operands are
+/// strided matrices (q `[tq, d]`, k `[tk, d]`, v `[tk, dv]`, and for the
+/// backward pass the attention's value and its gradient, `[tq, dv]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttentionKernel {
+    pub name: String,
+    pub batch: Vec<usize>,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub dv: usize,
+    pub scale: f64,
+    pub causal: bool,
+    pub q: Operand,
+    pub k: Operand,
+    pub v: Operand,
+    pub pass: AttentionPass,
+    pub nodes: Vec<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttentionPass {
+    /// `out` contiguous `[batch.., tq, dv]`.
+    Forward { out: BufferId },
+    /// The gradients wanted, each contiguous like its operand; the
+    /// probabilities are recomputed from q and k.
+    Backward { out: Operand, dout: Operand, dq: Option<BufferId>, dk: Option<BufferId>, dv: Option<BufferId> },
+}
+
+impl AttentionKernel {
+    pub fn reads(&self) -> Vec<BufferId> {
+        let mut reads = vec![self.q.buffer, self.k.buffer, self.v.buffer];
+        if let AttentionPass::Backward { out, dout, .. } = &self.pass {
+            reads.extend([out.buffer, dout.buffer]);
+        }
+        reads
+    }
+
+    pub fn writes(&self) -> Vec<BufferId> {
+        match &self.pass {
+            AttentionPass::Forward { out } => vec![*out],
+            AttentionPass::Backward { dq, dk, dv, .. } => [*dq, *dk, *dv].into_iter().flatten().collect(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kernel {
     Loop(LoopKernel),
     Rows(RowsKernel),
+    /// Boxed: much larger than the other kinds.
+    Attention(Box<AttentionKernel>),
     Gemm(GemmKernel),
     /// `out[i.., r..] = table[indices[i..], r..]`
     Gather {
@@ -293,6 +345,7 @@ impl Kernel {
         match self {
             Kernel::Loop(k) => &k.name,
             Kernel::Rows(k) => &k.name,
+            Kernel::Attention(k) => &k.name,
             Kernel::Gemm(k) => &k.name,
             Kernel::Gather { name, .. } | Kernel::ScatterAdd { name, .. } => name,
         }
@@ -303,6 +356,7 @@ impl Kernel {
         match self {
             Kernel::Loop(k) => k.reads(),
             Kernel::Rows(k) => k.stages.iter().flat_map(LoopKernel::reads).collect(),
+            Kernel::Attention(k) => k.reads(),
             Kernel::Gemm(k) => vec![k.a.buffer, k.b.buffer],
             Kernel::Gather { table, indices, .. } => vec![*table, *indices],
             Kernel::ScatterAdd { indices, src, .. } => vec![*indices, *src],
@@ -314,6 +368,7 @@ impl Kernel {
         match self {
             Kernel::Loop(k) => k.outputs.iter().map(|(b, _)| *b).collect(),
             Kernel::Rows(k) => k.stages.iter().flat_map(|s| s.outputs.iter().map(|(b, _)| *b)).collect(),
+            Kernel::Attention(k) => k.writes(),
             Kernel::Gemm(k) => vec![k.c],
             Kernel::Gather { out, .. } | Kernel::ScatterAdd { out, .. } => vec![*out],
         }

@@ -56,6 +56,39 @@ fn nodes_comment(nodes: &[crate::graph::NodeId]) -> String {
 fn print_kernel(out: &mut String, i: usize, k: &Kernel) {
     match k {
         Kernel::Loop(l) => print_loop(out, i, l),
+        Kernel::Attention(a) => {
+            let batch: Vec<String> = a.batch.iter().map(|d| d.to_string()).collect();
+            let pass = match &a.pass {
+                super::AttentionPass::Forward { out } => format!("forward -> b{}", out.0),
+                super::AttentionPass::Backward { out, dout, dq, dk, dv } => {
+                    let g = |b: &Option<super::BufferId>| b.map_or("_".to_string(), |b| format!("b{}", b.0));
+                    format!(
+                        "backward out={} dout={} -> dq={} dk={} dv={}",
+                        operand(out),
+                        operand(dout),
+                        g(dq),
+                        g(dk),
+                        g(dv)
+                    )
+                }
+            };
+            let _ = writeln!(
+                out,
+                "  kernel k{i} attention {:?} tq={} tk={} d={} dv={} batch [{}] scale={:?} causal={} q={} k={} v={} {pass}{}",
+                a.name,
+                a.tq,
+                a.tk,
+                a.d,
+                a.dv,
+                batch.join(","),
+                a.scale,
+                a.causal,
+                operand(&a.q),
+                operand(&a.k),
+                operand(&a.v),
+                nodes_comment(&a.nodes)
+            );
+        }
         Kernel::Rows(r) => {
             let rows: Vec<String> = r.rows.iter().map(|d| d.to_string()).collect();
             let _ =

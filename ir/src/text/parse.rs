@@ -414,6 +414,27 @@ impl<'l, 'a> Tokens<'l, 'a> {
         self.float()
     }
 
+    /// `name=true` or `name=false`.
+    fn bool_attribute(&mut self, name: &str) -> Result<bool, ParseError> {
+        self.attribute(name)?;
+        let (word, col) = self.word("`true` or `false`")?;
+        match word.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(self.line.error(col, format!("expected `true` or `false`, found `{word}`"))),
+        }
+    }
+
+    /// `name=q`, `name=k` or `name=v`: which attention operand (0, 1, 2).
+    fn operand_attribute(&mut self, name: &str) -> Result<usize, ParseError> {
+        self.attribute(name)?;
+        let (word, col) = self.word("`q`, `k` or `v`")?;
+        ["q", "k", "v"]
+            .iter()
+            .position(|w| *w == word)
+            .ok_or_else(|| self.line.error(col, format!("expected `q`, `k` or `v`, found `{word}`")))
+    }
+
     fn list_attribute(&mut self, name: &str) -> Result<Vec<usize>, ParseError> {
         self.attribute(name)?;
         self.list()
@@ -527,6 +548,14 @@ impl<'l, 'a> Tokens<'l, 'a> {
             "gather" => Op::Gather,
             "scatter_add" => Op::ScatterAdd,
             "cast" => Op::Cast,
+            "attention" => {
+                Op::Attention { scale: self.float_attribute("scale")?, causal: self.bool_attribute("causal")? }
+            }
+            "attention_grad" => Op::AttentionGrad {
+                scale: self.float_attribute("scale")?,
+                causal: self.bool_attribute("causal")?,
+                wrt: self.operand_attribute("wrt")?,
+            },
             other => match (UnaryOp::from_name(other), BinaryOp::from_name(other)) {
                 (Some(u), _) => Op::Unary(u),
                 (None, Some(b)) => Op::Binary(b),

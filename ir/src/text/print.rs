@@ -55,6 +55,12 @@ fn op_arguments(op: &Op) -> Vec<String> {
         Op::Pad { axis, lo, hi, value } => {
             vec![format!("axis={axis}"), format!("lo={lo}"), format!("hi={hi}"), format!("value={}", float(*value))]
         }
+        Op::Attention { scale, causal } => vec![format!("scale={}", float(*scale)), format!("causal={causal}")],
+        Op::AttentionGrad { scale, causal, wrt } => vec![
+            format!("scale={}", float(*scale)),
+            format!("causal={causal}"),
+            format!("wrt={}", ["q", "k", "v"].get(*wrt).unwrap_or(&"?")),
+        ],
         Op::Unary(_)
         | Op::Binary(_)
         | Op::Select

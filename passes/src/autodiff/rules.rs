@@ -60,7 +60,8 @@ pub fn carries(op: &Op, k: usize) -> bool {
         | Op::Concat { .. }
         | Op::Pad { .. }
         | Op::MatMul
-        | Op::Cast => true,
+        | Op::Cast
+        | Op::Attention { .. } => true,
         _ => false,
     }
 }
@@ -104,6 +105,10 @@ pub fn backward(e: &mut Emitter, s: &Site) -> Grads {
         Op::Gather => gather(e, s),
         Op::ScatterAdd => scatter_add(e, s),
         Op::Cast => cast(e, s),
+        Op::Attention { scale, causal } => attention(e, s, *scale, *causal),
+        Op::AttentionGrad { .. } => Err("the gradient of `attention_grad` (a second derivative of attention) is not \
+                                         implemented"
+            .into()),
         Op::Input { .. } | Op::Param { .. } | Op::Const { .. } | Op::Iota { .. } | Op::RandomUniform { .. } => none(s),
     }
 }
@@ -505,6 +510,21 @@ fn matmul(e: &mut Emitter, s: &Site) -> Grads {
         }
     };
     two(e, s, ga, gb)
+}
+
+/// attention: y = softmax(q·kᵀ·scale)·v. Each wanted operand's gradient is
+/// one `attention_grad` node of (q, k, v, y, g); a backend computes the
+/// three together from one recomputation of the probabilities.
+fn attention(e: &mut Emitter, s: &Site, scale: f64, causal: bool) -> Grads {
+    let operands = vec![s.x(0), s.x(1), s.x(2), s.id, s.g];
+    (0..3)
+        .map(|wrt| {
+            if !s.want(wrt) {
+                return Ok(None);
+            }
+            e.push(Op::AttentionGrad { scale, causal, wrt }, operands.clone(), None).map(Some)
+        })
+        .collect()
 }
 
 /// gather: y[i..., r...] = table[idx[i...], r...]. Each row read adds its

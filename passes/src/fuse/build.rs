@@ -5,7 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
 use lpac_ir::kernel::{
-    BufferId, BufferKind, Expr, ExprId, GemmKernel, Kernel, LoopKernel, Operand, Program, Reduction, Typed,
+    AttentionKernel, AttentionPass, BufferId, BufferKind, Expr, ExprId, GemmKernel, Kernel, LoopKernel, Operand,
+    Program, Reduction, Typed,
 };
 use lpac_ir::{BinaryOp, DType, Graph, NodeId, Op};
 
@@ -56,9 +57,17 @@ impl<'g> Builder<'g> {
             };
             self.buffers[id.index()] = Some(self.program.add_buffer(node.ty.clone(), kind));
         }
+        let mut done: BTreeSet<NodeId> = BTreeSet::new();
         for id in self.graph.ids().filter(|id| self.materialized[id.index()]) {
             let kernel = match &self.graph.node(id).op {
                 Op::Input { .. } | Op::Param { .. } => continue,
+                _ if done.contains(&id) => continue,
+                Op::Attention { .. } => self.attention(id)?,
+                Op::AttentionGrad { .. } => {
+                    let (kernel, covered) = self.attention_grad(id)?;
+                    done.extend(covered);
+                    kernel
+                }
                 Op::MatMul => self.gemm(id)?,
                 Op::Gather => self.gather(id)?,
                 Op::ScatterAdd => self.scatter_add(id)?,
@@ -101,6 +110,83 @@ impl<'g> Builder<'g> {
             },
             _ => Err(Failure::NeedsBuffer(id)),
         }
+    }
+
+    /// A node of rank `nb + 2` as a strided matrix with `nb` batch axes.
+    fn matrix(&self, id: NodeId, nb: usize) -> R<Operand> {
+        let vars = nb + 2;
+        let (buffer, map) = self.view(id, &identity(vars, 0, vars), vars)?;
+        Ok(Operand {
+            buffer,
+            offset: map.offset,
+            batch_strides: map.coeffs[..nb].to_vec(),
+            row_stride: map.coeffs[nb],
+            col_stride: map.coeffs[nb + 1],
+        })
+    }
+
+    /// The shapes, scale and operands of an attention node's q, k, v.
+    fn attention_kernel(&self, id: NodeId, pass: AttentionPass, nodes: Vec<NodeId>) -> R<AttentionKernel> {
+        let node = self.graph.node(id);
+        let (scale, causal) = match node.op {
+            Op::Attention { scale, causal } | Op::AttentionGrad { scale, causal, .. } => (scale, causal),
+            _ => unreachable!("called on attention nodes"),
+        };
+        let (q, k, v) = (node.inputs[0], node.inputs[1], node.inputs[2]);
+        let (q_ty, k_ty, v_ty) = (self.graph.ty(q), self.graph.ty(k), self.graph.ty(v));
+        let nb = q_ty.rank() - 2;
+        Ok(AttentionKernel {
+            name: if matches!(pass, AttentionPass::Forward { .. }) { "attention" } else { "attention_grad" }.into(),
+            batch: q_ty.shape[..nb].to_vec(),
+            tq: q_ty.shape[nb],
+            tk: k_ty.shape[nb],
+            d: q_ty.shape[nb + 1],
+            dv: v_ty.shape[nb + 1],
+            scale,
+            causal,
+            q: self.matrix(q, nb)?,
+            k: self.matrix(k, nb)?,
+            v: self.matrix(v, nb)?,
+            pass,
+            nodes,
+        })
+    }
+
+    fn attention(&self, id: NodeId) -> R<Kernel> {
+        let out = self.buffer(id).expect("attention nodes have buffers");
+        Ok(Kernel::Attention(Box::new(self.attention_kernel(id, AttentionPass::Forward { out }, vec![id])?)))
+    }
+
+    /// One kernel for every `attention_grad` node of the same attention
+    /// (same operands and attributes): the backward pass computes dq, dk and
+    /// dv together from one recomputation of the probabilities. Returns the
+    /// kernel and the nodes it computes.
+    fn attention_grad(&self, id: NodeId) -> R<(Kernel, Vec<NodeId>)> {
+        let node = self.graph.node(id);
+        let same = |n: NodeId| {
+            let other = self.graph.node(n);
+            matches!(
+                (&other.op, &node.op),
+                (Op::AttentionGrad { scale: a, causal: c, .. }, Op::AttentionGrad { scale: b, causal: d, .. })
+                    if a.to_bits() == b.to_bits() && c == d
+            ) && other.inputs == node.inputs
+        };
+        let group: Vec<NodeId> = self.graph.ids().filter(|&n| self.materialized[n.index()] && same(n)).collect();
+        let grad = |wrt: usize| {
+            group
+                .iter()
+                .find(|&&n| matches!(self.graph.node(n).op, Op::AttentionGrad { wrt: w, .. } if w == wrt))
+                .map(|&n| self.buffer(n).expect("attention_grad nodes have buffers"))
+        };
+        let nb = self.graph.ty(node.inputs[0]).rank() - 2;
+        let pass = AttentionPass::Backward {
+            out: self.matrix(node.inputs[3], nb)?,
+            dout: self.matrix(node.inputs[4], nb)?,
+            dq: grad(0),
+            dk: grad(1),
+            dv: grad(2),
+        };
+        Ok((Kernel::Attention(Box::new(self.attention_kernel(id, pass, group.clone())?)), group))
     }
 
     fn gemm(&self, id: NodeId) -> R<Kernel> {

@@ -75,6 +75,15 @@ fn redirect_reads(kernel: &mut Kernel, alias: &HashMap<BufferId, BufferId>) {
             fix(&mut g.a.buffer);
             fix(&mut g.b.buffer);
         }
+        Kernel::Attention(a) => {
+            for operand in [&mut a.q, &mut a.k, &mut a.v] {
+                fix(&mut operand.buffer);
+            }
+            if let lpac_ir::kernel::AttentionPass::Backward { out, dout, .. } = &mut a.pass {
+                fix(&mut out.buffer);
+                fix(&mut dout.buffer);
+            }
+        }
         Kernel::Gather { table, indices, .. } => {
             fix(table);
             fix(indices);

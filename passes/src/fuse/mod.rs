@@ -79,7 +79,14 @@ fn materialized(graph: &Graph, forced: &BTreeSet<NodeId>) -> Vec<bool> {
         let node = graph.node(id);
         let always = matches!(
             node.op,
-            Op::Input { .. } | Op::Param { .. } | Op::MatMul | Op::Gather | Op::ScatterAdd | Op::Reduce { .. }
+            Op::Input { .. }
+                | Op::Param { .. }
+                | Op::MatMul
+                | Op::Gather
+                | Op::ScatterAdd
+                | Op::Reduce { .. }
+                | Op::Attention { .. }
+                | Op::AttentionGrad { .. }
         );
         let own = usize::from(matches!(node.op, Op::Unary(_) | Op::Binary(_) | Op::Select | Op::Cast));
         inline_cost[id.index()] = own
@@ -118,6 +125,7 @@ pub fn summary(program: &Program) -> String {
             lpac_ir::kernel::Kernel::Loop(l) if l.reduce.is_empty() => "loop",
             lpac_ir::kernel::Kernel::Loop(_) => "reduce",
             lpac_ir::kernel::Kernel::Rows(_) => "rows",
+            lpac_ir::kernel::Kernel::Attention(_) => "attention",
             lpac_ir::kernel::Kernel::Gemm(_) => "gemm",
             lpac_ir::kernel::Kernel::Gather { .. } => "gather",
             lpac_ir::kernel::Kernel::ScatterAdd { .. } => "scatter_add",

@@ -123,12 +123,12 @@ mod tests {
 
     #[test]
     fn groups_form_only_from_two_kernels() {
-        let mut p = Program::default();
-        p.kernels = vec![Kernel::Loop(row_max()), Kernel::Loop(reader(load(1, 0, &[1, 0])))];
+        let kernels = vec![Kernel::Loop(row_max()), Kernel::Loop(reader(load(1, 0, &[1, 0])))];
+        let mut p = Program { kernels, ..Program::default() };
         group_rows(&mut p);
         assert!(matches!(&p.kernels[..], [Kernel::Rows(r)] if r.stages.len() == 2 && r.rows == [4]));
-        let mut q = Program::default();
-        q.kernels = vec![Kernel::Loop(row_max()), Kernel::Loop(reader(load(1, 1, &[1, 0])))];
+        let kernels = vec![Kernel::Loop(row_max()), Kernel::Loop(reader(load(1, 1, &[1, 0])))];
+        let mut q = Program { kernels, ..Program::default() };
         group_rows(&mut q);
         assert!(matches!(&q.kernels[..], [Kernel::Loop(_), Kernel::Loop(_)]));
     }

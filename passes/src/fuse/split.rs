@@ -71,7 +71,7 @@ fn is_column_reduction(k: &LoopKernel) -> bool {
 fn plan(reduce: &[usize]) -> Option<(Vec<usize>, usize)> {
     let axes = if reduce.len() == 1 {
         let r = reduce[0];
-        let inner = (CHUNK / 4..=CHUNK * 2).filter(|c| r % c == 0).min_by_key(|c| c.abs_diff(CHUNK))?;
+        let inner = (CHUNK / 4..=CHUNK * 2).filter(|c| r.is_multiple_of(*c)).min_by_key(|c| c.abs_diff(CHUNK))?;
         vec![r / inner, inner]
     } else {
         reduce.to_vec()

@@ -76,6 +76,18 @@ pub enum Term {
         dtype: DType,
         x: [Id; 1],
     },
+    /// The scale as f64 bits.
+    Attention {
+        scale: u64,
+        causal: bool,
+        x: [Id; 3],
+    },
+    AttentionGrad {
+        scale: u64,
+        causal: bool,
+        wrt: usize,
+        x: [Id; 5],
+    },
 }
 
 pub fn unary_code(u: UnaryOp) -> u8 {
@@ -122,6 +134,15 @@ impl Term {
             Op::Gather => Term::Gather(two()),
             Op::ScatterAdd => Term::ScatterAdd { shape: node.ty.shape.clone().into(), x: two() },
             Op::Cast => Term::Cast { dtype: node.ty.dtype, x: one(0) },
+            Op::Attention { scale, causal } => {
+                Term::Attention { scale: scale.to_bits(), causal: *causal, x: [kids[0], kids[1], kids[2]] }
+            }
+            Op::AttentionGrad { scale, causal, wrt } => Term::AttentionGrad {
+                scale: scale.to_bits(),
+                causal: *causal,
+                wrt: *wrt,
+                x: [kids[0], kids[1], kids[2], kids[3], kids[4]],
+            },
         }
     }
 
@@ -153,6 +174,10 @@ impl Term {
             Term::Gather(_) => Op::Gather,
             Term::ScatterAdd { .. } => Op::ScatterAdd,
             Term::Cast { .. } => Op::Cast,
+            Term::Attention { scale, causal, .. } => Op::Attention { scale: f64::from_bits(*scale), causal: *causal },
+            Term::AttentionGrad { scale, causal, wrt, .. } => {
+                Op::AttentionGrad { scale: f64::from_bits(*scale), causal: *causal, wrt: *wrt }
+            }
         }
     }
 
@@ -176,6 +201,8 @@ impl Term {
             Term::Gather(_) => "gather",
             Term::ScatterAdd { .. } => "scatter_add",
             Term::Cast { .. } => "cast",
+            Term::Attention { .. } => "attention",
+            Term::AttentionGrad { .. } => "attention_grad",
         }
     }
 
@@ -215,7 +242,8 @@ impl Language for Term {
             | Term::Pad { x, .. }
             | Term::Cast { x, .. } => x,
             Term::Binary(_, x) | Term::MatMul(x) | Term::Gather(x) | Term::ScatterAdd { x, .. } => x,
-            Term::Select(x) => x,
+            Term::Select(x) | Term::Attention { x, .. } => x,
+            Term::AttentionGrad { x, .. } => x,
             Term::Concat { xs, .. } => xs,
         }
     }
@@ -232,7 +260,8 @@ impl Language for Term {
             | Term::Pad { x, .. }
             | Term::Cast { x, .. } => x,
             Term::Binary(_, x) | Term::MatMul(x) | Term::Gather(x) | Term::ScatterAdd { x, .. } => x,
-            Term::Select(x) => x,
+            Term::Select(x) | Term::Attention { x, .. } => x,
+            Term::AttentionGrad { x, .. } => x,
             Term::Concat { xs, .. } => xs,
         }
     }

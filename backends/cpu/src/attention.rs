@@ -1,0 +1,391 @@
+//! Fused attention on the CPU, forward and backward, a tile at a time.
+//!
+//! For each batch index (the batch indices run in parallel, each on one
+//! thread) and each block of [`BQ`] query rows:
+//!
+//! - **Forward** (online softmax): over blocks of [`BK`] keys (only those a
+//!   causal query can see), the score tile `S = Q_i·K_jᵀ·scale` (a gemm),
+//!   the running row maximum `m` and sum `l` updated and the running output
+//!   `acc` rescaled by `exp(m_old − m_new)`, then `acc += exp(S − m)·V_j`
+//!   (a gemm). At the end `out = acc / l`.
+//! - **Backward** (recomputation): a first sweep recomputes each query
+//!   row's log-sum-exp `lse` the same way and `D = rowsum(dout ⊙ out)`;
+//!   then for every (key block, query block) tile the probabilities
+//!   `P = exp(S − lse)`, `dv += Pᵀ·dout`, `dP = dout·V_jᵀ`,
+//!   `dS = P ⊙ (dP − D)·scale`, `dq += dS·K_j`, `dk += dSᵀ·Q_i`.
+//!
+//! Only `BQ × BK` tiles of scores exist at any time: memory is linear in
+//! the sequence length. The tile products go to the gemm crate
+//! (single-threaded each); exponentials use the code generator's
+//! polynomial (`exp_ref`, within 2.5e-7 of `exp`), in loops the compiler
+//! vectorises. Masked scores are exactly zero probabilities.
+
+use gemm::Parallelism;
+use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program};
+use lpac_ir::types::DType;
+use rayon::prelude::*;
+
+use crate::check::affine_range;
+use crate::codegen::math::exp_ref;
+use crate::gemm::batch_offsets;
+use crate::memory::BufferTable;
+
+/// Query rows per tile.
+pub const BQ: usize = 64;
+/// Keys per tile.
+pub const BK: usize = 64;
+
+/// Checks an attention kernel against the program's buffers: f32
+/// everywhere, operands inside their buffers, outputs of the right size.
+pub fn check_attention(program: &Program, a: &AttentionKernel) -> Result<(), String> {
+    let f32_len = |b: BufferId| -> Result<usize, String> {
+        let ty = &program.buffer(b).ty;
+        if ty.dtype != DType::F32 {
+            return Err(format!("attention buffer b{} is {ty}; only f32 is supported", b.0));
+        }
+        Ok(ty.numel())
+    };
+    let operand = |name: &str, o: &Operand, rows: usize, cols: usize| -> Result<(), String> {
+        let len = f32_len(o.buffer)?;
+        if o.batch_strides.len() != a.batch.len() {
+            return Err(format!("attention operand {name} needs {} batch strides", a.batch.len()));
+        }
+        let terms = o.batch_strides.iter().copied().zip(a.batch.iter().copied());
+        match affine_range(o.offset, terms.chain([(o.row_stride, rows), (o.col_stride, cols)])) {
+            Some((lo, hi)) if lo < 0 || hi >= len as i128 => Err(format!(
+                "attention operand {name} (b{}) addresses elements {lo}..={hi}, outside 0..{len}",
+                o.buffer.0
+            )),
+            _ => Ok(()),
+        }
+    };
+    if a.causal && a.tq != a.tk {
+        return Err(format!("causal attention needs tq = tk, not {} and {}", a.tq, a.tk));
+    }
+    operand("q", &a.q, a.tq, a.d)?;
+    operand("k", &a.k, a.tk, a.d)?;
+    operand("v", &a.v, a.tk, a.dv)?;
+    let batches: usize = a.batch.iter().product();
+    let output = |name: &str, b: BufferId, rows: usize, cols: usize| -> Result<(), String> {
+        let len = f32_len(b)?;
+        if len != batches * rows * cols {
+            return Err(format!("attention output {name} b{} has {len} elements, not {}", b.0, batches * rows * cols));
+        }
+        if a.reads().contains(&b) {
+            return Err(format!("attention writes b{}, which it also reads", b.0));
+        }
+        Ok(())
+    };
+    match &a.pass {
+        AttentionPass::Forward { out } => output("out", *out, a.tq, a.dv),
+        AttentionPass::Backward { out, dout, dq, dk, dv } => {
+            operand("out", out, a.tq, a.dv)?;
+            operand("dout", dout, a.tq, a.dv)?;
+            for (name, b, rows, cols) in [("dq", dq, a.tq, a.d), ("dk", dk, a.tk, a.d), ("dv", dv, a.tk, a.dv)] {
+                if let Some(b) = b {
+                    output(name, *b, rows, cols)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A strided matrix in memory: base pointer of one batch index and strides.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+impl Mat {
+    /// Row `r` onwards.
+    fn rows_from(self, r: usize) -> Mat {
+        // SAFETY (of the add): rows up to the operand's extent were checked
+        // to lie inside the buffer.
+        Mat { ptr: unsafe { self.ptr.offset(r as isize * self.rs) }, ..self }
+    }
+
+    fn transposed(self) -> Mat {
+        Mat { ptr: self.ptr, rs: self.cs, cs: self.rs }
+    }
+}
+
+/// `dst (m×n, row stride dst_rs) = [dst +] scale · a (m×k) · b (k×n)`.
+///
+/// # Safety
+/// Every addressed element of `a`, `b` and `dst` must be valid, and `dst`
+/// must not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, add: bool, a: Mat, b: Mat, scale: f32) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !add {
+            for r in 0..m {
+                // SAFETY: the caller's contract.
+                unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n) }.fill(0.0);
+            }
+        }
+        return;
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            add,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            if add { 1.0 } else { 0.0 },
+            scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    };
+}
+
+/// Raw pointers shared by the worker threads (each batch index writes its
+/// own rows of the outputs).
+#[derive(Clone, Copy)]
+struct Shared {
+    table: *const *mut u8,
+}
+// SAFETY: see the struct docs; the table outlives the call.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn ptr(&self, b: BufferId) -> *mut f32 {
+        // SAFETY: `b` is a buffer of the table (checked program).
+        unsafe { *self.table.add(b.index()) }.cast::<f32>()
+    }
+}
+
+/// Runs an attention kernel of a checked program (see the module docs).
+pub fn run_attention(a: &AttentionKernel, table: &BufferTable, threads: usize) -> Result<(), String> {
+    let batches: usize = a.batch.iter().product();
+    let offsets = |o: &Operand| batch_offsets(&a.batch, o);
+    let (qo, ko, vo) = (offsets(&a.q), offsets(&a.k), offsets(&a.v));
+    let backward = match &a.pass {
+        AttentionPass::Backward { out, dout, .. } => Some((offsets(out), offsets(dout))),
+        AttentionPass::Forward { .. } => None,
+    };
+    let shared = Shared { table: table.as_ptr() };
+    let one = |b: usize| {
+        let mat = |o: &Operand, offs: &[isize]| Mat {
+            // SAFETY (of the offset): checked to lie inside the buffer.
+            ptr: unsafe { shared.ptr(o.buffer).offset(offs[b]) },
+            rs: o.row_stride as isize,
+            cs: o.col_stride as isize,
+        };
+        let (q, k, v) = (mat(&a.q, &qo), mat(&a.k, &ko), mat(&a.v, &vo));
+        match (&a.pass, &backward) {
+            (AttentionPass::Forward { out }, _) => {
+                // SAFETY: out is contiguous [batches, tq, dv] (checked).
+                let out = unsafe { shared.ptr(*out).add(b * a.tq * a.dv) };
+                forward(a, q, k, v, out);
+            }
+            (AttentionPass::Backward { out, dout, dq, dk, dv }, Some((oo, doo))) => {
+                let (o, d_o) = (mat(out, oo), mat(dout, doo));
+                // SAFETY: each gradient is contiguous like its operand (checked).
+                let grad = |g: &Option<BufferId>, rows: usize, cols: usize| {
+                    g.map(|g| unsafe { shared.ptr(g).add(b * rows * cols) })
+                };
+                let grads = Grads { dq: grad(dq, a.tq, a.d), dk: grad(dk, a.tk, a.d), dv: grad(dv, a.tk, a.dv) };
+                backward_one(a, q, k, v, o, d_o, grads);
+            }
+            _ => unreachable!("backward offsets exist for backward kernels"),
+        }
+    };
+    if threads <= 1 || batches <= 1 {
+        (0..batches).for_each(one);
+    } else {
+        (0..batches).into_par_iter().for_each(one);
+    }
+    Ok(())
+}
+
+/// The last key a query row `i` sees, plus one, in a block of keys ending
+/// before `tk`.
+fn key_end(a: &AttentionKernel, i_end: usize) -> usize {
+    if a.causal { i_end.min(a.tk) } else { a.tk }
+}
+
+/// Scores of a tile, masked: `s[r, j] = q_{i0+r}·k_{j0+j}·scale`, `-inf`
+/// where a causal query cannot see the key.
+fn scores(a: &AttentionKernel, q: Mat, k: Mat, (i0, nq): (usize, usize), (j0, nk): (usize, usize), s: &mut [f32]) {
+    // SAFETY: rows i0..i0+nq of q and j0..j0+nk of k are inside the
+    // operands; s holds nq·nk elements.
+    unsafe {
+        product(nq, nk, a.d, s.as_mut_ptr(), nk, false, q.rows_from(i0), k.rows_from(j0).transposed(), a.scale as f32)
+    };
+    if a.causal {
+        for r in 0..nq {
+            let visible = (i0 + r + 1).saturating_sub(j0).min(nk);
+            s[r * nk + visible..(r + 1) * nk].fill(f32::NEG_INFINITY);
+        }
+    }
+}
+
+fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: *mut f32) {
+    let (dv, bq) = (a.dv, BQ.min(a.tq.max(1)));
+    let mut s = vec![0f32; bq * BK];
+    let mut m = vec![0f32; bq];
+    let mut l = vec![0f32; bq];
+    let mut acc = vec![0f32; bq * dv];
+    for i0 in (0..a.tq).step_by(BQ) {
+        let nq = BQ.min(a.tq - i0);
+        m[..nq].fill(f32::NEG_INFINITY);
+        l[..nq].fill(0.0);
+        acc[..nq * dv].fill(0.0);
+        let kend = key_end(a, i0 + nq);
+        for j0 in (0..kend).step_by(BK) {
+            let nk = BK.min(kend - j0);
+            let tile = &mut s[..nq * nk];
+            scores(a, q, k, (i0, nq), (j0, nk), tile);
+            for r in 0..nq {
+                let row = &mut tile[r * nk..(r + 1) * nk];
+                let m_new = row.iter().fold(m[r], |x, &y| x.max(y));
+                if m_new == f32::NEG_INFINITY {
+                    row.fill(0.0);
+                    continue;
+                }
+                let correction = exp_ref(m[r] - m_new, false);
+                let mut sum = 0.0;
+                for x in row.iter_mut() {
+                    *x = if *x == f32::NEG_INFINITY { 0.0 } else { exp_ref(*x - m_new, false) };
+                    sum += *x;
+                }
+                l[r] = l[r] * correction + sum;
+                m[r] = m_new;
+                if correction != 1.0 {
+                    acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= correction);
+                }
+            }
+            let p = Mat { ptr: tile.as_ptr(), rs: nk as isize, cs: 1 };
+            // SAFETY: acc holds nq·dv elements; rows j0..j0+nk of v are inside it.
+            unsafe { product(nq, dv, nk, acc.as_mut_ptr(), dv, true, p, v.rows_from(j0), 1.0) };
+        }
+        for r in 0..nq {
+            let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
+            // SAFETY: out holds tq·dv elements for this batch index.
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.add((i0 + r) * dv), dv) };
+            for (o, &x) in dst.iter_mut().zip(&acc[r * dv..(r + 1) * dv]) {
+                *o = x * inv;
+            }
+        }
+    }
+}
+
+/// The gradient outputs of one batch index (contiguous), where wanted.
+struct Grads {
+    dq: Option<*mut f32>,
+    dk: Option<*mut f32>,
+    dv: Option<*mut f32>,
+}
+
+/// Element `(r, c)` of a strided matrix.
+fn at(m: Mat, r: usize, c: usize) -> f32 {
+    // SAFETY: callers stay inside the operand's checked extent.
+    unsafe { *m.ptr.offset(r as isize * m.rs + c as isize * m.cs) }
+}
+
+fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat, g: Grads) {
+    let (d, dv) = (a.d, a.dv);
+    // Zero the accumulated gradients.
+    for (ptr, rows, cols) in [(g.dq, a.tq, d), (g.dk, a.tk, d), (g.dv, a.tk, dv)] {
+        if let Some(p) = ptr {
+            // SAFETY: each gradient holds rows·cols elements for this batch index.
+            unsafe { std::slice::from_raw_parts_mut(p, rows * cols) }.fill(0.0);
+        }
+    }
+    // Sweep 1: each query row's log-sum-exp and D = rowsum(dout ⊙ out).
+    let mut lse = vec![0f32; a.tq];
+    let mut delta = vec![0f32; a.tq];
+    let mut s = vec![0f32; BQ * BK];
+    for i0 in (0..a.tq).step_by(BQ) {
+        let nq = BQ.min(a.tq - i0);
+        let mut m = [f32::NEG_INFINITY; BQ];
+        let mut l = [0f32; BQ];
+        let kend = key_end(a, i0 + nq);
+        for j0 in (0..kend).step_by(BK) {
+            let nk = BK.min(kend - j0);
+            let tile = &mut s[..nq * nk];
+            scores(a, q, k, (i0, nq), (j0, nk), tile);
+            for r in 0..nq {
+                let row = &tile[r * nk..(r + 1) * nk];
+                let m_new = row.iter().fold(m[r], |x, &y| x.max(y));
+                if m_new == f32::NEG_INFINITY {
+                    continue;
+                }
+                let sum: f32 =
+                    row.iter().map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { exp_ref(x - m_new, false) }).sum();
+                l[r] = l[r] * exp_ref(m[r] - m_new, false) + sum;
+                m[r] = m_new;
+            }
+        }
+        for r in 0..nq {
+            lse[i0 + r] = if l[r] > 0.0 { m[r] + l[r].ln() } else { f32::INFINITY };
+            delta[i0 + r] = (0..dv).map(|c| at(dout, i0 + r, c) * at(out, i0 + r, c)).sum();
+        }
+    }
+    // Sweep 2: the gradients, tile by tile.
+    let mut dp = vec![0f32; BQ * BK];
+    let scale = a.scale as f32;
+    for j0 in (0..a.tk).step_by(BK) {
+        let nk = BK.min(a.tk - j0);
+        // The first query block that sees any key of this block.
+        let first = if a.causal { (j0 / BQ) * BQ } else { 0 };
+        for i0 in (first..a.tq).step_by(BQ) {
+            let nq = BQ.min(a.tq - i0);
+            let p = &mut s[..nq * nk];
+            scores(a, q, k, (i0, nq), (j0, nk), p);
+            for r in 0..nq {
+                let l = lse[i0 + r];
+                for x in p[r * nk..(r + 1) * nk].iter_mut() {
+                    *x = if *x == f32::NEG_INFINITY { 0.0 } else { exp_ref(*x - l, false) };
+                }
+            }
+            let p_mat = Mat { ptr: p.as_ptr(), rs: nk as isize, cs: 1 };
+            let dout_i = dout.rows_from(i0);
+            if let Some(gv) = g.dv {
+                // SAFETY: rows j0..j0+nk of dv; p and dout_i as above.
+                unsafe { product(nk, dv, nq, gv.add(j0 * dv), dv, true, p_mat.transposed(), dout_i, 1.0) };
+            }
+            if g.dq.is_none() && g.dk.is_none() {
+                continue;
+            }
+            let ds = &mut dp[..nq * nk];
+            // SAFETY: dP = dout_i · V_jᵀ into the nq·nk scratch.
+            unsafe { product(nq, nk, dv, ds.as_mut_ptr(), nk, false, dout_i, v.rows_from(j0).transposed(), 1.0) };
+            for r in 0..nq {
+                let dr = delta[i0 + r];
+                for (x, &pr) in ds[r * nk..(r + 1) * nk].iter_mut().zip(&p[r * nk..(r + 1) * nk]) {
+                    *x = pr * (*x - dr) * scale;
+                }
+            }
+            let ds_mat = Mat { ptr: ds.as_ptr(), rs: nk as isize, cs: 1 };
+            if let Some(gq) = g.dq {
+                // SAFETY: rows i0..i0+nq of dq.
+                unsafe { product(nq, d, nk, gq.add(i0 * d), d, true, ds_mat, k.rows_from(j0), 1.0) };
+            }
+            if let Some(gk) = g.dk {
+                // SAFETY: rows j0..j0+nk of dk.
+                unsafe { product(nk, d, nq, gk.add(j0 * d), d, true, ds_mat.transposed(), q.rows_from(i0), 1.0) };
+            }
+        }
+    }
+}
