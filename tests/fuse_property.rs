@@ -291,3 +291,27 @@ fn attention_kernels_match_the_interpreter_across_tiles() {
         assert_eq!(attention_kernels, 2, "one forward and one backward kernel for three gradients");
     }
 }
+
+#[test]
+fn independent_updates_run_as_one_multi_kernel_like_the_interpreter() {
+    // An optimiser-like update of five tensors of very different sizes:
+    // m' = 0.9·m + x, p' = p − 0.1·m' (m' stored and used: merged), one
+    // kernel per tensor, then one kernel for all.
+    let mut g = Graph::new("updates");
+    for (i, n) in [3usize, 300, 20_000, 70_000, 5].into_iter().enumerate() {
+        let input = |g: &mut Graph, name: String| add(g, Op::Input { name }, vec![], Some(f32t(vec![n])));
+        let (x, m, p) =
+            (input(&mut g, format!("x{i}")), input(&mut g, format!("m{i}")), input(&mut g, format!("p{i}")));
+        let c = |g: &mut Graph, v: f64| add(g, Op::Const { value: v }, vec![], Some(f32t(vec![n])));
+        let (nine, tenth) = (c(&mut g, 0.9), c(&mut g, 0.1));
+        let decayed = add(&mut g, Op::Binary(BinaryOp::Mul), vec![m, nine], None);
+        let m2 = add(&mut g, Op::Binary(BinaryOp::Add), vec![decayed, x], None);
+        let step = add(&mut g, Op::Binary(BinaryOp::Mul), vec![m2, tenth], None);
+        let p2 = add(&mut g, Op::Binary(BinaryOp::Sub), vec![p, step], None);
+        g.add_output(format!("m{i}"), m2);
+        g.add_output(format!("p{i}"), p2);
+    }
+    let program = check_against_interpreter(&g, 77);
+    assert_eq!(program.kernels.len(), 1, "{}", lpac_ir::kernel::print::print(&program));
+    assert!(matches!(&program.kernels[0], lpac_ir::kernel::Kernel::Multi(m) if m.members.len() == 5));
+}

@@ -55,12 +55,9 @@ fn write_dir(
         write(&format!("{stem}.kir"), &lpac_ir::kernel::print::print_kernel_text(program, i))?;
         match kernels.get(i).map(Vec::as_slice) {
             Some([c]) => write(&format!("{stem}.clif"), &c.clif)?,
-            Some(stages @ [_, _, ..]) => {
-                let text: Vec<String> = stages
-                    .iter()
-                    .enumerate()
-                    .map(|(s, c)| format!("; stage k{i}.{s} {}\n{}", c.name, c.clif))
-                    .collect();
+            Some(bodies @ [_, _, ..]) => {
+                let text: Vec<String> =
+                    bodies.iter().enumerate().map(|(s, c)| format!("; body k{i}.{s} {}\n{}", c.name, c.clif)).collect();
                 write(&format!("{stem}.clif"), &text.join("\n"))?;
             }
             _ => {}
@@ -92,6 +89,7 @@ pub fn summary(
         let (kind, f) = match k {
             Kernel::Loop(l) => (if l.reduce.is_empty() { "loop" } else { "reduce" }, loop_flops(l)),
             Kernel::Rows(r) => ("rows", r.stages.iter().map(loop_flops).sum()),
+            Kernel::Multi(m) => ("multi", m.members.iter().map(loop_flops).sum()),
             Kernel::Attention(a) => ("attn", attention_flops(a)),
             Kernel::Gemm(g) => ("gemm", 2 * (g.m * g.k * g.n) as u64 * g.batch.iter().product::<usize>() as u64),
             Kernel::Gather { .. } => ("gather", 0),
@@ -107,7 +105,10 @@ pub fn summary(
                 let modes: Vec<String> = stages.iter().map(|c| format!("{:?}", c.vectorization)).collect();
                 format!("cranelift ({})", modes.join(", "))
             }
-            (Kernel::Loop(_) | Kernel::Rows(_), _) => "reference".to_string(),
+            (Kernel::Multi(m), members) if members.len() == m.members.len() => {
+                format!("cranelift ({} functions)", members.len())
+            }
+            (Kernel::Loop(_) | Kernel::Rows(_) | Kernel::Multi(_), _) => "reference".to_string(),
             (Kernel::Gemm(_), _) => "gemm crate".to_string(),
             (Kernel::Attention(_), _) => "rust, gemm-crate tiles".to_string(),
             _ => "rust".to_string(),

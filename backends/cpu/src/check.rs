@@ -93,6 +93,12 @@ pub fn check_kernel(program: &Program, kernel: &Kernel) -> Result<(), String> {
             }
             r.validate()
         }
+        Kernel::Multi(m) => {
+            for (i, member) in m.members.iter().enumerate() {
+                check_loop_kernel(program, member).map_err(|e| format!("member {i}: {e}"))?;
+            }
+            m.validate()
+        }
         Kernel::Attention(a) => crate::attention::check_attention(program, a),
         Kernel::Gemm(g) => check_gemm(program, g),
         Kernel::Gather { table, indices, out, .. } => {

@@ -93,6 +93,7 @@ impl Executor {
             let bodies = match k {
                 Kernel::Loop(_) => 1,
                 Kernel::Rows(r) => r.stages.len(),
+                Kernel::Multi(m) => m.members.len(),
                 _ => 0,
             };
             if !f.is_empty() && f.len() != bodies {
@@ -327,6 +328,7 @@ impl Executor {
         match kernel {
             Kernel::Loop(k) => self.run_loop(table, k, compiled.first().copied(), seed, step),
             Kernel::Rows(r) => self.run_rows(table, r, compiled, seed, step),
+            Kernel::Multi(m) => self.run_multi(table, m, compiled, seed, step),
             Kernel::Attention(a) => crate::attention::run_attention(a, table, self.threads),
             Kernel::Gemm(g) => gemm::run_gemm(g, table, self.threads),
             Kernel::Gather { table: t, indices, out, .. } => movement::gather(table, *t, *indices, *out, self.threads),
@@ -436,6 +438,50 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// A multi kernel: every member's domain cut into pieces of about equal
+    /// work (a small member is one piece), all pieces in one parallel loop.
+    fn run_multi(
+        &self,
+        table: &BufferTable,
+        m: &lpac_ir::kernel::MultiKernel,
+        compiled: &[LoopFn],
+        seed: u64,
+        step: u64,
+    ) -> Result<(), String> {
+        let work = |k: &LoopKernel| {
+            let n: usize = k.domain.iter().product();
+            (n, n.saturating_mul(k.reduce.iter().product::<usize>().max(1)))
+        };
+        let total: usize = m.members.iter().map(|k| work(k).1).sum();
+        let piece = (total / (self.threads * 4)).max(self.parallel_min);
+        let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+        for (i, k) in m.members.iter().enumerate() {
+            let (n, w) = work(k);
+            let parts = w.div_ceil(piece).clamp(1, n.max(1));
+            tasks.extend(split(n, parts).into_iter().map(|(b, e)| (i, b, e)));
+        }
+        let ptr = TablePtr(table.as_ptr());
+        let shared = SharedTable(table);
+        let run = move |&(i, b, e): &(usize, usize, usize)| -> Result<(), String> {
+            let (ptr, shared) = (ptr, shared);
+            match compiled.get(i) {
+                Some(f) => {
+                    f(ptr.0, b as u64, e as u64, seed, step);
+                    Ok(())
+                }
+                None => reference::run_loop_range(&m.members[i], shared.0, b as u64, e as u64, seed, step)
+                    .map_err(|err| format!("member {i}: {err}")),
+            }
+        };
+        if self.threads <= 1 || total < self.parallel_min {
+            return tasks.iter().try_for_each(run);
+        }
+        let results: Vec<Result<(), String>> = tasks.par_iter().map(run).collect();
+        results.into_iter().collect()
+    }
+}
+
 /// `0..n` in `parts` contiguous ranges of nearly equal length (none empty
 /// unless `n` is 0).
 pub fn split(n: usize, parts: usize) -> Vec<(usize, usize)> {
@@ -461,6 +507,7 @@ fn report_profile(program: &Program, times: &mut [(f64, usize)]) {
             Kernel::Loop(l) if l.reduce.is_empty() => "loop",
             Kernel::Loop(_) => "reduce",
             Kernel::Rows(_) => "rows",
+            Kernel::Multi(_) => "multi",
             Kernel::Attention(_) => "attention",
             Kernel::Gemm(_) => "gemm",
             Kernel::Gather { .. } => "gather",

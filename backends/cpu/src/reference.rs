@@ -76,6 +76,7 @@ pub fn run_kernel(kernel: &Kernel, table: &BufferTable, seed: u64, step: u64) ->
         // Stage after stage over all rows: what running them row chunk by
         // row chunk must equal.
         Kernel::Rows(r) => r.stages.iter().try_for_each(|s| run_loop_kernel(s, table, seed, step)),
+        Kernel::Multi(m) => m.members.iter().try_for_each(|s| run_loop_kernel(s, table, seed, step)),
         // The tiled kernel on one thread: its independent check is the
         // graph interpreter's `attention` (tests compare whole steps).
         Kernel::Attention(a) => crate::attention::run_attention(a, table, 1),

@@ -2,7 +2,7 @@
 //!
 //! A [`Program`] is a list of buffers and a list of kernels run in order. A
 //! buffer is a dense row-major tensor; every kernel reads buffers and writes
-//! buffers. There are six kinds of kernel:
+//! buffers. There are seven kinds of kernel:
 //!
 //! - [`LoopKernel`]: a loop nest over an index space. The outer loops run
 //!   over `domain` (independent iterations: backends split them across
@@ -14,6 +14,8 @@
 //! - [`RowsKernel`]: loop kernels over the same rows run together, a chunk
 //!   of rows at a time (softmax, norms, cross-entropy: one dispatch, each row
 //!   read from memory once).
+//! - [`MultiKernel`]: independent loop kernels run as one dispatch (the
+//!   optimiser update of every parameter at once).
 //! - [`AttentionKernel`]: fused attention, forward or backward, over tiles
 //!   (the scores are never in memory whole).
 //! - [`GemmKernel`]: a batched, strided matrix product, a library call; the
@@ -267,6 +269,39 @@ fn row_local(index: &IndexMap, rows: &[usize], domain: &[usize], extents: &[usiz
     same_row && lo >= 0 && hi < row_len as i128
 }
 
+/// Independent loop kernels run as one dispatch (a multi-tensor apply): the
+/// optimiser's update of every parameter, the per-parameter squared sums of
+/// the gradient norm. No member reads what another writes, so the members'
+/// elements can be shared among threads in any order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MultiKernel {
+    pub name: String,
+    pub members: Vec<LoopKernel>,
+}
+
+impl MultiKernel {
+    /// Checks that no member reads or writes what another member writes.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut written: Vec<BufferId> = Vec::new();
+        for (i, m) in self.members.iter().enumerate() {
+            let writes: Vec<BufferId> = m.outputs.iter().map(|(b, _)| *b).collect();
+            if let Some(b) = m.reads().into_iter().chain(writes.iter().copied()).find(|b| written.contains(b)) {
+                return Err(format!("member {i} uses b{}, which an earlier member writes", b.0));
+            }
+            written.extend(writes);
+        }
+        for (i, m) in self.members.iter().enumerate() {
+            let reads = m.reads();
+            if let Some(b) =
+                self.members[i + 1..].iter().flat_map(|l| l.outputs.iter().map(|(b, _)| *b)).find(|b| reads.contains(b))
+            {
+                return Err(format!("member {i} reads b{}, which a later member writes", b.0));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Scaled dot-product attention (`softmax(q·kᵀ·scale [causal])·v`) for every
 /// batch index, or its backward pass, computed a tile of queries and keys
 /// at a time: the `tq × tk` scores are never in memory whole. Operands are
@@ -319,6 +354,7 @@ impl AttentionKernel {
 pub enum Kernel {
     Loop(LoopKernel),
     Rows(RowsKernel),
+    Multi(MultiKernel),
     /// Boxed: much larger than the other kinds.
     Attention(Box<AttentionKernel>),
     Gemm(GemmKernel),
@@ -345,6 +381,7 @@ impl Kernel {
         match self {
             Kernel::Loop(k) => &k.name,
             Kernel::Rows(k) => &k.name,
+            Kernel::Multi(k) => &k.name,
             Kernel::Attention(k) => &k.name,
             Kernel::Gemm(k) => &k.name,
             Kernel::Gather { name, .. } | Kernel::ScatterAdd { name, .. } => name,
@@ -356,6 +393,7 @@ impl Kernel {
         match self {
             Kernel::Loop(k) => k.reads(),
             Kernel::Rows(k) => k.stages.iter().flat_map(LoopKernel::reads).collect(),
+            Kernel::Multi(k) => k.members.iter().flat_map(LoopKernel::reads).collect(),
             Kernel::Attention(k) => k.reads(),
             Kernel::Gemm(k) => vec![k.a.buffer, k.b.buffer],
             Kernel::Gather { table, indices, .. } => vec![*table, *indices],
@@ -368,6 +406,7 @@ impl Kernel {
         match self {
             Kernel::Loop(k) => k.outputs.iter().map(|(b, _)| *b).collect(),
             Kernel::Rows(k) => k.stages.iter().flat_map(|s| s.outputs.iter().map(|(b, _)| *b)).collect(),
+            Kernel::Multi(k) => k.members.iter().flat_map(|s| s.outputs.iter().map(|(b, _)| *b)).collect(),
             Kernel::Attention(k) => k.writes(),
             Kernel::Gemm(k) => vec![k.c],
             Kernel::Gather { out, .. } | Kernel::ScatterAdd { out, .. } => vec![*out],

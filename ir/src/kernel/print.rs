@@ -89,6 +89,17 @@ fn print_kernel(out: &mut String, i: usize, k: &Kernel) {
                 nodes_comment(&a.nodes)
             );
         }
+        Kernel::Multi(m) => {
+            let _ = writeln!(out, "  kernel k{i} multi {:?} members {}", m.name, m.members.len());
+            for (s, member) in m.members.iter().enumerate() {
+                let mut text = String::new();
+                print_loop(&mut text, i, member);
+                let text = text.replacen(&format!("kernel k{i} loop"), &format!("member k{i}.{s} loop"), 1);
+                for line in text.lines() {
+                    let _ = writeln!(out, "  {line}");
+                }
+            }
+        }
         Kernel::Rows(r) => {
             let rows: Vec<String> = r.rows.iter().map(|d| d.to_string()).collect();
             let _ =

@@ -71,6 +71,7 @@ fn redirect_reads(kernel: &mut Kernel, alias: &HashMap<BufferId, BufferId>) {
     match kernel {
         Kernel::Loop(k) => fix_loop(k),
         Kernel::Rows(r) => r.stages.iter_mut().for_each(fix_loop),
+        Kernel::Multi(m) => m.members.iter_mut().for_each(fix_loop),
         Kernel::Gemm(g) => {
             fix(&mut g.a.buffer);
             fix(&mut g.b.buffer);

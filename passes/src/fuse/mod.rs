@@ -29,10 +29,18 @@
 //! 6. **Row groups** ([`rows`]): consecutive kernels that only combine
 //!    values of the same row (softmax, norms, cross-entropy, forward and
 //!    backward) become one kernel that runs them a chunk of rows at a time.
+//! 7. **Multi-output kernels** ([`merge`]): an elementwise value that is
+//!    stored (an output) and also read by a later kernel over the same
+//!    domain is computed inside that kernel, which stores it too.
+//! 8. **One dispatch for independent kernels** ([`multi`]): runs of
+//!    consecutive kernels where none reads what another writes — the
+//!    optimiser's update of every parameter — become one kernel.
 
 mod build;
 pub mod copies;
 pub mod index;
+pub mod merge;
+pub mod multi;
 pub mod rows;
 pub mod split;
 
@@ -54,7 +62,9 @@ pub fn fuse(graph: &Graph) -> Result<Program, FuseError> {
             Ok(mut program) => {
                 copies::forward_copies(&mut program);
                 split::split_column_reductions(&mut program);
+                merge::merge_producers(&mut program);
                 rows::group_rows(&mut program);
+                multi::group_independent(&mut program);
                 return Ok(program);
             }
             Err(build::Failure::NeedsBuffer(node)) => {
@@ -125,6 +135,7 @@ pub fn summary(program: &Program) -> String {
             lpac_ir::kernel::Kernel::Loop(l) if l.reduce.is_empty() => "loop",
             lpac_ir::kernel::Kernel::Loop(_) => "reduce",
             lpac_ir::kernel::Kernel::Rows(_) => "rows",
+            lpac_ir::kernel::Kernel::Multi(_) => "multi",
             lpac_ir::kernel::Kernel::Attention(_) => "attention",
             lpac_ir::kernel::Kernel::Gemm(_) => "gemm",
             lpac_ir::kernel::Kernel::Gather { .. } => "gather",

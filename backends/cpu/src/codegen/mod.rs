@@ -335,7 +335,8 @@ impl CpuCodegen {
     }
 
     /// Compiles every loop body of the program: per kernel, one function for
-    /// a loop kernel, one per stage of a rows kernel, none for library
+    /// a loop kernel, one per stage of a rows kernel or member of a multi
+    /// kernel, none for library
     /// kernels (GEMM, gather, scatter-add).
     pub fn compile_all(&mut self, program: &Program) -> Result<Vec<Vec<CompiledKernel>>, CodegenError> {
         program
@@ -344,6 +345,7 @@ impl CpuCodegen {
             .map(|k| match k {
                 Kernel::Loop(l) => Ok(vec![self.compile(program, l)?]),
                 Kernel::Rows(r) => r.stages.iter().map(|s| self.compile(program, s)).collect(),
+                Kernel::Multi(m) => m.members.iter().map(|s| self.compile(program, s)).collect(),
                 _ => Ok(Vec::new()),
             })
             .collect()
