@@ -15,6 +15,9 @@ use super::device;
 /// A compiled program and the code it runs (kept alive with the JIT module).
 pub struct CpuStep {
     executor: Executor,
+    /// Resident memory just before the executor allocated its buffers.
+    baseline: Option<u64>,
+    memory: super::procmem::StepMemory,
     // Holds the JIT memory the executor's function pointers point into.
     _codegen: CpuCodegen,
 }
@@ -43,8 +46,11 @@ impl CpuStep {
         let mut codegen = CpuCodegen::new().map_err(|e| e.to_string())?;
         let kernels = codegen.compile_all(&program).map_err(|e| e.to_string())?;
         let functions = kernels.iter().map(|k| k.iter().map(|c| c.func).collect()).collect();
+        let planned = planned_bytes(&program) as u64;
+        let baseline = super::procmem::resident();
         let executor = Executor::new(program, functions)?;
-        Ok(CpuStep { executor, _codegen: codegen })
+        let memory = super::procmem::StepMemory { planned, measured: None };
+        Ok(CpuStep { executor, baseline, memory, _codegen: codegen })
     }
 }
 
@@ -52,8 +58,7 @@ impl CpuStep {
 /// available, before anything is allocated.
 fn check_fits_in_memory(program: &Program) -> Result<(), String> {
     let plan = lpac_cpu::plan_memory(program);
-    let resident: usize =
-        program.buffers.iter().filter(|b| b.kind != lpac_ir::kernel::BufferKind::Temp).map(|b| b.ty.size_bytes()).sum();
+    let resident = planned_bytes(program) - plan.arena_bytes;
     let needed = plan.arena_bytes + resident;
     let Some(available) = available_memory() else { return Ok(()) };
     if needed as u64 > available {
@@ -70,6 +75,15 @@ fn check_fits_in_memory(program: &Program) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The plan's peak of temporaries plus every parameter, optimiser state and
+/// input buffer: what a step needs.
+fn planned_bytes(program: &Program) -> usize {
+    let plan = lpac_cpu::plan_memory(program);
+    let resident: usize =
+        program.buffers.iter().filter(|b| b.kind != lpac_ir::kernel::BufferKind::Temp).map(|b| b.ty.size_bytes()).sum();
+    plan.arena_bytes + resident
 }
 
 /// `MemAvailable` from /proc/meminfo, in bytes (Linux); `None` elsewhere.
@@ -132,7 +146,17 @@ impl device::Resident for CpuStep {
     }
 
     fn step(&mut self, inputs: &BTreeMap<String, Tensor>, ctx: RunContext) -> Result<BTreeMap<String, Tensor>, String> {
-        self.executor.run_resident(inputs, &["loss", "grad_norm"], ctx.seed, ctx.step)
+        let measuring = self.baseline.is_some() && super::procmem::reset_peak();
+        let outputs = self.executor.run_resident(inputs, &["loss", "grad_norm"], ctx.seed, ctx.step)?;
+        if let (true, Some(base), Some(peak)) = (measuring, self.baseline, super::procmem::peak()) {
+            let grown = peak.saturating_sub(base);
+            self.memory.measured = Some(self.memory.measured.map_or(grown, |m| m.max(grown)));
+        }
+        Ok(outputs)
+    }
+
+    fn memory(&self) -> Option<super::procmem::StepMemory> {
+        Some(self.memory)
     }
 
     fn commit(&mut self) -> Result<(), String> {

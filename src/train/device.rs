@@ -48,6 +48,10 @@ pub trait Resident {
     fn commit(&mut self) -> Result<(), String>;
     /// Copies the current parameters and state into the host maps (same keys).
     fn read(&self, params: &mut BTreeMap<String, Tensor>, state: &mut BTreeMap<String, Tensor>) -> Result<(), String>;
+    /// The step's planned and measured memory, where the backend tracks it.
+    fn memory(&self) -> Option<super::procmem::StepMemory> {
+        None
+    }
 }
 
 struct Interpreter {

@@ -14,6 +14,7 @@ pub mod init_from;
 pub mod metrics;
 pub mod model_spec;
 pub mod plot;
+pub mod procmem;
 pub mod run;
 pub mod sample;
 pub mod tokenizer;

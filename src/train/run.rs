@@ -196,6 +196,9 @@ impl Trainer<'_> {
         sync(exec.as_mut(), &mut state, &mut stale)?;
         self.save(&state)?;
         self.plot()?;
+        if let Some(line) = exec.resident().and_then(|r| r.memory()).and_then(|m| m.describe()) {
+            self.reporter.message(&line);
+        }
         // The step's buffers are not needed for the final evaluation.
         drop(exec);
         self.reporter.message("evaluating on the held-out split ...");
