@@ -8,9 +8,11 @@
 //!   the running row maximum `m` and sum `l` updated and the running output
 //!   `acc` rescaled by `exp(m_old − m_new)`, then `acc += exp(S − m)·V_j`
 //!   (a gemm). At the end `out = acc / l`.
-//! - **Backward** (recomputation): a first sweep recomputes each query
-//!   row's log-sum-exp `lse` the same way and `D = rowsum(dout ⊙ out)`;
-//!   then for every (key block, query block) tile the probabilities
+//!   With a log-sum-exp buffer, each row's `m + ln l` is kept for the
+//!   backward pass.
+//! - **Backward** (recomputation): each query row's log-sum-exp `lse` (kept
+//!   by the forward kernel, or recomputed by a first sweep the same way) and
+//!   `D = rowsum(dout ⊙ out)`; then for every (key block, query block) tile the probabilities
 //!   `P = exp(S − lse)`, `dv += Pᵀ·dout`, `dP = dout·V_jᵀ`,
 //!   `dS = P ⊙ (dP − D)·scale`, `dq += dS·K_j`, `dk += dSᵀ·Q_i`.
 //!
@@ -76,6 +78,12 @@ pub fn check_attention(program: &Program, a: &AttentionKernel) -> Result<(), Str
         }
         Ok(())
     };
+    if let Some(lse) = a.lse {
+        let len = f32_len(lse)?;
+        if len != batches * a.tq {
+            return Err(format!("attention log-sum-exp b{} has {len} elements, not {}", lse.0, batches * a.tq));
+        }
+    }
     match &a.pass {
         AttentionPass::Forward { out } => output("out", *out, a.tq, a.dv),
         AttentionPass::Backward { out, dout, dq, dk, dv } => {
@@ -194,9 +202,11 @@ pub fn run_attention(a: &AttentionKernel, table: &BufferTable, threads: usize) -
         let (q, k, v) = (mat(&a.q, &qo), mat(&a.k, &ko), mat(&a.v, &vo));
         match (&a.pass, &backward) {
             (AttentionPass::Forward { out }, _) => {
-                // SAFETY: out is contiguous [batches, tq, dv] (checked).
+                // SAFETY: out is contiguous [batches, tq, dv] and lse
+                // [batches, tq] (checked).
                 let out = unsafe { shared.ptr(*out).add(b * a.tq * a.dv) };
-                forward(a, q, k, v, out);
+                let lse = a.lse.map(|l| unsafe { shared.ptr(l).add(b * a.tq) });
+                forward(a, q, k, v, out, lse);
             }
             (AttentionPass::Backward { out, dout, dq, dk, dv }, Some((oo, doo))) => {
                 let (o, d_o) = (mat(out, oo), mat(dout, doo));
@@ -205,7 +215,9 @@ pub fn run_attention(a: &AttentionKernel, table: &BufferTable, threads: usize) -
                     g.map(|g| unsafe { shared.ptr(g).add(b * rows * cols) })
                 };
                 let grads = Grads { dq: grad(dq, a.tq, a.d), dk: grad(dk, a.tk, a.d), dv: grad(dv, a.tk, a.dv) };
-                backward_one(a, q, k, v, o, d_o, grads);
+                // SAFETY: as in the forward pass.
+                let lse = a.lse.map(|l| unsafe { shared.ptr(l).add(b * a.tq) }.cast_const());
+                backward_one(a, q, k, v, o, d_o, lse, grads);
             }
             _ => unreachable!("backward offsets exist for backward kernels"),
         }
@@ -240,7 +252,7 @@ fn scores(a: &AttentionKernel, q: Mat, k: Mat, (i0, nq): (usize, usize), (j0, nk
     }
 }
 
-fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: *mut f32) {
+fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: *mut f32, lse: Option<*mut f32>) {
     let (dv, bq) = (a.dv, BQ.min(a.tq.max(1)));
     let mut s = vec![0f32; bq * BK];
     let mut m = vec![0f32; bq];
@@ -280,6 +292,10 @@ fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: *mut f32) {
             unsafe { product(nq, dv, nk, acc.as_mut_ptr(), dv, true, p, v.rows_from(j0), 1.0) };
         }
         for r in 0..nq {
+            if let Some(lse) = lse {
+                // SAFETY: lse holds tq elements for this batch index.
+                unsafe { *lse.add(i0 + r) = log_sum_exp(m[r], l[r]) };
+            }
             let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
             // SAFETY: out holds tq·dv elements for this batch index.
             let dst = unsafe { std::slice::from_raw_parts_mut(out.add((i0 + r) * dv), dv) };
@@ -303,7 +319,14 @@ fn at(m: Mat, r: usize, c: usize) -> f32 {
     unsafe { *m.ptr.offset(r as isize * m.rs + c as isize * m.cs) }
 }
 
-fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat, g: Grads) {
+/// A row's log-sum-exp from its running maximum and sum (`+inf` for a row
+/// that sees no key: its probabilities are all zero).
+fn log_sum_exp(m: f32, l: f32) -> f32 {
+    if l > 0.0 { m + l.ln() } else { f32::INFINITY }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat, saved: Option<*const f32>, g: Grads) {
     let (d, dv) = (a.d, a.dv);
     // Zero the accumulated gradients.
     for (ptr, rows, cols) in [(g.dq, a.tq, d), (g.dk, a.tk, d), (g.dv, a.tk, dv)] {
@@ -312,11 +335,16 @@ fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat
             unsafe { std::slice::from_raw_parts_mut(p, rows * cols) }.fill(0.0);
         }
     }
-    // Sweep 1: each query row's log-sum-exp and D = rowsum(dout ⊙ out).
+    // Sweep 1: D = rowsum(dout ⊙ out), and each query row's log-sum-exp
+    // unless the forward kernel kept it.
+    let delta: Vec<f32> = (0..a.tq).map(|i| (0..dv).map(|c| at(dout, i, c) * at(out, i, c)).sum()).collect();
     let mut lse = vec![0f32; a.tq];
-    let mut delta = vec![0f32; a.tq];
     let mut s = vec![0f32; BQ * BK];
-    for i0 in (0..a.tq).step_by(BQ) {
+    if let Some(saved) = saved {
+        // SAFETY: the saved log-sum-exp holds tq elements for this batch index.
+        lse.copy_from_slice(unsafe { std::slice::from_raw_parts(saved, a.tq) });
+    }
+    for i0 in (0..a.tq).step_by(BQ).filter(|_| saved.is_none()) {
         let nq = BQ.min(a.tq - i0);
         let mut m = [f32::NEG_INFINITY; BQ];
         let mut l = [0f32; BQ];
@@ -338,8 +366,7 @@ fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat
             }
         }
         for r in 0..nq {
-            lse[i0 + r] = if l[r] > 0.0 { m[r] + l[r].ln() } else { f32::INFINITY };
-            delta[i0 + r] = (0..dv).map(|c| at(dout, i0 + r, c) * at(out, i0 + r, c)).sum();
+            lse[i0 + r] = log_sum_exp(m[r], l[r]);
         }
     }
     // Sweep 2: the gradients, tile by tile.
@@ -385,6 +412,81 @@ fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat
             if let Some(gk) = g.dk {
                 // SAFETY: rows j0..j0+nk of dk.
                 unsafe { product(nk, d, nq, gk.add(j0 * d), d, true, ds_mat.transposed(), q.rows_from(i0), 1.0) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::HostMemory;
+    use lpac_ir::interp::Tensor;
+    use lpac_ir::kernel::BufferKind;
+    use lpac_ir::random::uniform;
+    use lpac_ir::types::TensorType;
+
+    /// The backward kernel gives the same gradients whether it reads the
+    /// forward kernel's log-sum-exp or recomputes it (the numbers against
+    /// the interpreter are in tests/fuse_property.rs).
+    #[test]
+    fn kept_and_recomputed_log_sum_exp_agree() {
+        let (b, t, d) = (3usize, 90usize, 8usize);
+        let mut p = Program::default();
+        let ty = |rows: usize, cols: usize| TensorType::new(DType::F32, vec![b, rows, cols]);
+        let [q, k, v, dout] = ["q", "k", "v", "dout"].map(|n| p.add_buffer(ty(t, d), BufferKind::Input(n.into())));
+        let out = p.add_buffer(ty(t, d), BufferKind::Temp);
+        let lse = p.add_buffer(TensorType::new(DType::F32, vec![b, t]), BufferKind::Temp);
+        let grads: Vec<BufferId> = (0..6).map(|_| p.add_buffer(ty(t, d), BufferKind::Temp)).collect();
+        let op = |buffer| Operand {
+            buffer,
+            offset: 0,
+            batch_strides: vec![(t * d) as i64],
+            row_stride: d as i64,
+            col_stride: 1,
+        };
+        let kernel = |pass, lse| AttentionKernel {
+            name: "attention".into(),
+            batch: vec![b],
+            tq: t,
+            tk: t,
+            d,
+            dv: d,
+            scale: 0.35,
+            causal: true,
+            q: op(q),
+            k: op(k),
+            v: op(v),
+            pass,
+            lse,
+            nodes: vec![],
+        };
+        let mut mem = HostMemory::new(&p).unwrap();
+        for (salt, buf) in [q, k, v, dout].into_iter().enumerate() {
+            let data = (0..(b * t * d) as u64).map(|i| (uniform(salt as u64, i) * 2.0 - 1.0) as f32).collect();
+            mem.write(buf, &Tensor::from_f32(vec![b, t, d], data)).unwrap();
+        }
+        let backward = |first: usize, lse| {
+            let pass = AttentionPass::Backward {
+                out: op(out),
+                dout: op(dout),
+                dq: Some(grads[first]),
+                dk: Some(grads[first + 1]),
+                dv: Some(grads[first + 2]),
+            };
+            kernel(pass, lse)
+        };
+        {
+            let table = mem.table();
+            run_attention(&kernel(AttentionPass::Forward { out }, Some(lse)), &table, 2).unwrap();
+            run_attention(&backward(0, Some(lse)), &table, 2).unwrap();
+            run_attention(&backward(3, None), &table, 1).unwrap();
+        }
+        for g in 0..3 {
+            let (kept, recomputed) = (mem.read(grads[g]), mem.read(grads[g + 3]));
+            let (kept, recomputed) = (kept.as_f32().unwrap(), recomputed.as_f32().unwrap());
+            for (i, (x, y)) in kept.iter().zip(recomputed).enumerate() {
+                assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "gradient {g}, element {i}: {x} vs {y}");
             }
         }
     }

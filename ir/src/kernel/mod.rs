@@ -321,6 +321,11 @@ pub struct AttentionKernel {
     pub k: Operand,
     pub v: Operand,
     pub pass: AttentionPass,
+    /// Each query row's log-sum-exp of scores, `[batch.., tq]` contiguous:
+    /// written by the forward kernel when its backward kernel reads it
+    /// (otherwise the backward kernel recomputes it, one more sweep of
+    /// score tiles).
+    pub lse: Option<BufferId>,
     pub nodes: Vec<NodeId>,
 }
 
@@ -338,13 +343,14 @@ impl AttentionKernel {
         let mut reads = vec![self.q.buffer, self.k.buffer, self.v.buffer];
         if let AttentionPass::Backward { out, dout, .. } = &self.pass {
             reads.extend([out.buffer, dout.buffer]);
+            reads.extend(self.lse);
         }
         reads
     }
 
     pub fn writes(&self) -> Vec<BufferId> {
         match &self.pass {
-            AttentionPass::Forward { out } => vec![*out],
+            AttentionPass::Forward { out } => [Some(*out), self.lse].into_iter().flatten().collect(),
             AttentionPass::Backward { dq, dk, dv, .. } => [*dq, *dk, *dv].into_iter().flatten().collect(),
         }
     }

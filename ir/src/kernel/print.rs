@@ -72,9 +72,10 @@ fn print_kernel(out: &mut String, i: usize, k: &Kernel) {
                     )
                 }
             };
+            let lse = a.lse.map_or(String::new(), |b| format!(" lse=b{}", b.0));
             let _ = writeln!(
                 out,
-                "  kernel k{i} attention {:?} tq={} tk={} d={} dv={} batch [{}] scale={:?} causal={} q={} k={} v={} {pass}{}",
+                "  kernel k{i} attention {:?} tq={} tk={} d={} dv={} batch [{}] scale={:?} causal={} q={} k={} v={}{lse} {pass}{}",
                 a.name,
                 a.tq,
                 a.tk,

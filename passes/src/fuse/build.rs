@@ -39,12 +39,15 @@ pub struct Builder<'g> {
     materialized: &'g [bool],
     program: Program,
     buffers: Vec<Option<BufferId>>,
+    /// The log-sum-exp buffer of each attention node whose gradient is
+    /// computed (written forward, read backward).
+    lse: HashMap<NodeId, BufferId>,
 }
 
 impl<'g> Builder<'g> {
     pub fn new(graph: &'g Graph, materialized: &'g [bool]) -> Self {
         let program = Program { name: graph.name.clone(), ..Program::default() };
-        Builder { graph, materialized, program, buffers: vec![None; graph.len()] }
+        Builder { graph, materialized, program, buffers: vec![None; graph.len()], lse: HashMap::new() }
     }
 
     pub fn build(mut self) -> R<Program> {
@@ -148,13 +151,30 @@ impl<'g> Builder<'g> {
             k: self.matrix(k, nb)?,
             v: self.matrix(v, nb)?,
             pass,
+            lse: None,
             nodes,
         })
     }
 
-    fn attention(&self, id: NodeId) -> R<Kernel> {
+    /// The forward kernel; when a gradient of this attention is computed,
+    /// it also keeps each query row's log-sum-exp for the backward kernel.
+    fn attention(&mut self, id: NodeId) -> R<Kernel> {
         let out = self.buffer(id).expect("attention nodes have buffers");
-        Ok(Kernel::Attention(Box::new(self.attention_kernel(id, AttentionPass::Forward { out }, vec![id])?)))
+        let mut kernel = self.attention_kernel(id, AttentionPass::Forward { out }, vec![id])?;
+        let differentiated = self.graph.ids().any(|n| {
+            let node = self.graph.node(n);
+            matches!(node.op, Op::AttentionGrad { .. })
+                && node.inputs[3] == id
+                && node.inputs[..3] == self.graph.node(id).inputs[..]
+        });
+        if differentiated {
+            let ty = self.graph.ty(id);
+            let rows = lpac_ir::TensorType::new(ty.dtype, ty.shape[..ty.rank() - 1].to_vec());
+            let lse = self.program.add_buffer(rows, BufferKind::Temp);
+            self.lse.insert(id, lse);
+            kernel.lse = Some(lse);
+        }
+        Ok(Kernel::Attention(Box::new(kernel)))
     }
 
     /// One kernel for every `attention_grad` node of the same attention
@@ -186,7 +206,9 @@ impl<'g> Builder<'g> {
             dk: grad(1),
             dv: grad(2),
         };
-        Ok((Kernel::Attention(Box::new(self.attention_kernel(id, pass, group.clone())?)), group))
+        let mut kernel = self.attention_kernel(id, pass, group.clone())?;
+        kernel.lse = self.lse.get(&node.inputs[3]).copied();
+        Ok((Kernel::Attention(Box::new(kernel)), group))
     }
 
     fn gemm(&self, id: NodeId) -> R<Kernel> {

@@ -83,6 +83,9 @@ fn redirect_reads(kernel: &mut Kernel, alias: &HashMap<BufferId, BufferId>) {
             if let lpac_ir::kernel::AttentionPass::Backward { out, dout, .. } = &mut a.pass {
                 fix(&mut out.buffer);
                 fix(&mut dout.buffer);
+                if let Some(lse) = &mut a.lse {
+                    fix(lse);
+                }
             }
         }
         Kernel::Gather { table, indices, .. } => {
