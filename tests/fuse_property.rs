@@ -315,3 +315,28 @@ fn independent_updates_run_as_one_multi_kernel_like_the_interpreter() {
     assert_eq!(program.kernels.len(), 1, "{}", lpac_ir::kernel::print::print(&program));
     assert!(matches!(&program.kernels[0], lpac_ir::kernel::Kernel::Multi(m) if m.members.len() == 5));
 }
+
+#[test]
+fn attention_reads_and_writes_the_merged_head_layout() {
+    // x [b, t, h, d] -> per-head [b, h, t, d] -> attention -> back to
+    // [b, t, h, d]: no copy kernels, the attention kernels use strides.
+    let (b, t, h, d) = (2, 70, 3, 8);
+    let mut g = Graph::new("heads");
+    let input =
+        |g: &mut Graph, name: &str| add(g, Op::Input { name: name.into() }, vec![], Some(f32t(vec![b, t, h, d])));
+    let (x, y, z, dy) = (input(&mut g, "x"), input(&mut g, "y"), input(&mut g, "z"), input(&mut g, "dy"));
+    let heads = |g: &mut Graph, n: NodeId| add(g, Op::Permute { perm: vec![0, 2, 1, 3] }, vec![n], None);
+    let (q, k, v, dout) = (heads(&mut g, x), heads(&mut g, y), heads(&mut g, z), heads(&mut g, dy));
+    let scale = 0.3;
+    let out = add(&mut g, Op::Attention { scale, causal: true }, vec![q, k, v], None);
+    let merged = heads(&mut g, out);
+    g.add_output("out", merged);
+    for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        let grad = add(&mut g, Op::AttentionGrad { scale, causal: true, wrt }, vec![q, k, v, out, dout], None);
+        let back = heads(&mut g, grad);
+        g.add_output(*name, back);
+    }
+    let program = check_against_interpreter(&g, 91);
+    let kinds: Vec<&str> = program.kernels.iter().map(|k| k.name()).collect();
+    assert_eq!(kinds, ["attention", "attention_grad"], "{}", lpac_ir::kernel::print::print(&program));
+}

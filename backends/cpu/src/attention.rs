@@ -68,13 +68,15 @@ pub fn check_attention(program: &Program, a: &AttentionKernel) -> Result<(), Str
     operand("k", &a.k, a.tk, a.d)?;
     operand("v", &a.v, a.tk, a.dv)?;
     let batches: usize = a.batch.iter().product();
-    let output = |name: &str, b: BufferId, rows: usize, cols: usize| -> Result<(), String> {
-        let len = f32_len(b)?;
-        if len != batches * rows * cols {
-            return Err(format!("attention output {name} b{} has {len} elements, not {}", b.0, batches * rows * cols));
+    let output = |name: &str, o: &Operand, rows: usize, cols: usize| -> Result<(), String> {
+        operand(name, o, rows, cols)?;
+        if a.reads().contains(&o.buffer) {
+            return Err(format!("attention writes b{}, which it also reads", o.buffer.0));
         }
-        if a.reads().contains(&b) {
-            return Err(format!("attention writes b{}, which it also reads", b.0));
+        let mut terms: Vec<(i64, usize)> = o.batch_strides.iter().copied().zip(a.batch.iter().copied()).collect();
+        terms.extend([(o.row_stride, rows), (o.col_stride, cols)]);
+        if !one_to_one(&terms) {
+            return Err(format!("attention output {name} (b{}) would write some element twice", o.buffer.0));
         }
         Ok(())
     };
@@ -85,18 +87,35 @@ pub fn check_attention(program: &Program, a: &AttentionKernel) -> Result<(), Str
         }
     }
     match &a.pass {
-        AttentionPass::Forward { out } => output("out", *out, a.tq, a.dv),
+        AttentionPass::Forward { out } => output("out", out, a.tq, a.dv),
         AttentionPass::Backward { out, dout, dq, dk, dv } => {
             operand("out", out, a.tq, a.dv)?;
             operand("dout", dout, a.tq, a.dv)?;
             for (name, b, rows, cols) in [("dq", dq, a.tq, a.d), ("dk", dk, a.tk, a.d), ("dv", dv, a.tk, a.dv)] {
                 if let Some(b) = b {
-                    output(name, *b, rows, cols)?;
+                    output(name, b, rows, cols)?;
                 }
             }
             Ok(())
         }
     }
+}
+
+/// Whether distinct indices of the box address distinct elements: sorted
+/// by stride, each stride exceeds the span of all smaller ones (sufficient;
+/// axes of extent 1 do not count).
+fn one_to_one(terms: &[(i64, usize)]) -> bool {
+    let mut terms: Vec<(i128, i128)> =
+        terms.iter().filter(|(_, e)| *e > 1).map(|&(s, e)| (i128::from(s).abs(), e as i128)).collect();
+    terms.sort();
+    let mut span = 0i128;
+    for (stride, extent) in terms {
+        if stride <= span {
+            return false;
+        }
+        span += stride * (extent - 1);
+    }
+    true
 }
 
 /// A strided matrix in memory: base pointer of one batch index and strides.
@@ -105,6 +124,32 @@ struct Mat {
     ptr: *const f32,
     rs: isize,
     cs: isize,
+}
+
+/// A strided matrix the kernel writes (its elements are distinct: checked).
+#[derive(Clone, Copy)]
+struct MatMut {
+    mat: Mat,
+}
+
+impl MatMut {
+    fn rows_from(self, r: usize) -> MatMut {
+        MatMut { mat: self.mat.rows_from(r) }
+    }
+
+    fn ptr(self) -> *mut f32 {
+        self.mat.ptr.cast_mut()
+    }
+
+    /// Sets `rows × cols` elements to zero.
+    fn zero(self, rows: usize, cols: usize) {
+        for r in 0..rows {
+            for c in 0..cols {
+                // SAFETY: inside the checked extent of the output.
+                unsafe { *self.ptr().offset(r as isize * self.mat.rs + c as isize * self.mat.cs) = 0.0 };
+            }
+        }
+    }
 }
 
 impl Mat {
@@ -120,22 +165,25 @@ impl Mat {
     }
 }
 
-/// `dst (m×n, row stride dst_rs) = [dst +] scale · a (m×k) · b (k×n)`.
+/// A contiguous `rows × cols` scratch matrix as a [`MatMut`].
+fn scratch(buf: &mut [f32], cols: usize) -> MatMut {
+    // From `as_mut_ptr`: the pointer may write.
+    MatMut { mat: Mat { ptr: buf.as_mut_ptr().cast_const(), rs: cols as isize, cs: 1 } }
+}
+
+/// `dst (m×n) = [dst +] scale · a (m×k) · b (k×n)`.
 ///
 /// # Safety
 /// Every addressed element of `a`, `b` and `dst` must be valid, and `dst`
 /// must not overlap `a` or `b`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, add: bool, a: Mat, b: Mat, scale: f32) {
+unsafe fn product(m: usize, n: usize, k: usize, dst: MatMut, add: bool, a: Mat, b: Mat, scale: f32) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !add {
-            for r in 0..m {
-                // SAFETY: the caller's contract.
-                unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n) }.fill(0.0);
-            }
+            dst.zero(m, n);
         }
         return;
     }
@@ -145,9 +193,9 @@ unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, ad
             m,
             n,
             k,
-            dst,
-            1,
-            dst_rs as isize,
+            dst.ptr(),
+            dst.mat.cs,
+            dst.mat.rs,
             add,
             a.ptr,
             a.cs,
@@ -191,6 +239,10 @@ pub fn run_attention(a: &AttentionKernel, table: &BufferTable, threads: usize) -
         AttentionPass::Backward { out, dout, .. } => Some((offsets(out), offsets(dout))),
         AttentionPass::Forward { .. } => None,
     };
+    let results: Vec<Option<Vec<isize>>> = match &a.pass {
+        AttentionPass::Forward { out } => vec![Some(offsets(out))],
+        AttentionPass::Backward { dq, dk, dv, .. } => [dq, dk, dv].iter().map(|o| o.as_ref().map(offsets)).collect(),
+    };
     let shared = Shared { table: table.as_ptr() };
     let one = |b: usize| {
         let mat = |o: &Operand, offs: &[isize]| Mat {
@@ -200,21 +252,20 @@ pub fn run_attention(a: &AttentionKernel, table: &BufferTable, threads: usize) -
             cs: o.col_stride as isize,
         };
         let (q, k, v) = (mat(&a.q, &qo), mat(&a.k, &ko), mat(&a.v, &vo));
+        let result = |o: &Operand, offs: &[isize]| MatMut { mat: mat(o, offs) };
         match (&a.pass, &backward) {
             (AttentionPass::Forward { out }, _) => {
-                // SAFETY: out is contiguous [batches, tq, dv] and lse
-                // [batches, tq] (checked).
-                let out = unsafe { shared.ptr(*out).add(b * a.tq * a.dv) };
+                let out = result(out, results[0].as_deref().expect("forward output offsets"));
+                // SAFETY: lse is [batches, tq] (checked).
                 let lse = a.lse.map(|l| unsafe { shared.ptr(l).add(b * a.tq) });
                 forward(a, q, k, v, out, lse);
             }
             (AttentionPass::Backward { out, dout, dq, dk, dv }, Some((oo, doo))) => {
                 let (o, d_o) = (mat(out, oo), mat(dout, doo));
-                // SAFETY: each gradient is contiguous like its operand (checked).
-                let grad = |g: &Option<BufferId>, rows: usize, cols: usize| {
-                    g.map(|g| unsafe { shared.ptr(g).add(b * rows * cols) })
+                let grad = |g: &Option<Operand>, i: usize| {
+                    g.as_ref().map(|g| result(g, results[i].as_deref().expect("offsets")))
                 };
-                let grads = Grads { dq: grad(dq, a.tq, a.d), dk: grad(dk, a.tk, a.d), dv: grad(dv, a.tk, a.dv) };
+                let grads = Grads { dq: grad(dq, 0), dk: grad(dk, 1), dv: grad(dv, 2) };
                 // SAFETY: as in the forward pass.
                 let lse = a.lse.map(|l| unsafe { shared.ptr(l).add(b * a.tq) }.cast_const());
                 backward_one(a, q, k, v, o, d_o, lse, grads);
@@ -242,7 +293,7 @@ fn scores(a: &AttentionKernel, q: Mat, k: Mat, (i0, nq): (usize, usize), (j0, nk
     // SAFETY: rows i0..i0+nq of q and j0..j0+nk of k are inside the
     // operands; s holds nq·nk elements.
     unsafe {
-        product(nq, nk, a.d, s.as_mut_ptr(), nk, false, q.rows_from(i0), k.rows_from(j0).transposed(), a.scale as f32)
+        product(nq, nk, a.d, scratch(s, nk), false, q.rows_from(i0), k.rows_from(j0).transposed(), a.scale as f32)
     };
     if a.causal {
         for r in 0..nq {
@@ -252,7 +303,7 @@ fn scores(a: &AttentionKernel, q: Mat, k: Mat, (i0, nq): (usize, usize), (j0, nk
     }
 }
 
-fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: *mut f32, lse: Option<*mut f32>) {
+fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: MatMut, lse: Option<*mut f32>) {
     let (dv, bq) = (a.dv, BQ.min(a.tq.max(1)));
     let mut s = vec![0f32; bq * BK];
     let mut m = vec![0f32; bq];
@@ -289,7 +340,7 @@ fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: *mut f32, lse: Opti
             }
             let p = Mat { ptr: tile.as_ptr(), rs: nk as isize, cs: 1 };
             // SAFETY: acc holds nq·dv elements; rows j0..j0+nk of v are inside it.
-            unsafe { product(nq, dv, nk, acc.as_mut_ptr(), dv, true, p, v.rows_from(j0), 1.0) };
+            unsafe { product(nq, dv, nk, scratch(&mut acc, dv), true, p, v.rows_from(j0), 1.0) };
         }
         for r in 0..nq {
             if let Some(lse) = lse {
@@ -297,10 +348,10 @@ fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: *mut f32, lse: Opti
                 unsafe { *lse.add(i0 + r) = log_sum_exp(m[r], l[r]) };
             }
             let inv = if l[r] > 0.0 { 1.0 / l[r] } else { 0.0 };
-            // SAFETY: out holds tq·dv elements for this batch index.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.add((i0 + r) * dv), dv) };
-            for (o, &x) in dst.iter_mut().zip(&acc[r * dv..(r + 1) * dv]) {
-                *o = x * inv;
+            let row = out.rows_from(i0 + r);
+            for (c, &x) in acc[r * dv..(r + 1) * dv].iter().enumerate() {
+                // SAFETY: inside the checked extent of the output.
+                unsafe { *row.ptr().offset(c as isize * row.mat.cs) = x * inv };
             }
         }
     }
@@ -308,9 +359,9 @@ fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: *mut f32, lse: Opti
 
 /// The gradient outputs of one batch index (contiguous), where wanted.
 struct Grads {
-    dq: Option<*mut f32>,
-    dk: Option<*mut f32>,
-    dv: Option<*mut f32>,
+    dq: Option<MatMut>,
+    dk: Option<MatMut>,
+    dv: Option<MatMut>,
 }
 
 /// Element `(r, c)` of a strided matrix.
@@ -329,10 +380,9 @@ fn log_sum_exp(m: f32, l: f32) -> f32 {
 fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat, saved: Option<*const f32>, g: Grads) {
     let (d, dv) = (a.d, a.dv);
     // Zero the accumulated gradients.
-    for (ptr, rows, cols) in [(g.dq, a.tq, d), (g.dk, a.tk, d), (g.dv, a.tk, dv)] {
-        if let Some(p) = ptr {
-            // SAFETY: each gradient holds rows·cols elements for this batch index.
-            unsafe { std::slice::from_raw_parts_mut(p, rows * cols) }.fill(0.0);
+    for (grad, rows, cols) in [(g.dq, a.tq, d), (g.dk, a.tk, d), (g.dv, a.tk, dv)] {
+        if let Some(grad) = grad {
+            grad.zero(rows, cols);
         }
     }
     // Sweep 1: D = rowsum(dout ⊙ out), and each query row's log-sum-exp
@@ -390,14 +440,14 @@ fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat
             let dout_i = dout.rows_from(i0);
             if let Some(gv) = g.dv {
                 // SAFETY: rows j0..j0+nk of dv; p and dout_i as above.
-                unsafe { product(nk, dv, nq, gv.add(j0 * dv), dv, true, p_mat.transposed(), dout_i, 1.0) };
+                unsafe { product(nk, dv, nq, gv.rows_from(j0), true, p_mat.transposed(), dout_i, 1.0) };
             }
             if g.dq.is_none() && g.dk.is_none() {
                 continue;
             }
             let ds = &mut dp[..nq * nk];
             // SAFETY: dP = dout_i · V_jᵀ into the nq·nk scratch.
-            unsafe { product(nq, nk, dv, ds.as_mut_ptr(), nk, false, dout_i, v.rows_from(j0).transposed(), 1.0) };
+            unsafe { product(nq, nk, dv, scratch(ds, nk), false, dout_i, v.rows_from(j0).transposed(), 1.0) };
             for r in 0..nq {
                 let dr = delta[i0 + r];
                 for (x, &pr) in ds[r * nk..(r + 1) * nk].iter_mut().zip(&p[r * nk..(r + 1) * nk]) {
@@ -407,11 +457,11 @@ fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat
             let ds_mat = Mat { ptr: ds.as_ptr(), rs: nk as isize, cs: 1 };
             if let Some(gq) = g.dq {
                 // SAFETY: rows i0..i0+nq of dq.
-                unsafe { product(nq, d, nk, gq.add(i0 * d), d, true, ds_mat, k.rows_from(j0), 1.0) };
+                unsafe { product(nq, d, nk, gq.rows_from(i0), true, ds_mat, k.rows_from(j0), 1.0) };
             }
             if let Some(gk) = g.dk {
                 // SAFETY: rows j0..j0+nk of dk.
-                unsafe { product(nk, d, nq, gk.add(j0 * d), d, true, ds_mat.transposed(), q.rows_from(i0), 1.0) };
+                unsafe { product(nk, d, nq, gk.rows_from(j0), true, ds_mat.transposed(), q.rows_from(i0), 1.0) };
             }
         }
     }
@@ -470,15 +520,15 @@ mod tests {
             let pass = AttentionPass::Backward {
                 out: op(out),
                 dout: op(dout),
-                dq: Some(grads[first]),
-                dk: Some(grads[first + 1]),
-                dv: Some(grads[first + 2]),
+                dq: Some(op(grads[first])),
+                dk: Some(op(grads[first + 1])),
+                dv: Some(op(grads[first + 2])),
             };
             kernel(pass, lse)
         };
         {
             let table = mem.table();
-            run_attention(&kernel(AttentionPass::Forward { out }, Some(lse)), &table, 2).unwrap();
+            run_attention(&kernel(AttentionPass::Forward { out: op(out) }, Some(lse)), &table, 2).unwrap();
             run_attention(&backward(0, Some(lse)), &table, 2).unwrap();
             run_attention(&backward(3, None), &table, 1).unwrap();
         }

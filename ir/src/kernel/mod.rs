@@ -329,13 +329,34 @@ pub struct AttentionKernel {
     pub nodes: Vec<NodeId>,
 }
 
+/// What an attention kernel computes. Results are strided matrices like the
+/// operands, so a result can be stored straight into the layout its user
+/// wants (the heads merged back into `[batch, seq, heads·dim]`).
+// Lives inside the boxed AttentionKernel: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttentionPass {
-    /// `out` contiguous `[batch.., tq, dv]`.
-    Forward { out: BufferId },
-    /// The gradients wanted, each contiguous like its operand; the
-    /// probabilities are recomputed from q and k.
-    Backward { out: Operand, dout: Operand, dq: Option<BufferId>, dk: Option<BufferId>, dv: Option<BufferId> },
+    /// `out` `[batch.., tq, dv]`.
+    Forward { out: Operand },
+    /// The gradients wanted; the probabilities are recomputed from q and k.
+    Backward { out: Operand, dout: Operand, dq: Option<Operand>, dk: Option<Operand>, dv: Option<Operand> },
+}
+
+impl Operand {
+    /// A contiguous `[batch.., rows, cols]` matrix of `buffer`.
+    pub fn contiguous(buffer: BufferId, batch: &[usize], rows: usize, cols: usize) -> Operand {
+        let mut shape = batch.to_vec();
+        shape.extend([rows, cols]);
+        let strides: Vec<i64> = crate::types::strides(&shape).into_iter().map(|s| s as i64).collect();
+        let nb = batch.len();
+        Operand {
+            buffer,
+            offset: 0,
+            batch_strides: strides[..nb].to_vec(),
+            row_stride: strides[nb],
+            col_stride: strides[nb + 1],
+        }
+    }
 }
 
 impl AttentionKernel {
@@ -350,8 +371,10 @@ impl AttentionKernel {
 
     pub fn writes(&self) -> Vec<BufferId> {
         match &self.pass {
-            AttentionPass::Forward { out } => [Some(*out), self.lse].into_iter().flatten().collect(),
-            AttentionPass::Backward { dq, dk, dv, .. } => [*dq, *dk, *dv].into_iter().flatten().collect(),
+            AttentionPass::Forward { out } => [Some(out.buffer), self.lse].into_iter().flatten().collect(),
+            AttentionPass::Backward { dq, dk, dv, .. } => {
+                [dq, dk, dv].into_iter().flatten().map(|o| o.buffer).collect()
+            }
         }
     }
 }

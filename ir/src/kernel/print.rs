@@ -59,9 +59,9 @@ fn print_kernel(out: &mut String, i: usize, k: &Kernel) {
         Kernel::Attention(a) => {
             let batch: Vec<String> = a.batch.iter().map(|d| d.to_string()).collect();
             let pass = match &a.pass {
-                super::AttentionPass::Forward { out } => format!("forward -> b{}", out.0),
+                super::AttentionPass::Forward { out } => format!("forward -> {}", operand(out)),
                 super::AttentionPass::Backward { out, dout, dq, dk, dv } => {
-                    let g = |b: &Option<super::BufferId>| b.map_or("_".to_string(), |b| format!("b{}", b.0));
+                    let g = |b: &Option<Operand>| b.as_ref().map_or("_".to_string(), operand);
                     format!(
                         "backward out={} dout={} -> dq={} dk={} dv={}",
                         operand(out),

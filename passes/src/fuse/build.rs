@@ -160,6 +160,9 @@ impl<'g> Builder<'g> {
     /// it also keeps each query row's log-sum-exp for the backward kernel.
     fn attention(&mut self, id: NodeId) -> R<Kernel> {
         let out = self.buffer(id).expect("attention nodes have buffers");
+        let ty = self.graph.ty(id);
+        let nb = ty.rank() - 2;
+        let out = Operand::contiguous(out, &ty.shape[..nb], ty.shape[nb], ty.shape[nb + 1]);
         let mut kernel = self.attention_kernel(id, AttentionPass::Forward { out }, vec![id])?;
         let differentiated = self.graph.ids().any(|n| {
             let node = self.graph.node(n);
@@ -193,10 +196,14 @@ impl<'g> Builder<'g> {
         };
         let group: Vec<NodeId> = self.graph.ids().filter(|&n| self.materialized[n.index()] && same(n)).collect();
         let grad = |wrt: usize| {
-            group
-                .iter()
-                .find(|&&n| matches!(self.graph.node(n).op, Op::AttentionGrad { wrt: w, .. } if w == wrt))
-                .map(|&n| self.buffer(n).expect("attention_grad nodes have buffers"))
+            group.iter().find(|&&n| matches!(self.graph.node(n).op, Op::AttentionGrad { wrt: w, .. } if w == wrt)).map(
+                |&n| {
+                    let ty = self.graph.ty(n);
+                    let nb = ty.rank() - 2;
+                    let buffer = self.buffer(n).expect("attention_grad nodes have buffers");
+                    Operand::contiguous(buffer, &ty.shape[..nb], ty.shape[nb], ty.shape[nb + 1])
+                },
+            )
         };
         let nb = self.graph.ty(node.inputs[0]).rank() - 2;
         let pass = AttentionPass::Backward {

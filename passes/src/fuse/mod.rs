@@ -23,6 +23,8 @@
 //!    their own kernels; every other buffer a loop kernel over its shape.
 //! 4. **No identity copies** ([`copies`]): a kernel that only copies a
 //!    buffer unchanged is dropped and its readers read the original.
+//!    Attention results are stored straight into the layout a following
+//!    permutation copy would produce ([`layouts`]).
 //! 5. **Column reductions in two stages** ([`split`]): a long reduction over
 //!    outer axes (a bias gradient) becomes partial sums over row chunks and
 //!    a short sum of the partials, so no loop walks thousands of rows.
@@ -39,6 +41,7 @@
 mod build;
 pub mod copies;
 pub mod index;
+pub mod layouts;
 pub mod merge;
 pub mod multi;
 pub mod rows;
@@ -61,6 +64,7 @@ pub fn fuse(graph: &Graph) -> Result<Program, FuseError> {
         match build::Builder::new(graph, &materialized).build() {
             Ok(mut program) => {
                 copies::forward_copies(&mut program);
+                layouts::store_through_permutes(&mut program);
                 split::split_column_reductions(&mut program);
                 merge::merge_producers(&mut program);
                 rows::group_rows(&mut program);
