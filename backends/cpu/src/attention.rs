@@ -321,18 +321,14 @@ fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: MatMut, lse: Option
             scores(a, q, k, (i0, nq), (j0, nk), tile);
             for r in 0..nq {
                 let row = &mut tile[r * nk..(r + 1) * nk];
-                let m_new = row.iter().fold(m[r], |x, &y| x.max(y));
+                let m_new = row_max(row).max(m[r]);
                 if m_new == f32::NEG_INFINITY {
                     row.fill(0.0);
                     continue;
                 }
                 let correction = exp_ref(m[r] - m_new, false);
-                let mut sum = 0.0;
-                for x in row.iter_mut() {
-                    *x = if *x == f32::NEG_INFINITY { 0.0 } else { exp_ref(*x - m_new, false) };
-                    sum += *x;
-                }
-                l[r] = l[r] * correction + sum;
+                exp_shifted(row, m_new);
+                l[r] = l[r] * correction + row_sum(row);
                 m[r] = m_new;
                 if correction != 1.0 {
                     acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= correction);
@@ -370,6 +366,43 @@ fn at(m: Mat, r: usize, c: usize) -> f32 {
     unsafe { *m.ptr.offset(r as isize * m.rs + c as isize * m.cs) }
 }
 
+/// Lanes of the row reductions below: independent partial results the
+/// compiler keeps in vector registers (a single running value would be one
+/// long dependency chain, which it may not reorder).
+const LANES: usize = 8;
+
+/// The largest element (`-inf` for an empty or fully masked row).
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    tail.iter().chain(&lanes).fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a })
+}
+
+fn row_sum(row: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l += x;
+        }
+    }
+    lanes.iter().chain(tail).sum()
+}
+
+/// `x ← exp(x − shift)`, masked (`-inf`) scores to exactly zero.
+fn exp_shifted(row: &mut [f32], shift: f32) {
+    for x in row.iter_mut() {
+        *x = if *x == f32::NEG_INFINITY { 0.0 } else { exp_ref(*x - shift, false) };
+    }
+}
+
 /// A row's log-sum-exp from its running maximum and sum (`+inf` for a row
 /// that sees no key: its probabilities are all zero).
 fn log_sum_exp(m: f32, l: f32) -> f32 {
@@ -404,14 +437,13 @@ fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat
             let tile = &mut s[..nq * nk];
             scores(a, q, k, (i0, nq), (j0, nk), tile);
             for r in 0..nq {
-                let row = &tile[r * nk..(r + 1) * nk];
-                let m_new = row.iter().fold(m[r], |x, &y| x.max(y));
+                let row = &mut tile[r * nk..(r + 1) * nk];
+                let m_new = row_max(row).max(m[r]);
                 if m_new == f32::NEG_INFINITY {
                     continue;
                 }
-                let sum: f32 =
-                    row.iter().map(|&x| if x == f32::NEG_INFINITY { 0.0 } else { exp_ref(x - m_new, false) }).sum();
-                l[r] = l[r] * exp_ref(m[r] - m_new, false) + sum;
+                exp_shifted(row, m_new);
+                l[r] = l[r] * exp_ref(m[r] - m_new, false) + row_sum(row);
                 m[r] = m_new;
             }
         }
@@ -431,10 +463,7 @@ fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat
             let p = &mut s[..nq * nk];
             scores(a, q, k, (i0, nq), (j0, nk), p);
             for r in 0..nq {
-                let l = lse[i0 + r];
-                for x in p[r * nk..(r + 1) * nk].iter_mut() {
-                    *x = if *x == f32::NEG_INFINITY { 0.0 } else { exp_ref(*x - l, false) };
-                }
+                exp_shifted(&mut p[r * nk..(r + 1) * nk], lse[i0 + r]);
             }
             let p_mat = Mat { ptr: p.as_ptr(), rs: nk as isize, cs: 1 };
             let dout_i = dout.rows_from(i0);
