@@ -18,6 +18,7 @@ pub struct CpuStep {
     /// Resident memory just before the executor allocated its buffers.
     baseline: Option<u64>,
     memory: super::procmem::StepMemory,
+    steps_run: u64,
     // Holds the JIT memory the executor's function pointers point into.
     _codegen: CpuCodegen,
 }
@@ -50,9 +51,12 @@ impl CpuStep {
         let baseline = super::procmem::resident();
         let executor = Executor::new(program, functions)?;
         let memory = super::procmem::StepMemory { planned, measured: None };
-        Ok(CpuStep { executor, baseline, memory, _codegen: codegen })
+        Ok(CpuStep { executor, baseline, memory, steps_run: 0, _codegen: codegen })
     }
 }
+
+/// How many steps the step memory is measured over.
+const MEASURED_STEPS: u64 = 5;
 
 /// Refuses a program whose planned memory exceeds what the machine has
 /// available, before anything is allocated.
@@ -146,7 +150,10 @@ impl device::Resident for CpuStep {
     }
 
     fn step(&mut self, inputs: &BTreeMap<String, Tensor>, ctx: RunContext) -> Result<BTreeMap<String, Tensor>, String> {
-        let measuring = self.baseline.is_some() && super::procmem::reset_peak();
+        // The first steps only: later, evaluations and checkpoints leave
+        // their own allocations in the process, which are not the step's.
+        self.steps_run += 1;
+        let measuring = self.steps_run <= MEASURED_STEPS && self.baseline.is_some() && super::procmem::reset_peak();
         let outputs = self.executor.run_resident(inputs, &["loss", "grad_norm"], ctx.seed, ctx.step)?;
         if let (true, Some(base), Some(peak)) = (measuring, self.baseline, super::procmem::peak()) {
             let grown = peak.saturating_sub(base);

@@ -32,7 +32,8 @@ pub struct StepMemory {
     /// inputs.
     pub planned: u64,
     /// The largest growth of resident memory, from just before the step's
-    /// buffers were created to the peak of a step.
+    /// buffers were created to the peak of a step (over the first steps of a
+    /// run, before evaluations and checkpoints allocate memory of their own).
     pub measured: Option<u64>,
 }
 
