@@ -340,3 +340,36 @@ fn attention_reads_and_writes_the_merged_head_layout() {
     let kinds: Vec<&str> = program.kernels.iter().map(|k| k.name()).collect();
     assert_eq!(kinds, ["attention", "attention_grad"], "{}", lpac_ir::kernel::print::print(&program));
 }
+
+#[test]
+fn products_with_epilogues_and_chains_run_by_rows_like_the_interpreter() {
+    // x [4, 300, 32] · W1 [32, 128] + b, tanh, · W2 [128, 128] + x·W3 (a
+    // residual through another product): products, epilogues and a chain
+    // over 1200 rows (chunks of 256 and a partial one).
+    let mut g = Graph::new("epilogues");
+    let x = add(&mut g, Op::Input { name: "x".into() }, vec![], Some(f32t(vec![4, 300, 32])));
+    let w1 = add(&mut g, Op::Input { name: "w1".into() }, vec![], Some(f32t(vec![32, 128])));
+    let w2 = add(&mut g, Op::Input { name: "w2".into() }, vec![], Some(f32t(vec![128, 128])));
+    let w3 = add(&mut g, Op::Input { name: "w3".into() }, vec![], Some(f32t(vec![32, 128])));
+    let bias = add(&mut g, Op::Input { name: "b".into() }, vec![], Some(f32t(vec![128])));
+    let h = add(&mut g, Op::MatMul, vec![x, w1], None);
+    let bb = add(&mut g, Op::Broadcast { dims: vec![2] }, vec![bias], Some(f32t(vec![4, 300, 128])));
+    let h = add(&mut g, Op::Binary(BinaryOp::Add), vec![h, bb], None);
+    let h = add(&mut g, Op::Unary(UnaryOp::Tanh), vec![h], None);
+    let y = add(&mut g, Op::MatMul, vec![h, w2], None);
+    let r = add(&mut g, Op::MatMul, vec![x, w3], None);
+    let out = add(&mut g, Op::Binary(BinaryOp::Add), vec![y, r], None);
+    g.add_output("out", out);
+    let program = check_against_interpreter(&g, 123);
+    let gemm_stages = program
+        .kernels
+        .iter()
+        .filter_map(|k| match k {
+            lpac_ir::kernel::Kernel::Rows(r) => {
+                Some(r.stages.iter().filter(|s| matches!(s, lpac_ir::kernel::RowStage::Gemm(_))).count())
+            }
+            _ => None,
+        })
+        .sum::<usize>();
+    assert_eq!(gemm_stages, 3, "{}", lpac_ir::kernel::print::print(&program));
+}

@@ -88,10 +88,10 @@ pub fn summary(
     for (i, k) in program.kernels.iter().enumerate() {
         let (kind, f) = match k {
             Kernel::Loop(l) => (if l.reduce.is_empty() { "loop" } else { "reduce" }, loop_flops(l)),
-            Kernel::Rows(r) => ("rows", r.stages.iter().map(loop_flops).sum()),
+            Kernel::Rows(r) => ("rows", r.stages.iter().map(stage_flops).sum()),
             Kernel::Multi(m) => ("multi", m.members.iter().map(loop_flops).sum()),
             Kernel::Attention(a) => ("attn", attention_flops(a)),
-            Kernel::Gemm(g) => ("gemm", 2 * (g.m * g.k * g.n) as u64 * g.batch.iter().product::<usize>() as u64),
+            Kernel::Gemm(g) => ("gemm", gemm_flops(g)),
             Kernel::Gather { .. } => ("gather", 0),
             Kernel::ScatterAdd { .. } => ("scatter", 0),
         };
@@ -101,8 +101,18 @@ pub fn summary(
         let compiled = kernels.get(i).map(Vec::as_slice).unwrap_or_default();
         let code = match (k, compiled) {
             (Kernel::Loop(_), [c]) => format!("cranelift ({:?})", c.vectorization),
-            (Kernel::Rows(r), stages) if stages.len() == r.stages.len() => {
-                let modes: Vec<String> = stages.iter().map(|c| format!("{:?}", c.vectorization)).collect();
+            (Kernel::Rows(r), bodies) if bodies.len() == r.loops().count() => {
+                let mut bodies = bodies.iter();
+                let modes: Vec<String> = r
+                    .stages
+                    .iter()
+                    .map(|s| match s {
+                        lpac_ir::kernel::RowStage::Loop(_) => {
+                            bodies.next().map_or("?".into(), |c| format!("{:?}", c.vectorization))
+                        }
+                        lpac_ir::kernel::RowStage::Gemm(_) => "gemm".to_string(),
+                    })
+                    .collect();
                 format!("cranelift ({})", modes.join(", "))
             }
             (Kernel::Multi(m), members) if members.len() == m.members.len() => {
@@ -123,6 +133,17 @@ pub fn summary(
 
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+}
+
+fn gemm_flops(g: &lpac_ir::kernel::GemmKernel) -> u64 {
+    2 * (g.m * g.k * g.n) as u64 * g.batch.iter().product::<usize>() as u64
+}
+
+fn stage_flops(s: &lpac_ir::kernel::RowStage) -> u64 {
+    match s {
+        lpac_ir::kernel::RowStage::Loop(l) => loop_flops(l),
+        lpac_ir::kernel::RowStage::Gemm(g) => gemm_flops(g),
+    }
 }
 
 /// Arithmetic expressions × iterations (reductions count their combine).

@@ -39,9 +39,7 @@ pub fn check_program(program: &Program) -> Result<(), String> {
         // A rows kernel's stages run in order: each may read what earlier
         // stages wrote.
         let steps: Vec<(Vec<BufferId>, Vec<BufferId>)> = match kernel {
-            Kernel::Rows(r) => {
-                r.stages.iter().map(|s| (s.reads(), s.outputs.iter().map(|(b, _)| *b).collect())).collect()
-            }
+            Kernel::Rows(r) => r.stages.iter().map(|s| (s.reads(), s.writes())).collect(),
             k => vec![(k.reads(), k.writes())],
         };
         for (reads, writes) in steps {
@@ -89,7 +87,11 @@ pub fn check_kernel(program: &Program, kernel: &Kernel) -> Result<(), String> {
         Kernel::Loop(k) => check_loop_kernel(program, k),
         Kernel::Rows(r) => {
             for (i, stage) in r.stages.iter().enumerate() {
-                check_loop_kernel(program, stage).map_err(|e| format!("stage {i}: {e}"))?;
+                match stage {
+                    lpac_ir::kernel::RowStage::Loop(l) => check_loop_kernel(program, l),
+                    lpac_ir::kernel::RowStage::Gemm(g) => check_gemm(program, g),
+                }
+                .map_err(|e| format!("stage {i}: {e}"))?;
             }
             r.validate()
         }

@@ -92,7 +92,7 @@ impl Executor {
         for (i, (k, f)) in program.kernels.iter().zip(&compiled).enumerate() {
             let bodies = match k {
                 Kernel::Loop(_) => 1,
-                Kernel::Rows(r) => r.stages.len(),
+                Kernel::Rows(r) => r.loops().count(),
                 Kernel::Multi(m) => m.members.len(),
                 _ => 0,
             };
@@ -387,6 +387,12 @@ impl Executor {
 /// per stage, so that it stays in the L1/L2 caches between stages.
 const ROW_CHUNK_ELEMENTS: usize = 4096;
 
+/// Rows per chunk of a rows kernel with a matrix product: one product call
+/// per chunk costs no more than one call over all rows at 256 (measured:
+/// `docs/backends.md`), and a chunk of a 256-wide result (256 KiB) stays in
+/// L2 for the stages after it.
+const GEMM_CHUNK_ROWS: usize = 256;
+
 impl Executor {
     /// A rows kernel: its rows split across threads; each thread runs every
     /// stage on a chunk of its rows before moving to the next chunk.
@@ -398,16 +404,32 @@ impl Executor {
         seed: u64,
         step: u64,
     ) -> Result<(), String> {
+        use lpac_ir::kernel::RowStage;
         let nrows: usize = r.rows.iter().product();
         let per_row: Vec<usize> = r.stages.iter().map(|s| r.row_len(s)).collect();
+        // Loop stage s runs compiled function fn_index[s].
+        let fn_index: Vec<Option<usize>> = r
+            .stages
+            .iter()
+            .scan(0, |next, s| {
+                Some(matches!(s, RowStage::Loop(_)).then(|| {
+                    *next += 1;
+                    *next - 1
+                }))
+            })
+            .collect();
         let widest = r
             .stages
             .iter()
-            .map(|s| r.row_len(s).saturating_mul(s.reduce.iter().product::<usize>().max(1)))
+            .map(|s| match s {
+                RowStage::Loop(l) => r.row_len(s).saturating_mul(l.reduce.iter().product::<usize>().max(1)),
+                RowStage::Gemm(g) => g.n.saturating_mul(g.k),
+            })
             .max()
             .unwrap_or(1)
             .max(1);
-        let chunk = (ROW_CHUNK_ELEMENTS / widest).max(1);
+        let has_gemm = r.stages.iter().any(|s| matches!(s, RowStage::Gemm(_)));
+        let chunk = if has_gemm { GEMM_CHUNK_ROWS } else { (ROW_CHUNK_ELEMENTS / widest).max(1) };
         let work = nrows.saturating_mul(widest).saturating_mul(r.stages.len());
         let parts = if work < self.parallel_min { 1 } else { self.threads.min(nrows).max(1) };
         let ptr = TablePtr(table.as_ptr());
@@ -419,9 +441,13 @@ impl Executor {
                 let next = (row + chunk).min(end);
                 for (s, stage) in r.stages.iter().enumerate() {
                     let (b, e) = ((row * per_row[s]) as u64, (next * per_row[s]) as u64);
-                    match compiled.get(s) {
-                        Some(f) => f(ptr.0, b, e, seed, step),
-                        None => reference::run_loop_range(stage, shared.0, b, e, seed, step)
+                    let compiled = fn_index[s].and_then(|i| compiled.get(i));
+                    match (stage, compiled) {
+                        (RowStage::Gemm(g), _) => {
+                            gemm::run_rows(g, shared.0, row, next).map_err(|e| format!("stage {s}: {e}"))?
+                        }
+                        (RowStage::Loop(_), Some(f)) => f(ptr.0, b, e, seed, step),
+                        (RowStage::Loop(l), None) => reference::run_loop_range(l, shared.0, b, e, seed, step)
                             .map_err(|e| format!("stage {s}: {e}"))?,
                     }
                 }

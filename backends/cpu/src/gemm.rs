@@ -91,28 +91,6 @@ pub(crate) fn batch_offsets(batch: &[usize], o: &Operand) -> Vec<isize> {
     offsets
 }
 
-/// The same product with trailing batch axes folded into the rows where the
-/// layout allows: when `a`'s batch stride is `m` rows and `b` is shared
-/// across that axis (stride 0), `batch × [m, k] · [k, n]` is one
-/// `[batch·m, k] · [k, n]` product (`c` is contiguous, so its rows follow
-/// on). A projection of `[B, T, d]` activations is then one big gemm the
-/// crate blocks and threads well, not `B` small ones.
-fn fold_batches(g: &GemmKernel) -> GemmKernel {
-    let mut g = g.clone();
-    while let (Some(&count), Some(&a_stride), Some(&b_stride)) =
-        (g.batch.last(), g.a.batch_strides.last(), g.b.batch_strides.last())
-    {
-        if b_stride != 0 || a_stride != g.m as i64 * g.a.row_stride || g.m == 0 {
-            break;
-        }
-        g.m *= count;
-        g.batch.pop();
-        g.a.batch_strides.pop();
-        g.b.batch_strides.pop();
-    }
-    g
-}
-
 /// Runs a gemm kernel on the table's buffers (see the module docs for the
 /// threading). Checks dtypes, `c`'s size and that every addressed operand
 /// element exists, so a malformed kernel is an error, never a wild access.
@@ -142,7 +120,7 @@ pub fn run_gemm(g: &GemmKernel, table: &BufferTable, threads: usize) -> Result<(
         unsafe { std::ptr::write_bytes(ptrs.c, 0, c_len) };
         return Ok(());
     }
-    let folded = fold_batches(g);
+    let folded = g.folded();
     let g = &folded;
     let (m, batches) = (g.m, g.batch.iter().product::<usize>());
     let a_offsets = batch_offsets(&g.batch, &g.a);
@@ -185,6 +163,55 @@ pub fn run_gemm(g: &GemmKernel, table: &BufferTable, threads: usize) -> Result<(
             .for_each(|b| one(b, Parallelism::None));
     } else {
         (0..batches).for_each(|b| one(b, Parallelism::Rayon(threads)));
+    }
+    Ok(())
+}
+
+/// Rows `r0..r1` of an unbatched product whose rows are a rows kernel's
+/// rows, on the calling thread (the rows kernel spreads its chunks over the
+/// threads). The program was checked (`check_gemm`), so every addressed
+/// element exists and `c` does not overlap the operands.
+pub(crate) fn run_rows(g: &GemmKernel, table: &BufferTable, r0: usize, r1: usize) -> Result<(), String> {
+    f32_buffer(table, g.a.buffer)?;
+    f32_buffer(table, g.b.buffer)?;
+    f32_buffer(table, g.c)?;
+    if !g.batch.is_empty() || r1 > g.m {
+        return Err(format!("rows {r0}..{r1} of a product over {} rows with batch {:?}", g.m, g.batch));
+    }
+    let (a, b, c) =
+        (table.ptr(g.a.buffer).cast::<f32>(), table.ptr(g.b.buffer).cast::<f32>(), table.ptr(g.c).cast::<f32>());
+    if r1 <= r0 || g.n == 0 {
+        return Ok(());
+    }
+    // SAFETY: rows r0..r1 of c are inside it ([m, n], checked); a's rows and
+    // all of b were checked to lie inside their buffers.
+    unsafe {
+        let c = c.add(r0 * g.n);
+        if g.k == 0 {
+            std::ptr::write_bytes(c, 0, (r1 - r0) * g.n);
+            return Ok(());
+        }
+        gemm::gemm(
+            r1 - r0,
+            g.n,
+            g.k,
+            c,
+            1,
+            g.n as isize,
+            false,
+            a.offset(g.a.offset as isize + r0 as isize * g.a.row_stride as isize),
+            g.a.col_stride as isize,
+            g.a.row_stride as isize,
+            b.offset(g.b.offset as isize),
+            g.b.col_stride as isize,
+            g.b.row_stride as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
     }
     Ok(())
 }
@@ -328,13 +355,13 @@ mod tests {
             nodes: vec![],
         };
         // Contiguous activations times one weight: a single [24,5]·[5,6].
-        let folded = fold_batches(&g(op(0, &[60, 20], 5, 1), op(0, &[0, 0], 6, 1)));
+        let folded = g(op(0, &[60, 20], 5, 1), op(0, &[0, 0], 6, 1)).folded();
         assert_eq!((folded.batch.clone(), folded.m), (vec![], 24));
         // Per-batch b (attention) cannot fold; a gap between batches cannot
         // either; folding stops at the first axis that does not fit.
-        assert_eq!(fold_batches(&g(op(0, &[60, 20], 5, 1), op(0, &[0, 30], 6, 1))).m, 4);
-        assert_eq!(fold_batches(&g(op(0, &[60, 21], 5, 1), op(0, &[0, 0], 6, 1))).m, 4);
-        let partial = fold_batches(&g(op(0, &[70, 20], 5, 1), op(0, &[0, 0], 6, 1)));
+        assert_eq!(g(op(0, &[60, 20], 5, 1), op(0, &[0, 30], 6, 1)).folded().m, 4);
+        assert_eq!(g(op(0, &[60, 21], 5, 1), op(0, &[0, 0], 6, 1)).folded().m, 4);
+        let partial = g(op(0, &[70, 20], 5, 1), op(0, &[0, 0], 6, 1)).folded();
         assert_eq!((partial.batch.clone(), partial.m, partial.a.batch_strides.clone()), (vec![2], 12, vec![70]));
     }
 

@@ -75,7 +75,10 @@ pub fn run_kernel(kernel: &Kernel, table: &BufferTable, seed: u64, step: u64) ->
         Kernel::Loop(k) => run_loop_kernel(k, table, seed, step),
         // Stage after stage over all rows: what running them row chunk by
         // row chunk must equal.
-        Kernel::Rows(r) => r.stages.iter().try_for_each(|s| run_loop_kernel(s, table, seed, step)),
+        Kernel::Rows(r) => r.stages.iter().try_for_each(|s| match s {
+            lpac_ir::kernel::RowStage::Loop(l) => run_loop_kernel(l, table, seed, step),
+            lpac_ir::kernel::RowStage::Gemm(g) => run_gemm(g, table),
+        }),
         Kernel::Multi(m) => m.members.iter().try_for_each(|s| run_loop_kernel(s, table, seed, step)),
         // The tiled kernel on one thread: its independent check is the
         // graph interpreter's `attention` (tests compare whole steps).

@@ -178,6 +178,30 @@ pub struct GemmKernel {
     pub nodes: Vec<NodeId>,
 }
 
+impl GemmKernel {
+    /// The same product with trailing batch axes folded into the rows where
+    /// the layout allows: when `a`'s batch stride is `m` rows and `b` is
+    /// shared across that axis (stride 0), `batch × [m, k] · [k, n]` is one
+    /// `[batch·m, k] · [k, n]` product (`c` is contiguous, so its rows follow
+    /// on). A projection of `[B, T, d]` activations is then one product over
+    /// `B·T` rows.
+    pub fn folded(&self) -> GemmKernel {
+        let mut g = self.clone();
+        while let (Some(&count), Some(&a_stride), Some(&b_stride)) =
+            (g.batch.last(), g.a.batch_strides.last(), g.b.batch_strides.last())
+        {
+            if b_stride != 0 || a_stride != g.m as i64 * g.a.row_stride || g.m == 0 {
+                break;
+            }
+            g.m *= count;
+            g.batch.pop();
+            g.a.batch_strides.pop();
+            g.b.batch_strides.pop();
+        }
+        g
+    }
+}
+
 /// A matrix operand: element `(batch.., row, col)` at
 /// `offset + Σ batch_strides·batch + row_stride·row + col_stride·col`.
 #[derive(Clone, Debug, PartialEq)]
@@ -199,25 +223,88 @@ pub struct Operand {
 /// same rows, and so on, is therefore the same as running each stage
 /// over all rows in turn — but a chunk of rows is read from memory once and
 /// reused from cache by every stage, and the group is one dispatch.
+///
+/// A stage may also be a matrix product whose rows are the group's rows
+/// (`[rows, k] · [k, n]`, with a whole right operand): a product with its
+/// epilogue (bias, activation, residual add) or two products in a row (the
+/// low-rank pair `x·A·B`) then run a chunk of rows at a time, the chunk's
+/// intermediate values never leaving the cache.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowsKernel {
     pub name: String,
     /// The leading domain axes every stage shares.
     pub rows: Vec<usize>,
-    pub stages: Vec<LoopKernel>,
+    pub stages: Vec<RowStage>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowStage {
+    Loop(LoopKernel),
+    /// Unbatched (`batch` empty), `m` = the number of rows; row `r` of `a`
+    /// at `a.offset + r·a.row_stride`, `c` contiguous `[m, n]`.
+    Gemm(GemmKernel),
+}
+
+impl RowStage {
+    pub fn name(&self) -> &str {
+        match self {
+            RowStage::Loop(l) => &l.name,
+            RowStage::Gemm(g) => &g.name,
+        }
+    }
+
+    pub fn reads(&self) -> Vec<BufferId> {
+        match self {
+            RowStage::Loop(l) => l.reads(),
+            RowStage::Gemm(g) => vec![g.a.buffer, g.b.buffer],
+        }
+    }
+
+    pub fn writes(&self) -> Vec<BufferId> {
+        match self {
+            RowStage::Loop(l) => l.outputs.iter().map(|(b, _)| *b).collect(),
+            RowStage::Gemm(g) => vec![g.c],
+        }
+    }
+
+    /// The shape this stage writes its outputs over, row-major: a loop's
+    /// domain, a product's `[rows.., n]`.
+    fn out_domain(&self, rows: &[usize]) -> Vec<usize> {
+        match self {
+            RowStage::Loop(l) => l.domain.clone(),
+            RowStage::Gemm(g) => rows.iter().copied().chain([g.n]).collect(),
+        }
+    }
 }
 
 impl RowsKernel {
-    /// Elements of a stage's domain per row.
-    pub fn row_len(&self, stage: &LoopKernel) -> usize {
-        stage.domain[self.rows.len()..].iter().product()
+    /// Elements of a stage's domain per row (a product: columns of `c`).
+    pub fn row_len(&self, stage: &RowStage) -> usize {
+        match stage {
+            RowStage::Loop(l) => l.domain[self.rows.len()..].iter().product(),
+            RowStage::Gemm(g) => g.n,
+        }
+    }
+
+    /// The loop stages, in order (the ones a backend compiles).
+    pub fn loops(&self) -> impl Iterator<Item = &LoopKernel> {
+        self.stages.iter().filter_map(|s| match s {
+            RowStage::Loop(l) => Some(l),
+            RowStage::Gemm(_) => None,
+        })
     }
 
     /// Checks what makes running the stages a chunk of rows at a time the
-    /// same as running them one after another (see [`stage_fits_rows`]).
+    /// same as running them one after another (see [`stage_fits_rows`] and
+    /// [`gemm_fits_rows`]).
     pub fn validate(&self) -> Result<(), String> {
         for (i, stage) in self.stages.iter().enumerate() {
-            stage_fits_rows(&self.stages[..i], &self.rows, stage).map_err(|e| format!("stage {i}: {e}"))?;
+            let earlier = &self.stages[..i];
+            match stage {
+                RowStage::Loop(l) => stage_fits_rows(earlier, &self.rows, l),
+                RowStage::Gemm(g) => gemm_fits_rows(earlier, &self.rows, g),
+            }
+            .map_err(|e| format!("stage {i}: {e}"))?;
         }
         Ok(())
     }
@@ -227,7 +314,7 @@ impl RowsKernel {
 /// group over `rows`: its domain starts with `rows`, and it reads what the
 /// earlier stages write only within the same row (their outputs are
 /// row-major over their domains, which start with `rows` too).
-pub fn stage_fits_rows(earlier: &[LoopKernel], rows: &[usize], stage: &LoopKernel) -> Result<(), String> {
+pub fn stage_fits_rows(earlier: &[RowStage], rows: &[usize], stage: &LoopKernel) -> Result<(), String> {
     if stage.domain.len() < rows.len() || stage.domain[..rows.len()] != *rows {
         return Err(format!("domain {:?} does not start with the rows {rows:?}", stage.domain));
     }
@@ -238,11 +325,33 @@ pub fn stage_fits_rows(earlier: &[LoopKernel], rows: &[usize], stage: &LoopKerne
             Expr::LoadIf { buffer, index, .. } => (*buffer, index, true),
             _ => continue,
         };
-        let Some(producer) = earlier.iter().find(|s| s.outputs.iter().any(|(b, _)| *b == buffer)) else {
+        let Some(producer) = earlier.iter().find(|s| s.writes().contains(&buffer)) else {
             continue;
         };
-        if guarded || !row_local(index, rows, &producer.domain, &extents) {
+        if guarded || !row_local(index, rows, &producer.out_domain(rows), &extents) {
             return Err(format!("e{e} reads b{} outside the row an earlier stage wrote", buffer.0));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the product `g` can run a chunk of rows at a time after the
+/// `earlier` stages: unbatched over exactly the rows, its right operand not
+/// written in the group, and its left operand, where an earlier stage wrote
+/// it, that stage's rows read whole (`k` contiguous elements per row).
+pub fn gemm_fits_rows(earlier: &[RowStage], rows: &[usize], g: &GemmKernel) -> Result<(), String> {
+    let nrows: usize = rows.iter().product();
+    if !g.batch.is_empty() || g.m != nrows {
+        return Err(format!("the product is not over the {nrows} rows (batch {:?}, m {})", g.batch, g.m));
+    }
+    if earlier.iter().any(|s| s.writes().contains(&g.b.buffer)) {
+        return Err(format!("the right operand b{} is written in the group", g.b.buffer.0));
+    }
+    if let Some(producer) = earlier.iter().find(|s| s.writes().contains(&g.a.buffer)) {
+        let width: usize = producer.out_domain(rows)[rows.len()..].iter().product();
+        let whole_rows = g.a.offset == 0 && g.a.row_stride == width as i64 && g.a.col_stride == 1 && g.k == width;
+        if !whole_rows {
+            return Err(format!("the left operand b{} is not read as the rows an earlier stage wrote", g.a.buffer.0));
         }
     }
     Ok(())
@@ -421,7 +530,7 @@ impl Kernel {
     pub fn reads(&self) -> Vec<BufferId> {
         match self {
             Kernel::Loop(k) => k.reads(),
-            Kernel::Rows(k) => k.stages.iter().flat_map(LoopKernel::reads).collect(),
+            Kernel::Rows(k) => k.stages.iter().flat_map(RowStage::reads).collect(),
             Kernel::Multi(k) => k.members.iter().flat_map(LoopKernel::reads).collect(),
             Kernel::Attention(k) => k.reads(),
             Kernel::Gemm(k) => vec![k.a.buffer, k.b.buffer],
@@ -434,7 +543,7 @@ impl Kernel {
     pub fn writes(&self) -> Vec<BufferId> {
         match self {
             Kernel::Loop(k) => k.outputs.iter().map(|(b, _)| *b).collect(),
-            Kernel::Rows(k) => k.stages.iter().flat_map(|s| s.outputs.iter().map(|(b, _)| *b)).collect(),
+            Kernel::Rows(k) => k.stages.iter().flat_map(RowStage::writes).collect(),
             Kernel::Multi(k) => k.members.iter().flat_map(|s| s.outputs.iter().map(|(b, _)| *b)).collect(),
             Kernel::Attention(k) => k.writes(),
             Kernel::Gemm(k) => vec![k.c],

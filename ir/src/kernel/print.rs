@@ -107,30 +107,20 @@ fn print_kernel(out: &mut String, i: usize, k: &Kernel) {
                 writeln!(out, "  kernel k{i} rows {:?} rows [{}] stages {}", r.name, rows.join(","), r.stages.len());
             for (s, stage) in r.stages.iter().enumerate() {
                 let mut text = String::new();
-                print_loop(&mut text, i, stage);
-                // Stages print as loop kernels named `k<i>.<s>`, indented.
-                let text = text.replacen(&format!("kernel k{i} loop"), &format!("stage k{i}.{s} loop"), 1);
+                // Stages print as kernels named `k<i>.<s>`, indented.
+                match stage {
+                    super::RowStage::Loop(l) => {
+                        print_loop(&mut text, i, l);
+                        text = text.replacen(&format!("kernel k{i} loop"), &format!("stage k{i}.{s} loop"), 1);
+                    }
+                    super::RowStage::Gemm(g) => print_gemm(&mut text, &format!("stage k{i}.{s}"), g),
+                }
                 for line in text.lines() {
                     let _ = writeln!(out, "  {line}");
                 }
             }
         }
-        Kernel::Gemm(g) => {
-            let batch: Vec<String> = g.batch.iter().map(|d| d.to_string()).collect();
-            let _ = writeln!(
-                out,
-                "  kernel k{i} gemm {:?} m={} k={} n={} batch [{}] a={} b={} -> b{}{}",
-                g.name,
-                g.m,
-                g.k,
-                g.n,
-                batch.join(","),
-                operand(&g.a),
-                operand(&g.b),
-                g.c.0,
-                nodes_comment(&g.nodes)
-            );
-        }
+        Kernel::Gemm(g) => print_gemm(out, &format!("kernel k{i}"), g),
         Kernel::Gather { name, table, indices, out: o, nodes } => {
             let _ = writeln!(
                 out,
@@ -169,6 +159,23 @@ fn operand(o: &Operand) -> String {
 fn dims(d: &[usize]) -> String {
     let v: Vec<String> = d.iter().map(|x| x.to_string()).collect();
     format!("[{}]", v.join(","))
+}
+
+fn print_gemm(out: &mut String, label: &str, g: &super::GemmKernel) {
+    let batch: Vec<String> = g.batch.iter().map(|d| d.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "  {label} gemm {:?} m={} k={} n={} batch [{}] a={} b={} -> b{}{}",
+        g.name,
+        g.m,
+        g.k,
+        g.n,
+        batch.join(","),
+        operand(&g.a),
+        operand(&g.b),
+        g.c.0,
+        nodes_comment(&g.nodes)
+    );
 }
 
 fn print_loop(out: &mut String, i: usize, k: &LoopKernel) {

@@ -70,7 +70,17 @@ fn redirect_reads(kernel: &mut Kernel, alias: &HashMap<BufferId, BufferId>) {
     };
     match kernel {
         Kernel::Loop(k) => fix_loop(k),
-        Kernel::Rows(r) => r.stages.iter_mut().for_each(fix_loop),
+        Kernel::Rows(r) => {
+            for stage in &mut r.stages {
+                match stage {
+                    lpac_ir::kernel::RowStage::Loop(l) => fix_loop(l),
+                    lpac_ir::kernel::RowStage::Gemm(g) => {
+                        fix(&mut g.a.buffer);
+                        fix(&mut g.b.buffer);
+                    }
+                }
+            }
+        }
         Kernel::Multi(m) => m.members.iter_mut().for_each(fix_loop),
         Kernel::Gemm(g) => {
             fix(&mut g.a.buffer);

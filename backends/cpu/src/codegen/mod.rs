@@ -335,7 +335,7 @@ impl CpuCodegen {
     }
 
     /// Compiles every loop body of the program: per kernel, one function for
-    /// a loop kernel, one per stage of a rows kernel or member of a multi
+    /// a loop kernel, one per loop stage of a rows kernel or member of a multi
     /// kernel, none for library
     /// kernels (GEMM, gather, scatter-add).
     pub fn compile_all(&mut self, program: &Program) -> Result<Vec<Vec<CompiledKernel>>, CodegenError> {
@@ -344,7 +344,7 @@ impl CpuCodegen {
             .iter()
             .map(|k| match k {
                 Kernel::Loop(l) => Ok(vec![self.compile(program, l)?]),
-                Kernel::Rows(r) => r.stages.iter().map(|s| self.compile(program, s)).collect(),
+                Kernel::Rows(r) => r.loops().map(|s| self.compile(program, s)).collect(),
                 Kernel::Multi(m) => m.members.iter().map(|s| self.compile(program, s)).collect(),
                 _ => Ok(Vec::new()),
             })
