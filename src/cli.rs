@@ -336,6 +336,8 @@ pub struct SampleArgs {
 pub enum KernelTarget {
     /// Cranelift-compiled loops and gemm-crate matrix products.
     Cpu,
+    /// PTX text for NVIDIA GPUs, one function per loop body (`--arch`).
+    Ptx,
 }
 
 #[derive(Args)]
@@ -347,11 +349,16 @@ pub struct KernelsArgs {
     /// Which backend's code to show.
     #[arg(long, value_enum, default_value = "cpu")]
     pub target: KernelTarget,
+    /// With `--target ptx`: the GPU architecture, `sm_80` (A100) or `sm_90`
+    /// (H100, H200).
+    #[arg(long, default_value = "sm_90")]
+    pub arch: String,
     /// The forward pass only, instead of the whole training step.
     #[arg(long)]
     pub forward: bool,
-    /// Write program.kir, one .kir and one .clif per kernel, and summary.txt
-    /// here; without it, print the summary.
+    /// Write program.kir and, per kernel, its .kir and generated code (.clif
+    /// for cpu; .ptx per function and manifest.json for ptx), and
+    /// summary.txt here; without it, print the summary.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }

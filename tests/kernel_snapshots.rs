@@ -39,3 +39,31 @@ fn tiny_training_step_dense() {
 fn tiny_training_step_lowrank_64() {
     snapshot("tiny-step-lowrank64", Some(64));
 }
+
+/// The PTX of every loop body of the step (sm_90), in program order, and
+/// the kernels left to the runtime. Assembled by ptxas in
+/// backends/cuda/tests/ptxas.rs.
+fn ptx_snapshot(label: &str, lowrank: Option<usize>) {
+    let graph = step_graph(lowrank);
+    let program = lpac_passes::fuse::fuse(&graph).unwrap();
+    let emitted = lpac_cuda::emit_program(&program, lpac_cuda::Arch::Sm90, Some(&graph)).unwrap();
+    let mut text = String::new();
+    for k in &emitted.kernels {
+        text.push_str(&k.ptx);
+        text.push('\n');
+    }
+    for (i, why) in &emitted.skipped {
+        text.push_str(&format!("// k{i} {}: not emitted — {why}\n", program.kernels[*i].name()));
+    }
+    insta::assert_snapshot!(format!("{label}-ptx"), text);
+}
+
+#[test]
+fn tiny_training_step_dense_ptx() {
+    ptx_snapshot("tiny-step-dense", None);
+}
+
+#[test]
+fn tiny_training_step_lowrank_64_ptx() {
+    ptx_snapshot("tiny-step-lowrank64", Some(64));
+}

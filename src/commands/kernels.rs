@@ -34,7 +34,64 @@ pub fn run(args: &KernelsArgs) -> CliResult {
                 None => print!("{summary}"),
             }
         }
+        KernelTarget::Ptx => {
+            let arch = lpac_cuda::Arch::parse(&args.arch).map_err(CliError::Message)?;
+            let program =
+                lpac_passes::fuse::fuse(&graph).map_err(|e| CliError::Message(format!("--target ptx: {e}")))?;
+            let emitted = lpac_cuda::emit_program(&program, arch, Some(&graph))
+                .map_err(|e| CliError::Message(format!("--target ptx: {e}")))?;
+            let summary = ptx_summary(&program, &emitted, arch);
+            match &args.out {
+                Some(dir) => write_ptx_dir(dir, &program, &emitted, arch, &summary)?,
+                None => print!("{summary}"),
+            }
+        }
     }
+    Ok(())
+}
+
+/// One line per emitted function and per kernel left to the runtime.
+fn ptx_summary(program: &Program, emitted: &lpac_cuda::PtxProgram, arch: lpac_cuda::Arch) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<28} {:>8} {:>6}  args", "function", "grid", "block");
+    for k in &emitted.kernels {
+        let _ = writeln!(out, "{:<28} {:>8} {:>6}  {}", k.entry, k.grid, k.block, k.args.len());
+    }
+    for (i, why) in &emitted.skipped {
+        let _ = writeln!(out, "k{i:<27} {:>8} {:>6}  {} — {why}", "-", "-", program.kernels[*i].name());
+    }
+    let _ = writeln!(
+        out,
+        "\n{} PTX functions for {} (PTX ISA {}) from {} kernels; {} kernels not emitted (listed above)",
+        emitted.kernels.len(),
+        arch.name(),
+        lpac_cuda::ptx::PTX_VERSION,
+        program.kernels.len(),
+        emitted.skipped.len()
+    );
+    out
+}
+
+fn write_ptx_dir(
+    dir: &Path,
+    program: &Program,
+    emitted: &lpac_cuda::PtxProgram,
+    arch: lpac_cuda::Arch,
+    summary: &str,
+) -> CliResult {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.join(name), text)
+            .map_err(|e| CliError::Message(format!("cannot write {}: {e}", dir.join(name).display())))
+    };
+    write("program.kir", &lpac_ir::kernel::print::print(program))?;
+    for k in &emitted.kernels {
+        write(&format!("{}.ptx", k.entry), &k.ptx)?;
+    }
+    let manifest = serde_json::to_string_pretty(&emitted.manifest(arch)).expect("JSON values serialise");
+    write("manifest.json", &manifest)?;
+    write("summary.txt", summary)?;
+    println!("wrote {} PTX functions and manifest.json to {}", emitted.kernels.len(), dir.display());
     Ok(())
 }
 

@@ -1,0 +1,14 @@
+//! lpac's CUDA backend.
+//!
+//! - [`ptx`]: kernel programs as PTX text, one `.entry` per loop body, with a
+//!   manifest (launch dimensions, arguments) for the runtime.
+//!
+//! Status: the PTX emitter covers loop kernels (and the loop stages of rows
+//! and multi kernels) — elementwise and reducing, f32, i32 and bool. Matrix
+//! products are for cuBLAS (the runtime), and attention, gather and
+//! scatter-add kernels, random numbers, `pow`, `sin` and `cos` are reported
+//! as not emitted yet, by name. The runtime (cudarc) is not built yet.
+
+pub mod ptx;
+
+pub use ptx::{Arch, PtxError, PtxKernel, PtxProgram, emit_program};

@@ -1,0 +1,704 @@
+//! One loop kernel as a PTX `.entry` function.
+//!
+//! The code shape: a grid-stride loop over the flattened domain; the
+//! domain coordinates by division; the expressions that do not depend on
+//! the reduction computed once per element; then the reduce loop (in index
+//! order, one running value), the expressions that read its result, and
+//! the stores at the element's row-major index. Registers are virtual (PTX
+//! is a virtual ISA; `ptxas` allocates): one fresh register per value.
+//!
+//! Arithmetic uses the IEEE-rounded instructions (`add.rn`, `mul.rn`,
+//! `div.rn`, `sqrt.rn`, `rcp.rn`) so `ptxas` does not contract them into
+//! FMAs: elementwise results match the CPU backend and the interpreter
+//! bit for bit where the operation is exact in both. `exp` and `log` use
+//! the hardware's `ex2.approx`/`lg2.approx` (about 2 ulp, plus the rounding
+//! of the scaling), `rsqrt` `rsqrt.approx`; `tanh` is computed as on the
+//! CPU (an odd polynomial below 0.625, else `1 − 2/(e^{2|x|} + 1)`), not with
+//! `tanh.approx` (whose error is about 5e-4). `max`/`min` propagate NaN
+//! (`max.NaN`), as the interpreter does.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use lpac_ir::kernel::{BufferId, Expr, ExprId, IndexMap, LoopKernel, Program};
+use lpac_ir::{BinaryOp, DType, Graph, ReduceOp, UnaryOp};
+
+use super::{Arch, BLOCK, PTX_VERSION, PtxError, PtxKernel, sanitize};
+
+/// A virtual register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reg {
+    Pred(u32),
+    H16(u32),
+    B32(u32),
+    B64(u32),
+    F32(u32),
+}
+
+impl std::fmt::Display for Reg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reg::Pred(n) => write!(f, "%p{n}"),
+            Reg::H16(n) => write!(f, "%h{n}"),
+            Reg::B32(n) => write!(f, "%r{n}"),
+            Reg::B64(n) => write!(f, "%rd{n}"),
+            Reg::F32(n) => write!(f, "%f{n}"),
+        }
+    }
+}
+
+type R<T> = Result<T, PtxError>;
+
+pub(super) fn emit(
+    program: &Program,
+    k: &LoopKernel,
+    kernel: usize,
+    body: usize,
+    arch: Arch,
+    graph: Option<&Graph>,
+) -> R<PtxKernel> {
+    let entry = format!("k{kernel}_{body}_{}", sanitize(&k.name));
+    let mut em = Em::new(program, k, &entry)?;
+    em.function()?;
+    let total: u64 = k.domain.iter().map(|&d| d as u64).product();
+    let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+    let mut ptx = String::new();
+    let _ = writeln!(ptx, "//");
+    let _ = writeln!(ptx, "// kernel k{kernel} body {body}: loop {:?}, domain {:?}, reduce {:?}", k.name, k.domain, k.reduce);
+    let _ = writeln!(ptx, "// graph nodes: {}", node_list(k, graph));
+    let _ = writeln!(ptx, "// launch: grid {grid} x block {BLOCK}, grid-stride over {total} elements");
+    let _ = writeln!(ptx, "//");
+    let _ = writeln!(ptx, ".version {PTX_VERSION}");
+    let _ = writeln!(ptx, ".target {}", arch.name());
+    let _ = writeln!(ptx, ".address_size 64");
+    let _ = writeln!(ptx);
+    let params: Vec<String> = em.args.iter().map(|b| format!("\t.param .u64 b{}", b.0)).collect();
+    let _ = writeln!(ptx, ".visible .entry {entry}(\n{}\n)", params.join(",\n"));
+    let _ = writeln!(ptx, "{{");
+    for (kind, prefix, count) in [
+        (".pred", "%p", em.counts[0]),
+        (".b16", "%h", em.counts[1]),
+        (".b32", "%r", em.counts[2]),
+        (".b64", "%rd", em.counts[3]),
+        (".f32", "%f", em.counts[4]),
+    ] {
+        if count > 0 {
+            let _ = writeln!(ptx, "\t.reg {kind} {prefix}<{count}>;");
+        }
+    }
+    ptx.push_str(&em.code);
+    let _ = writeln!(ptx, "}}");
+    let args = em.args.iter().map(|b| b.0).collect();
+    Ok(PtxKernel { entry: entry.clone(), kernel, body, ptx, grid, block: BLOCK, shared_bytes: 0, args })
+}
+
+/// `%12 (models/tiny.lpa:22:19) %13 …`
+fn node_list(k: &LoopKernel, graph: Option<&Graph>) -> String {
+    let items: Vec<String> = k
+        .nodes
+        .iter()
+        .map(|n| {
+            let span = graph.and_then(|g| g.nodes.get(n.index())).and_then(|node| node.origin.span.as_ref());
+            match span {
+                Some(s) => format!("{n} ({}:{}:{})", s.file, s.line, s.col),
+                None => n.to_string(),
+            }
+        })
+        .collect();
+    if items.is_empty() { "none".into() } else { items.join(" ") }
+}
+
+struct Em<'a> {
+    program: &'a Program,
+    k: &'a LoopKernel,
+    entry: &'a str,
+    code: String,
+    /// Registers used of each kind: pred, b16, b32, b64, f32.
+    counts: [u32; 5],
+    args: Vec<BufferId>,
+    bases: BTreeMap<BufferId, Reg>,
+    vars: Vec<Option<Reg>>,
+    vals: Vec<Option<Reg>>,
+    acc: Option<Reg>,
+    /// Per expression: depends on a reduce variable; on the reduction.
+    on_reduce: Vec<bool>,
+    on_acc: Vec<bool>,
+    needed: Vec<bool>,
+}
+
+fn f32_imm(v: f64) -> String {
+    format!("0f{:08X}", (v as f32).to_bits())
+}
+
+impl<'a> Em<'a> {
+    fn new(program: &'a Program, k: &'a LoopKernel, entry: &'a str) -> R<Em<'a>> {
+        let n = k.exprs.len();
+        let ndom = k.domain.len();
+        let mut em = Em {
+            program,
+            k,
+            entry,
+            code: String::new(),
+            counts: [0; 5],
+            args: Vec::new(),
+            bases: BTreeMap::new(),
+            vars: vec![None; ndom + k.reduce.len()],
+            vals: vec![None; n],
+            acc: None,
+            on_reduce: vec![false; n],
+            on_acc: vec![false; n],
+            needed: vec![false; n],
+        };
+        em.analyse()?;
+        Ok(em)
+    }
+
+    fn err(&self, m: impl Into<String>) -> PtxError {
+        PtxError { kernel: self.entry.to_string(), message: m.into() }
+    }
+
+    fn analyse(&mut self) -> R<()> {
+        let k = self.k;
+        let ndom = k.domain.len();
+        let touches_reduce = |m: &IndexMap| m.strides.iter().skip(ndom).any(|&s| s != 0);
+        for (i, t) in k.exprs.iter().enumerate() {
+            if !matches!(t.dtype, DType::F32 | DType::I32 | DType::Bool) {
+                return Err(self.err(format!("e{i} has dtype {} (f32, i32 and bool are emitted)", t.dtype.name())));
+            }
+            let operands: Vec<ExprId> = match &t.expr {
+                Expr::Unary(_, a) | Expr::Cast(a) => vec![*a],
+                Expr::Binary(_, a, b) => vec![*a, *b],
+                Expr::Select(c, a, b) => vec![*c, *a, *b],
+                _ => vec![],
+            };
+            if operands.iter().any(|o| o.index() >= i) {
+                return Err(self.err(format!("e{i} uses a later expression")));
+            }
+            self.on_reduce[i] = match &t.expr {
+                Expr::Load { index, .. } | Expr::Index(index) => touches_reduce(index),
+                Expr::LoadIf { index, bound, .. } => touches_reduce(index) || touches_reduce(bound),
+                Expr::Random { .. } => return Err(self.err(format!("e{i}: random numbers are not emitted yet"))),
+                _ => operands.iter().any(|o| self.on_reduce[o.index()]),
+            };
+            self.on_acc[i] = matches!(t.expr, Expr::Accumulated) || operands.iter().any(|o| self.on_acc[o.index()]);
+        }
+        let mut stack: Vec<usize> = k.outputs.iter().map(|(_, e)| e.index()).collect();
+        if let Some(r) = &k.reduction {
+            stack.push(r.value.index());
+        }
+        while let Some(i) = stack.pop() {
+            if i >= k.exprs.len() {
+                return Err(self.err(format!("e{i} does not exist")));
+            }
+            if std::mem::replace(&mut self.needed[i], true) {
+                continue;
+            }
+            match &k.exprs[i].expr {
+                Expr::Unary(_, a) | Expr::Cast(a) => stack.push(a.index()),
+                Expr::Binary(_, a, b) => stack.extend([a.index(), b.index()]),
+                Expr::Select(c, a, b) => stack.extend([c.index(), a.index(), b.index()]),
+                _ => {}
+            }
+        }
+        let mut used: Vec<BufferId> = k.outputs.iter().map(|(b, _)| *b).collect();
+        for (i, t) in k.exprs.iter().enumerate() {
+            if let (true, Expr::Load { buffer, .. } | Expr::LoadIf { buffer, .. }) = (self.needed[i], &t.expr) {
+                used.push(*buffer);
+            }
+        }
+        used.sort();
+        used.dedup();
+        for b in &used {
+            if b.index() >= self.program.buffers.len() {
+                return Err(self.err(format!("buffer b{} does not exist", b.0)));
+            }
+        }
+        self.args = used;
+        Ok(())
+    }
+
+    fn reg(&mut self, kind: usize) -> Reg {
+        let n = self.counts[kind];
+        self.counts[kind] += 1;
+        match kind {
+            0 => Reg::Pred(n),
+            1 => Reg::H16(n),
+            2 => Reg::B32(n),
+            3 => Reg::B64(n),
+            _ => Reg::F32(n),
+        }
+    }
+
+    fn of(&mut self, d: DType) -> Reg {
+        match d {
+            DType::Bool => self.reg(0),
+            DType::I32 => self.reg(2),
+            _ => self.reg(4),
+        }
+    }
+
+    fn line(&mut self, text: impl AsRef<str>) {
+        self.code.push('\t');
+        self.code.push_str(text.as_ref());
+        self.code.push('\n');
+    }
+
+    fn label(&mut self, name: &str) {
+        let _ = writeln!(self.code, "{name}:");
+    }
+
+    fn function(&mut self) -> R<()> {
+        let k = self.k;
+        for b in self.args.clone() {
+            let raw = self.reg(3);
+            let base = self.reg(3);
+            self.line(format!("ld.param.u64 {raw}, [b{}];", b.0));
+            self.line(format!("cvta.to.global.u64 {base}, {raw};"));
+            self.bases.insert(b, base);
+        }
+        let total: u64 = k.domain.iter().map(|&d| d as u64).product();
+        let (ctaid, ntid, tid, nctaid) = (self.reg(2), self.reg(2), self.reg(2), self.reg(2));
+        self.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
+        self.line(format!("mov.u32 {ntid}, %ntid.x;"));
+        self.line(format!("mov.u32 {tid}, %tid.x;"));
+        self.line(format!("mov.u32 {nctaid}, %nctaid.x;"));
+        let (i, t64, stride) = (self.reg(3), self.reg(3), self.reg(3));
+        self.line(format!("mul.wide.u32 {i}, {ctaid}, {ntid};"));
+        self.line(format!("cvt.u64.u32 {t64}, {tid};"));
+        self.line(format!("add.u64 {i}, {i}, {t64};"));
+        self.line(format!("mul.wide.u32 {stride}, {nctaid}, {ntid};"));
+        let done = self.reg(0);
+        self.label("$L_element");
+        self.line(format!("setp.ge.u64 {done}, {i}, {total};"));
+        self.line(format!("@{done} bra $L_done;"));
+        self.coordinates(i, 0, &k.domain.clone())?;
+        // Per element: everything that needs neither a reduce variable nor
+        // the reduction's result.
+        for e in 0..k.exprs.len() {
+            if self.needed[e] && !self.on_reduce[e] && !self.on_acc[e] {
+                self.value(e)?;
+            }
+        }
+        if let Some(r) = k.reduction.clone() {
+            self.reduction(r.op, r.value.index())?;
+        }
+        let mut stores = Vec::new();
+        for &(b, e) in &k.outputs {
+            stores.push((b, self.value(e.index())?, k.exprs[e.index()].dtype));
+        }
+        for (b, v, d) in stores {
+            let addr = self.address(b, AddrOf::Flat(i), d)?;
+            self.store(addr, v, d);
+        }
+        // Values of this element are recomputed for the next one.
+        self.vals.iter_mut().for_each(|v| *v = None);
+        self.acc = None;
+        self.line(format!("add.u64 {i}, {i}, {stride};"));
+        self.line("bra.uni $L_element;");
+        self.label("$L_done");
+        self.line("ret;");
+        Ok(())
+    }
+
+    /// Row-major coordinates of `flat` over `extents` into loop variables
+    /// `first..`.
+    fn coordinates(&mut self, flat: Reg, first: usize, extents: &[usize]) -> R<()> {
+        let mut rest = flat;
+        for (a, &extent) in extents.iter().enumerate().rev() {
+            let v = self.reg(3);
+            if a == 0 {
+                self.line(format!("mov.u64 {v}, {rest};"));
+            } else {
+                let q = self.reg(3);
+                self.line(format!("rem.u64 {v}, {rest}, {extent};"));
+                self.line(format!("div.u64 {q}, {rest}, {extent};"));
+                rest = q;
+            }
+            self.vars[first + a] = Some(v);
+        }
+        Ok(())
+    }
+
+    fn reduction(&mut self, op: ReduceOp, value: usize) -> R<()> {
+        let k = self.k;
+        let d = k.exprs[value].dtype;
+        let acc = self.of(d);
+        let init = match (op, d) {
+            (ReduceOp::Sum, DType::F32) => f32_imm(0.0),
+            (ReduceOp::Max, DType::F32) => f32_imm(f64::NEG_INFINITY),
+            (ReduceOp::Sum, _) => "0".into(),
+            (ReduceOp::Max, _) => i32::MIN.to_string(),
+        };
+        let ty = if d == DType::F32 { "f32" } else { "s32" };
+        if d == DType::Bool {
+            return Err(self.err("a reduction of bool values"));
+        }
+        self.line(format!("mov.{ty} {acc}, {init};"));
+        let count: u64 = k.reduce.iter().map(|&x| x as u64).product();
+        if count > 0 {
+            let r = self.reg(3);
+            let more = self.reg(0);
+            self.line(format!("mov.u64 {r}, 0;"));
+            self.label("$L_reduce");
+            self.coordinates(r, k.domain.len(), &k.reduce.clone())?;
+            let inner: Vec<usize> =
+                (0..k.exprs.len()).filter(|&e| self.needed[e] && self.on_reduce[e] && !self.on_acc[e]).collect();
+            for &e in &inner {
+                self.value(e)?;
+            }
+            let v = self.value(value)?;
+            match (op, d) {
+                (ReduceOp::Sum, DType::F32) => self.line(format!("add.rn.f32 {acc}, {acc}, {v};")),
+                (ReduceOp::Max, DType::F32) => self.line(format!("max.NaN.f32 {acc}, {acc}, {v};")),
+                (ReduceOp::Sum, _) => self.line(format!("add.s32 {acc}, {acc}, {v};")),
+                (ReduceOp::Max, _) => self.line(format!("max.s32 {acc}, {acc}, {v};")),
+            }
+            // Values inside the loop are recomputed every iteration.
+            for &e in &inner {
+                self.vals[e] = None;
+            }
+            self.line(format!("add.u64 {r}, {r}, 1;"));
+            self.line(format!("setp.lt.u64 {more}, {r}, {count};"));
+            self.line(format!("@{more} bra $L_reduce;"));
+        }
+        self.acc = Some(acc);
+        Ok(())
+    }
+
+    /// `offset + Σ stride · var` as an s64 register.
+    fn affine(&mut self, map: &IndexMap) -> R<Reg> {
+        let a = self.reg(3);
+        self.line(format!("mov.s64 {a}, {};", map.offset));
+        for (v, &s) in map.strides.iter().enumerate() {
+            if s == 0 {
+                continue;
+            }
+            let var = self.vars.get(v).copied().flatten().ok_or_else(|| self.err(format!("loop variable {v} is not in scope")))?;
+            self.line(format!("mad.lo.s64 {a}, {var}, {s}, {a};"));
+        }
+        Ok(a)
+    }
+
+    fn address(&mut self, b: BufferId, at: AddrOf, d: DType) -> R<Reg> {
+        let elem = match at {
+            AddrOf::Flat(r) => r,
+            AddrOf::Map(m) => self.affine(&m)?,
+        };
+        let base = *self.bases.get(&b).ok_or_else(|| self.err(format!("buffer b{} has no base", b.0)))?;
+        let size = match d {
+            DType::Bool => 1,
+            _ => 4,
+        };
+        let addr = self.reg(3);
+        self.line(format!("mad.lo.s64 {addr}, {elem}, {size}, {base};"));
+        Ok(addr)
+    }
+
+    fn store(&mut self, addr: Reg, v: Reg, d: DType) {
+        match d {
+            DType::F32 => self.line(format!("st.global.f32 [{addr}], {v};")),
+            DType::I32 => self.line(format!("st.global.s32 [{addr}], {v};")),
+            _ => {
+                let h = self.reg(1);
+                self.line(format!("selp.u16 {h}, 1, 0, {v};"));
+                self.line(format!("st.global.u8 [{addr}], {h};"));
+            }
+        }
+    }
+
+    fn load(&mut self, addr: Reg, d: DType, guard: Option<Reg>) -> Reg {
+        let g = guard.map_or(String::new(), |p| format!("@{p} "));
+        match d {
+            DType::F32 => {
+                let r = self.reg(4);
+                self.line(format!("{g}ld.global.f32 {r}, [{addr}];"));
+                r
+            }
+            DType::I32 => {
+                let r = self.reg(2);
+                self.line(format!("{g}ld.global.s32 {r}, [{addr}];"));
+                r
+            }
+            _ => {
+                let h = self.reg(1);
+                let p = self.reg(0);
+                self.line(format!("{g}ld.global.u8 {h}, [{addr}];"));
+                self.line(format!("setp.ne.u16 {p}, {h}, 0;"));
+                p
+            }
+        }
+    }
+
+    /// A constant of dtype `d` in a fresh register.
+    fn constant(&mut self, v: f64, d: DType) -> Reg {
+        let r = self.of(d);
+        match d {
+            DType::F32 => self.line(format!("mov.f32 {r}, {};", f32_imm(v))),
+            DType::I32 => self.line(format!("mov.s32 {r}, {};", saturate_i32(v))),
+            _ => {
+                let t = self.reg(2);
+                self.line(format!("mov.u32 {t}, {};", u32::from(v != 0.0)));
+                self.line(format!("setp.ne.u32 {r}, {t}, 0;"));
+            }
+        }
+        r
+    }
+
+    fn value(&mut self, e: usize) -> R<Reg> {
+        if let Some(v) = self.vals[e] {
+            return Ok(v);
+        }
+        let t = self.k.exprs[e].clone();
+        let d = t.dtype;
+        let v = match &t.expr {
+            Expr::Load { buffer, index } => {
+                let addr = self.address(*buffer, AddrOf::Map(index.clone()), d)?;
+                self.load(addr, d, None)
+            }
+            Expr::LoadIf { buffer, index, bound, lo, hi, default } => {
+                let b = self.affine(bound)?;
+                let (p1, p2, p) = (self.reg(0), self.reg(0), self.reg(0));
+                self.line(format!("setp.ge.s64 {p1}, {b}, {lo};"));
+                self.line(format!("setp.lt.s64 {p2}, {b}, {hi};"));
+                self.line(format!("and.pred {p}, {p1}, {p2};"));
+                let addr = self.address(*buffer, AddrOf::Map(index.clone()), d)?;
+                let out = self.constant(*default, d);
+                let loaded = self.load(addr, d, Some(p));
+                self.select_into(out, p, loaded, d);
+                out
+            }
+            Expr::Const(v) => self.constant(*v, d),
+            Expr::Index(map) => {
+                let a = self.affine(map)?;
+                let r = self.of(d);
+                match d {
+                    DType::F32 => self.line(format!("cvt.rn.f32.s64 {r}, {a};")),
+                    DType::I32 => self.line(format!("cvt.s32.s64 {r}, {a};")),
+                    _ => self.line(format!("setp.ne.s64 {r}, {a}, 0;")),
+                }
+                r
+            }
+            Expr::Random { .. } => return Err(self.err(format!("e{e}: random numbers are not emitted yet"))),
+            Expr::Unary(op, a) => {
+                let x = self.value(a.index())?;
+                self.unary(*op, x, d)?
+            }
+            Expr::Binary(op, a, b) => {
+                let (x, y) = (self.value(a.index())?, self.value(b.index())?);
+                let od = self.k.exprs[a.index()].dtype;
+                self.binary(*op, x, y, od)?
+            }
+            Expr::Select(c, a, b) => {
+                let (c, x, y) = (self.value(c.index())?, self.value(a.index())?, self.value(b.index())?);
+                let r = self.of(d);
+                match d {
+                    DType::F32 => self.line(format!("selp.f32 {r}, {x}, {y}, {c};")),
+                    DType::I32 => self.line(format!("selp.s32 {r}, {x}, {y}, {c};")),
+                    _ => {
+                        let (nc, t1, t2) = (self.reg(0), self.reg(0), self.reg(0));
+                        self.line(format!("not.pred {nc}, {c};"));
+                        self.line(format!("and.pred {t1}, {c}, {x};"));
+                        self.line(format!("and.pred {t2}, {nc}, {y};"));
+                        self.line(format!("or.pred {r}, {t1}, {t2};"));
+                    }
+                }
+                r
+            }
+            Expr::Cast(a) => {
+                let x = self.value(a.index())?;
+                self.cast(x, self.k.exprs[a.index()].dtype, d)
+            }
+            Expr::Accumulated => self.acc.ok_or_else(|| self.err(format!("e{e} reads the reduction outside it")))?,
+        };
+        self.vals[e] = Some(v);
+        Ok(v)
+    }
+
+    /// `out = p ? loaded : out` (the guarded load's value where in range).
+    fn select_into(&mut self, out: Reg, p: Reg, loaded: Reg, d: DType) {
+        match d {
+            DType::F32 => self.line(format!("selp.f32 {out}, {loaded}, {out}, {p};")),
+            DType::I32 => self.line(format!("selp.s32 {out}, {loaded}, {out}, {p};")),
+            _ => {
+                let (np, t1, t2) = (self.reg(0), self.reg(0), self.reg(0));
+                self.line(format!("not.pred {np}, {p};"));
+                self.line(format!("and.pred {t1}, {p}, {loaded};"));
+                self.line(format!("and.pred {t2}, {np}, {out};"));
+                self.line(format!("or.pred {out}, {t1}, {t2};"));
+            }
+        }
+    }
+
+    fn cast(&mut self, x: Reg, from: DType, to: DType) -> Reg {
+        if from == to {
+            return x;
+        }
+        let r = self.of(to);
+        match (from, to) {
+            (DType::F32, DType::I32) => self.line(format!("cvt.rzi.s32.f32 {r}, {x};")),
+            (DType::I32, DType::F32) => self.line(format!("cvt.rn.f32.s32 {r}, {x};")),
+            (DType::Bool, DType::F32) => self.line(format!("selp.f32 {r}, {}, {}, {x};", f32_imm(1.0), f32_imm(0.0))),
+            (DType::Bool, _) => self.line(format!("selp.s32 {r}, 1, 0, {x};")),
+            // `x != 0`; NaN is not zero.
+            (DType::F32, _) => self.line(format!("setp.neu.f32 {r}, {x}, {};", f32_imm(0.0))),
+            _ => self.line(format!("setp.ne.s32 {r}, {x}, 0;")),
+        }
+        r
+    }
+
+    fn unary(&mut self, op: UnaryOp, x: Reg, d: DType) -> R<Reg> {
+        let r = self.of(d);
+        let int = d == DType::I32;
+        match op {
+            UnaryOp::Neg if int => self.line(format!("neg.s32 {r}, {x};")),
+            UnaryOp::Abs if int => self.line(format!("abs.s32 {r}, {x};")),
+            UnaryOp::Neg => self.line(format!("neg.f32 {r}, {x};")),
+            UnaryOp::Abs => self.line(format!("abs.f32 {r}, {x};")),
+            UnaryOp::Not => self.line(format!("not.pred {r}, {x};")),
+            UnaryOp::Exp => {
+                let t = self.reg(4);
+                self.line(format!("mul.rn.f32 {t}, {x}, {};", f32_imm(std::f64::consts::LOG2_E)));
+                self.line(format!("ex2.approx.f32 {r}, {t};"));
+            }
+            UnaryOp::Log => {
+                let t = self.reg(4);
+                self.line(format!("lg2.approx.f32 {t}, {x};"));
+                self.line(format!("mul.rn.f32 {r}, {t}, {};", f32_imm(std::f64::consts::LN_2)));
+            }
+            UnaryOp::Sqrt => self.line(format!("sqrt.rn.f32 {r}, {x};")),
+            UnaryOp::Rsqrt => self.line(format!("rsqrt.approx.f32 {r}, {x};")),
+            UnaryOp::Recip => self.line(format!("rcp.rn.f32 {r}, {x};")),
+            UnaryOp::Tanh => self.tanh(x, r),
+            UnaryOp::Sin | UnaryOp::Cos => {
+                return Err(self.err(format!("`{}` is not emitted yet", op.name())));
+            }
+        }
+        Ok(r)
+    }
+
+    /// tanh as the CPU backend computes it (Cephes tanhf): an odd
+    /// polynomial for |x| < 0.625, else 1 − 2/(e^{2|x|} + 1), with x's sign.
+    fn tanh(&mut self, x: Reg, r: Reg) {
+        const P: [f64; 5] =
+            [-5.704_988_727_45e-3, 2.063_908_879_54e-2, -5.373_971_555_31e-2, 1.333_144_220_36e-1, -3.333_328_194_22e-1];
+        let (ax, z, poly, small) = (self.reg(4), self.reg(4), self.reg(4), self.reg(4));
+        self.line(format!("abs.f32 {ax}, {x};"));
+        self.line(format!("mul.rn.f32 {z}, {x}, {x};"));
+        self.line(format!("mov.f32 {poly}, {};", f32_imm(P[0])));
+        for c in &P[1..] {
+            self.line(format!("fma.rn.f32 {poly}, {poly}, {z}, {};", f32_imm(*c)));
+        }
+        // small = x + x·z·poly
+        let xz = self.reg(4);
+        self.line(format!("mul.rn.f32 {xz}, {x}, {z};"));
+        self.line(format!("fma.rn.f32 {small}, {xz}, {poly}, {x};"));
+        // large = 1 − 2/(e^{2|x|} + 1), signed
+        let (t, e, den, q, large) = (self.reg(4), self.reg(4), self.reg(4), self.reg(4), self.reg(4));
+        self.line(format!("mul.rn.f32 {t}, {ax}, {};", f32_imm(2.0 * std::f64::consts::LOG2_E)));
+        self.line(format!("ex2.approx.f32 {e}, {t};"));
+        self.line(format!("add.rn.f32 {den}, {e}, {};", f32_imm(1.0)));
+        self.line(format!("div.rn.f32 {q}, {}, {den};", f32_imm(2.0)));
+        self.line(format!("sub.rn.f32 {large}, {}, {q};", f32_imm(1.0)));
+        let signed = self.reg(4);
+        self.line(format!("copysign.f32 {signed}, {x}, {large};"));
+        let use_small = self.reg(0);
+        self.line(format!("setp.lt.f32 {use_small}, {ax}, {};", f32_imm(0.625)));
+        self.line(format!("selp.f32 {r}, {small}, {signed}, {use_small};"));
+    }
+
+    /// `x^y` as Rust's `powf` defines it: `2^(y·log2|x|)`, negative for a
+    /// negative `x` and odd integer `y`, NaN for a negative `x` and
+    /// non-integer `y`, 1 for `y = 0`, and for `x = 0` 0 (`y > 0`) or
+    /// infinity (`y < 0`).
+    fn pow(&mut self, x: Reg, y: Reg, r: Reg) {
+        let (ax, l, t, m) = (self.reg(4), self.reg(4), self.reg(4), self.reg(4));
+        self.line(format!("abs.f32 {ax}, {x};"));
+        self.line(format!("lg2.approx.f32 {l}, {ax};"));
+        self.line(format!("mul.rn.f32 {t}, {y}, {l};"));
+        self.line(format!("ex2.approx.f32 {m}, {t};"));
+        // y an integer? odd?
+        let (yi, yt, is_int, odd_bit, is_odd) = (self.reg(2), self.reg(4), self.reg(0), self.reg(2), self.reg(0));
+        self.line(format!("cvt.rzi.s32.f32 {yi}, {y};"));
+        self.line(format!("cvt.rn.f32.s32 {yt}, {yi};"));
+        self.line(format!("setp.eq.f32 {is_int}, {yt}, {y};"));
+        self.line(format!("and.b32 {odd_bit}, {yi}, 1;"));
+        self.line(format!("setp.ne.and.s32 {is_odd}, {odd_bit}, 0, {is_int};"));
+        // negative base
+        let (neg, neg_m, nan, on_neg, x_neg) = (self.reg(4), self.reg(4), self.reg(4), self.reg(4), self.reg(0));
+        self.line(format!("neg.f32 {neg}, {m};"));
+        self.line(format!("selp.f32 {neg_m}, {neg}, {m}, {is_odd};"));
+        self.line(format!("mov.f32 {nan}, 0f7FC00000;"));
+        self.line(format!("selp.f32 {on_neg}, {neg_m}, {nan}, {is_int};"));
+        self.line(format!("setp.lt.f32 {x_neg}, {x}, {};", f32_imm(0.0)));
+        let (v, y0) = (self.reg(4), self.reg(0));
+        self.line(format!("selp.f32 {v}, {on_neg}, {m}, {x_neg};"));
+        self.line(format!("setp.eq.f32 {y0}, {y}, {};", f32_imm(0.0)));
+        self.line(format!("selp.f32 {r}, {}, {v}, {y0};", f32_imm(1.0)));
+    }
+
+    fn binary(&mut self, op: BinaryOp, x: Reg, y: Reg, d: DType) -> R<Reg> {
+        let cmp = |op: BinaryOp| match op {
+            BinaryOp::Lt => Some("lt"),
+            BinaryOp::Le => Some("le"),
+            BinaryOp::Gt => Some("gt"),
+            BinaryOp::Ge => Some("ge"),
+            BinaryOp::Eq => Some("eq"),
+            BinaryOp::Ne => Some("ne"),
+            _ => None,
+        };
+        if let Some(c) = cmp(op) {
+            let r = self.reg(0);
+            match d {
+                // `ne` on floats is true for NaN (unordered), as in Rust.
+                DType::F32 => {
+                    let c = if c == "ne" { "neu" } else { c };
+                    self.line(format!("setp.{c}.f32 {r}, {x}, {y};"));
+                }
+                DType::I32 => self.line(format!("setp.{c}.s32 {r}, {x}, {y};")),
+                _ => {
+                    // bool equality: xor, negated for eq.
+                    let t = self.reg(0);
+                    self.line(format!("xor.pred {t}, {x}, {y};"));
+                    if c == "eq" {
+                        self.line(format!("not.pred {r}, {t};"));
+                    } else if c == "ne" {
+                        self.line(format!("mov.pred {r}, {t};"));
+                    } else {
+                        return Err(self.err(format!("`{}` of bool values", op.name())));
+                    }
+                }
+            }
+            return Ok(r);
+        }
+        let r = self.of(d);
+        match (op, d) {
+            (BinaryOp::And, _) => self.line(format!("and.pred {r}, {x}, {y};")),
+            (BinaryOp::Or, _) => self.line(format!("or.pred {r}, {x}, {y};")),
+            (BinaryOp::Add, DType::F32) => self.line(format!("add.rn.f32 {r}, {x}, {y};")),
+            (BinaryOp::Sub, DType::F32) => self.line(format!("sub.rn.f32 {r}, {x}, {y};")),
+            (BinaryOp::Mul, DType::F32) => self.line(format!("mul.rn.f32 {r}, {x}, {y};")),
+            (BinaryOp::Div, DType::F32) => self.line(format!("div.rn.f32 {r}, {x}, {y};")),
+            (BinaryOp::Max, DType::F32) => self.line(format!("max.NaN.f32 {r}, {x}, {y};")),
+            (BinaryOp::Min, DType::F32) => self.line(format!("min.NaN.f32 {r}, {x}, {y};")),
+            (BinaryOp::Pow, DType::F32) => self.pow(x, y, r),
+            (BinaryOp::Add, _) => self.line(format!("add.s32 {r}, {x}, {y};")),
+            (BinaryOp::Sub, _) => self.line(format!("sub.s32 {r}, {x}, {y};")),
+            (BinaryOp::Mul, _) => self.line(format!("mul.lo.s32 {r}, {x}, {y};")),
+            (BinaryOp::Max, _) => self.line(format!("max.s32 {r}, {x}, {y};")),
+            (BinaryOp::Min, _) => self.line(format!("min.s32 {r}, {x}, {y};")),
+            (op, d) => return Err(self.err(format!("`{}` on {} is not emitted yet", op.name(), d.name()))),
+        }
+        Ok(r)
+    }
+}
+
+/// Where an address points: the element's own row-major index, or an index
+/// map.
+enum AddrOf {
+    Flat(Reg),
+    Map(IndexMap),
+}
+
+fn saturate_i32(v: f64) -> i32 {
+    if v.is_nan() { 0 } else { v.clamp(i32::MIN as f64, i32::MAX as f64) as i32 }
+}

@@ -1,0 +1,160 @@
+//! Kernel programs as PTX text.
+//!
+//! Every loop body of a program (a loop kernel; each loop stage of a rows
+//! kernel; each member of a multi kernel) becomes one `.entry` function in
+//! its own PTX module: PTX ISA 8.0, `sm_80` or `sm_90`. A thread computes
+//! one element of the kernel's domain at a time in a grid-stride loop, a
+//! reduction in index order (so sums match the reference interpreter's
+//! order). Each function starts with a comment naming the kernel, the graph
+//! nodes it computes and, when the graph is given, their source lines.
+//!
+//! Kernels the emitter does not produce yet are listed in the program with
+//! the reason ([`PtxProgram::skipped`]): gemm (cuBLAS, at run time),
+//! attention, gather and scatter-add.
+
+mod loop_kernel;
+
+use std::fmt;
+
+use lpac_ir::Graph;
+use lpac_ir::kernel::{Kernel, LoopKernel, Program, RowStage};
+
+/// A GPU architecture lpac emits PTX for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Sm80,
+    Sm90,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::Sm80, Arch::Sm90];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Sm80 => "sm_80",
+            Arch::Sm90 => "sm_90",
+        }
+    }
+
+    /// `sm_80` or `sm_90`; anything else is an error that lists these.
+    pub fn parse(text: &str) -> Result<Arch, String> {
+        Arch::ALL.into_iter().find(|a| a.name() == text).ok_or_else(|| {
+            format!("unsupported --arch `{text}`: lpac emits PTX for sm_80 (A100) and sm_90 (H100, H200)")
+        })
+    }
+}
+
+/// The PTX ISA version every module declares.
+pub const PTX_VERSION: &str = "8.0";
+/// Threads per block of every loop kernel.
+pub const BLOCK: u32 = 256;
+
+/// A loop body that could not be emitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PtxError {
+    pub kernel: String,
+    pub message: String,
+}
+
+impl fmt::Display for PtxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "kernel {:?}: {}", self.kernel, self.message)
+    }
+}
+
+impl std::error::Error for PtxError {}
+
+/// One `.entry` function and how to launch it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PtxKernel {
+    /// The function's name (`k12_0_mul_reduce_sum`): kernel index, body
+    /// index, sanitised kernel name.
+    pub entry: String,
+    /// The kernel index in the program and, for rows/multi kernels, the body.
+    pub kernel: usize,
+    pub body: usize,
+    pub ptx: String,
+    /// Grid size in blocks of [`BLOCK`] threads (a grid-stride loop covers
+    /// any remainder).
+    pub grid: u32,
+    pub block: u32,
+    pub shared_bytes: u32,
+    /// Kernel arguments in order: one `.u64` pointer per buffer, by id.
+    pub args: Vec<u32>,
+}
+
+/// Every emitted function, and the kernels left to the runtime or not
+/// emitted yet.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PtxProgram {
+    pub kernels: Vec<PtxKernel>,
+    /// `(kernel index, why)`.
+    pub skipped: Vec<(usize, String)>,
+}
+
+impl PtxProgram {
+    /// `manifest.json`: one object per function (name, launch, arguments),
+    /// and the kernels not emitted with the reason.
+    pub fn manifest(&self, arch: Arch) -> serde_json::Value {
+        let kernels: Vec<serde_json::Value> = self
+            .kernels
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "entry": k.entry,
+                    "kernel": k.kernel,
+                    "body": k.body,
+                    "grid": [k.grid, 1, 1],
+                    "block": [k.block, 1, 1],
+                    "shared_bytes": k.shared_bytes,
+                    "args": k.args.iter().map(|b| format!("b{b}")).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let skipped: Vec<serde_json::Value> =
+            self.skipped.iter().map(|(k, why)| serde_json::json!({"kernel": k, "why": why})).collect();
+        serde_json::json!({"arch": arch.name(), "ptx_version": PTX_VERSION, "kernels": kernels, "skipped": skipped})
+    }
+}
+
+/// Emits every loop body of `program` for `arch`. `graph`, when given, is
+/// the graph the program was lowered from: its nodes' source lines go into
+/// each function's header comment.
+pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Result<PtxProgram, PtxError> {
+    let mut out = PtxProgram::default();
+    for (i, kernel) in program.kernels.iter().enumerate() {
+        let bodies: Vec<&LoopKernel> = match kernel {
+            Kernel::Loop(l) => vec![l],
+            Kernel::Rows(r) => {
+                if r.stages.iter().any(|s| matches!(s, RowStage::Gemm(_))) {
+                    out.skipped.push((i, "a rows kernel with matrix-product stages (not emitted yet)".into()));
+                    continue;
+                }
+                r.loops().collect()
+            }
+            Kernel::Multi(m) => m.members.iter().collect(),
+            Kernel::Gemm(_) => {
+                out.skipped.push((i, "matrix product: cuBLAS at run time".into()));
+                continue;
+            }
+            Kernel::Attention(_) => {
+                out.skipped.push((i, "attention (not emitted yet)".into()));
+                continue;
+            }
+            Kernel::Gather { .. } | Kernel::ScatterAdd { .. } => {
+                out.skipped.push((i, "gather / scatter-add (not emitted yet)".into()));
+                continue;
+            }
+        };
+        for (b, body) in bodies.into_iter().enumerate() {
+            out.kernels.push(loop_kernel::emit(program, body, i, b, arch, graph)?);
+        }
+    }
+    Ok(out)
+}
+
+/// A kernel name as part of a PTX identifier.
+fn sanitize(name: &str) -> String {
+    let s: String = name.chars().take(48).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    if s.is_empty() { "kernel".into() } else { s }
+}
