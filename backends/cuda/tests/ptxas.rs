@@ -17,7 +17,8 @@ fn ptxas() -> Option<PathBuf> {
     if Command::new("ptxas").arg("--version").output().is_ok_and(|o| o.status.success()) {
         return Some(PathBuf::from("ptxas"));
     }
-    let script = "import nvidia, os\nfor p in nvidia.__path__:\n    print(os.path.join(p, 'cuda_nvcc', 'bin', 'ptxas'))";
+    let script =
+        "import nvidia, os\nfor p in nvidia.__path__:\n    print(os.path.join(p, 'cuda_nvcc', 'bin', 'ptxas'))";
     let out = Command::new("python3").args(["-c", script]).output().ok()?;
     String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from).find(|p| p.is_file())
 }
@@ -69,8 +70,8 @@ fn every_emitted_kernel_of_a_training_step_assembles() {
     let Some(ptxas) = require_ptxas("every_emitted_kernel_of_a_training_step_assembles") else { return };
     let dir = std::env::temp_dir().join(format!("lpac-ptxas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for lowrank in [None, Some(16)] {
-        let (graph, program) = step_program(lowrank, "dropout=0.0");
+    for (lowrank, dropout) in [(None, "dropout=0.0"), (Some(16), "dropout=0.0"), (None, "dropout=0.1")] {
+        let (graph, program) = step_program(lowrank, dropout);
         for arch in Arch::ALL {
             let emitted = emit_program(&program, arch, Some(&graph)).unwrap_or_else(|e| panic!("{e}"));
             assert!(emitted.kernels.len() > 20, "{} functions", emitted.kernels.len());
@@ -79,7 +80,11 @@ fn every_emitted_kernel_of_a_training_step_assembles() {
                     panic!("{} for {}: ptxas failed:\n{e}\n{}", k.entry, arch.name(), k.ptx);
                 }
             }
-            println!("{} functions assembled for {} (lowrank {lowrank:?})", emitted.kernels.len(), arch.name());
+            println!(
+                "{} functions assembled for {} (lowrank {lowrank:?}, {dropout})",
+                emitted.kernels.len(),
+                arch.name()
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -87,11 +92,12 @@ fn every_emitted_kernel_of_a_training_step_assembles() {
 
 #[test]
 fn what_is_not_emitted_yet_is_named() {
-    // Dropout draws random numbers, which the emitter does not produce yet.
+    // Dropout's random numbers take the run's stream key as a parameter.
     let (graph, program) = step_program(None, "dropout=0.1");
-    let e = emit_program(&program, Arch::Sm90, Some(&graph)).unwrap_err();
-    assert!(e.message.contains("random numbers are not emitted yet"), "{e}");
-    assert!(e.to_string().starts_with("kernel \"k"), "{e}");
+    let emitted = emit_program(&program, Arch::Sm90, Some(&graph)).unwrap();
+    assert!(emitted.kernels.iter().any(|k| !k.stream_keys.is_empty()), "dropout kernels take stream keys");
+    let manifest = emitted.manifest(Arch::Sm90).to_string();
+    assert!(manifest.contains("stream_key("), "{manifest}");
     // Products, attention, gather and scatter-add are listed with the reason.
     let (graph, program) = step_program(None, "dropout=0.0");
     let emitted = emit_program(&program, Arch::Sm90, Some(&graph)).unwrap();

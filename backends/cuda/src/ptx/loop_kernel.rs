@@ -64,7 +64,11 @@ pub(super) fn emit(
     let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
     let mut ptx = String::new();
     let _ = writeln!(ptx, "//");
-    let _ = writeln!(ptx, "// kernel k{kernel} body {body}: loop {:?}, domain {:?}, reduce {:?}", k.name, k.domain, k.reduce);
+    let _ = writeln!(
+        ptx,
+        "// kernel k{kernel} body {body}: loop {:?}, domain {:?}, reduce {:?}",
+        k.name, k.domain, k.reduce
+    );
     let _ = writeln!(ptx, "// graph nodes: {}", node_list(k, graph));
     let _ = writeln!(ptx, "// launch: grid {grid} x block {BLOCK}, grid-stride over {total} elements");
     let _ = writeln!(ptx, "//");
@@ -72,7 +76,8 @@ pub(super) fn emit(
     let _ = writeln!(ptx, ".target {}", arch.name());
     let _ = writeln!(ptx, ".address_size 64");
     let _ = writeln!(ptx);
-    let params: Vec<String> = em.args.iter().map(|b| format!("\t.param .u64 b{}", b.0)).collect();
+    let mut params: Vec<String> = em.args.iter().map(|b| format!("\t.param .u64 b{}", b.0)).collect();
+    params.extend(em.keys.iter().map(|k| format!("\t.param .u64 key{k}")));
     let _ = writeln!(ptx, ".visible .entry {entry}(\n{}\n)", params.join(",\n"));
     let _ = writeln!(ptx, "{{");
     for (kind, prefix, count) in [
@@ -89,7 +94,8 @@ pub(super) fn emit(
     ptx.push_str(&em.code);
     let _ = writeln!(ptx, "}}");
     let args = em.args.iter().map(|b| b.0).collect();
-    Ok(PtxKernel { entry: entry.clone(), kernel, body, ptx, grid, block: BLOCK, shared_bytes: 0, args })
+    let stream_keys = em.keys.clone();
+    Ok(PtxKernel { entry: entry.clone(), kernel, body, ptx, grid, block: BLOCK, shared_bytes: 0, args, stream_keys })
 }
 
 /// `%12 (models/tiny.lpa:22:19) %13 …`
@@ -116,6 +122,10 @@ struct Em<'a> {
     /// Registers used of each kind: pred, b16, b32, b64, f32.
     counts: [u32; 5],
     args: Vec<BufferId>,
+    /// The `random` keys used, in order: each a `.u64` parameter after the
+    /// buffers (the run's stream key for it: `dropout_key(seed, step, key)`).
+    keys: Vec<u64>,
+    key_regs: BTreeMap<u64, Reg>,
     bases: BTreeMap<BufferId, Reg>,
     vars: Vec<Option<Reg>>,
     vals: Vec<Option<Reg>>,
@@ -141,6 +151,8 @@ impl<'a> Em<'a> {
             code: String::new(),
             counts: [0; 5],
             args: Vec::new(),
+            keys: Vec::new(),
+            key_regs: BTreeMap::new(),
             bases: BTreeMap::new(),
             vars: vec![None; ndom + k.reduce.len()],
             vals: vec![None; n],
@@ -177,7 +189,12 @@ impl<'a> Em<'a> {
             self.on_reduce[i] = match &t.expr {
                 Expr::Load { index, .. } | Expr::Index(index) => touches_reduce(index),
                 Expr::LoadIf { index, bound, .. } => touches_reduce(index) || touches_reduce(bound),
-                Expr::Random { .. } => return Err(self.err(format!("e{i}: random numbers are not emitted yet"))),
+                Expr::Random { counter, .. } => {
+                    if t.dtype != DType::F32 {
+                        return Err(self.err(format!("e{i}: random numbers of dtype {}", t.dtype.name())));
+                    }
+                    touches_reduce(counter)
+                }
                 _ => operands.iter().any(|o| self.on_reduce[o.index()]),
             };
             self.on_acc[i] = matches!(t.expr, Expr::Accumulated) || operands.iter().any(|o| self.on_acc[o.index()]);
@@ -208,6 +225,13 @@ impl<'a> Em<'a> {
         }
         used.sort();
         used.dedup();
+        for (i, t) in k.exprs.iter().enumerate() {
+            if let (true, Expr::Random { key, .. }) = (self.needed[i], &t.expr)
+                && !self.keys.contains(key)
+            {
+                self.keys.push(*key);
+            }
+        }
         for b in &used {
             if b.index() >= self.program.buffers.len() {
                 return Err(self.err(format!("buffer b{} does not exist", b.0)));
@@ -255,6 +279,11 @@ impl<'a> Em<'a> {
             self.line(format!("ld.param.u64 {raw}, [b{}];", b.0));
             self.line(format!("cvta.to.global.u64 {base}, {raw};"));
             self.bases.insert(b, base);
+        }
+        for key in self.keys.clone() {
+            let r = self.reg(3);
+            self.line(format!("ld.param.u64 {r}, [key{key}];"));
+            self.key_regs.insert(key, r);
         }
         let total: u64 = k.domain.iter().map(|&d| d as u64).product();
         let (ctaid, ntid, tid, nctaid) = (self.reg(2), self.reg(2), self.reg(2), self.reg(2));
@@ -373,7 +402,12 @@ impl<'a> Em<'a> {
             if s == 0 {
                 continue;
             }
-            let var = self.vars.get(v).copied().flatten().ok_or_else(|| self.err(format!("loop variable {v} is not in scope")))?;
+            let var = self
+                .vars
+                .get(v)
+                .copied()
+                .flatten()
+                .ok_or_else(|| self.err(format!("loop variable {v} is not in scope")))?;
             self.line(format!("mad.lo.s64 {a}, {var}, {s}, {a};"));
         }
         Ok(a)
@@ -478,7 +512,12 @@ impl<'a> Em<'a> {
                 }
                 r
             }
-            Expr::Random { .. } => return Err(self.err(format!("e{e}: random numbers are not emitted yet"))),
+            Expr::Random { key, counter } => {
+                let c = self.affine(counter)?;
+                let k =
+                    *self.key_regs.get(key).ok_or_else(|| self.err(format!("e{e}: stream key {key} not loaded")))?;
+                self.uniform(k, c)
+            }
             Expr::Unary(op, a) => {
                 let x = self.value(a.index())?;
                 self.unary(*op, x, d)?
@@ -512,6 +551,49 @@ impl<'a> Em<'a> {
         };
         self.vals[e] = Some(v);
         Ok(v)
+    }
+
+    /// A uniform f32 in [0, 1) exactly as `lpac_ir::random::uniform_f32`:
+    /// Philox4x32-10 of counter `(c, 0)` under the 64-bit stream key, the
+    /// top 24 bits of word 0 times 2^-24.
+    fn uniform(&mut self, key: Reg, counter: Reg) -> Reg {
+        use lpac_ir::random::{PHILOX_M0, PHILOX_M1, PHILOX_ROUNDS, PHILOX_W0, PHILOX_W1};
+        let mut c = [self.reg(2), self.reg(2), self.reg(2), self.reg(2)];
+        let mut k = [self.reg(2), self.reg(2)];
+        self.line(format!("cvt.u32.u64 {}, {counter};", c[0]));
+        let hi = self.reg(3);
+        self.line(format!("shr.u64 {hi}, {counter}, 32;"));
+        self.line(format!("cvt.u32.u64 {}, {hi};", c[1]));
+        self.line(format!("mov.u32 {}, 0;", c[2]));
+        self.line(format!("mov.u32 {}, 0;", c[3]));
+        self.line(format!("cvt.u32.u64 {}, {key};", k[0]));
+        let khi = self.reg(3);
+        self.line(format!("shr.u64 {khi}, {key}, 32;"));
+        self.line(format!("cvt.u32.u64 {}, {khi};", k[1]));
+        for round in 0..PHILOX_ROUNDS {
+            if round > 0 {
+                let (k0, k1) = (self.reg(2), self.reg(2));
+                self.line(format!("add.u32 {k0}, {}, 0x{PHILOX_W0:08X};", k[0]));
+                self.line(format!("add.u32 {k1}, {}, 0x{PHILOX_W1:08X};", k[1]));
+                k = [k0, k1];
+            }
+            let (hi0, lo0, hi1, lo1) = (self.reg(2), self.reg(2), self.reg(2), self.reg(2));
+            self.line(format!("mul.hi.u32 {hi0}, {}, 0x{PHILOX_M0:08X};", c[0]));
+            self.line(format!("mul.lo.u32 {lo0}, {}, 0x{PHILOX_M0:08X};", c[0]));
+            self.line(format!("mul.hi.u32 {hi1}, {}, 0x{PHILOX_M1:08X};", c[2]));
+            self.line(format!("mul.lo.u32 {lo1}, {}, 0x{PHILOX_M1:08X};", c[2]));
+            let (n0, n2) = (self.reg(2), self.reg(2));
+            self.line(format!("xor.b32 {n0}, {hi1}, {};", c[1]));
+            self.line(format!("xor.b32 {n0}, {n0}, {};", k[0]));
+            self.line(format!("xor.b32 {n2}, {hi0}, {};", c[3]));
+            self.line(format!("xor.b32 {n2}, {n2}, {};", k[1]));
+            c = [n0, lo1, n2, lo0];
+        }
+        let (top, u) = (self.reg(2), self.reg(4));
+        self.line(format!("shr.u32 {top}, {}, 8;", c[0]));
+        self.line(format!("cvt.rn.f32.u32 {u}, {top};"));
+        self.line(format!("mul.rn.f32 {u}, {u}, {};", f32_imm(1.0 / 16_777_216.0)));
+        u
     }
 
     /// `out = p ? loaded : out` (the guarded load's value where in range).
@@ -579,8 +661,13 @@ impl<'a> Em<'a> {
     /// tanh as the CPU backend computes it (Cephes tanhf): an odd
     /// polynomial for |x| < 0.625, else 1 − 2/(e^{2|x|} + 1), with x's sign.
     fn tanh(&mut self, x: Reg, r: Reg) {
-        const P: [f64; 5] =
-            [-5.704_988_727_45e-3, 2.063_908_879_54e-2, -5.373_971_555_31e-2, 1.333_144_220_36e-1, -3.333_328_194_22e-1];
+        const P: [f64; 5] = [
+            -5.704_988_727_45e-3,
+            2.063_908_879_54e-2,
+            -5.373_971_555_31e-2,
+            1.333_144_220_36e-1,
+            -3.333_328_194_22e-1,
+        ];
         let (ax, z, poly, small) = (self.reg(4), self.reg(4), self.reg(4), self.reg(4));
         self.line(format!("abs.f32 {ax}, {x};"));
         self.line(format!("mul.rn.f32 {z}, {x}, {x};"));

@@ -8,6 +8,10 @@
 //! order). Each function starts with a comment naming the kernel, the graph
 //! nodes it computes and, when the graph is given, their source lines.
 //!
+//! Random numbers (dropout) are Philox4x32-10 in PTX, bit for bit the
+//! interpreter's stream: the kernel takes the run's stream key for each
+//! `random` key as a parameter.
+//!
 //! Kernels the emitter does not produce yet are listed in the program with
 //! the reason ([`PtxProgram::skipped`]): gemm (cuBLAS, at run time),
 //! attention, gather and scatter-add.
@@ -79,8 +83,11 @@ pub struct PtxKernel {
     pub grid: u32,
     pub block: u32,
     pub shared_bytes: u32,
-    /// Kernel arguments in order: one `.u64` pointer per buffer, by id.
+    /// Kernel arguments in order: one `.u64` pointer per buffer, by id…
     pub args: Vec<u32>,
+    /// …then one `.u64` stream key per `random` key used: the runtime
+    /// passes `lpac_ir::random::dropout_key(seed, step, key)`.
+    pub stream_keys: Vec<u64>,
 }
 
 /// Every emitted function, and the kernels left to the runtime or not
@@ -107,7 +114,12 @@ impl PtxProgram {
                     "grid": [k.grid, 1, 1],
                     "block": [k.block, 1, 1],
                     "shared_bytes": k.shared_bytes,
-                    "args": k.args.iter().map(|b| format!("b{b}")).collect::<Vec<_>>(),
+                    "args": k
+                        .args
+                        .iter()
+                        .map(|b| format!("b{b}"))
+                        .chain(k.stream_keys.iter().map(|key| format!("stream_key({key})")))
+                        .collect::<Vec<_>>(),
                 })
             })
             .collect();
