@@ -104,6 +104,8 @@ fn what_is_not_emitted_yet_is_named() {
     let why: Vec<&str> = emitted.skipped.iter().map(|(_, w)| w.as_str()).collect();
     assert!(why.iter().any(|w| w.contains("cuBLAS")), "{why:?}");
     assert!(why.iter().any(|w| w.contains("attention")), "{why:?}");
+    assert!(emitted.kernels.iter().any(|k| k.entry.ends_with("_gather") && k.error_flag));
+    assert!(emitted.kernels.iter().any(|k| k.entry.ends_with("_scatter_add") && k.error_flag));
     let manifest = emitted.manifest(Arch::Sm90);
     assert_eq!(manifest["arch"], "sm_90");
     assert_eq!(manifest["kernels"].as_array().unwrap().len(), emitted.kernels.len());

@@ -95,7 +95,18 @@ pub(super) fn emit(
     let _ = writeln!(ptx, "}}");
     let args = em.args.iter().map(|b| b.0).collect();
     let stream_keys = em.keys.clone();
-    Ok(PtxKernel { entry: entry.clone(), kernel, body, ptx, grid, block: BLOCK, shared_bytes: 0, args, stream_keys })
+    Ok(PtxKernel {
+        entry: entry.clone(),
+        kernel,
+        body,
+        ptx,
+        grid,
+        block: BLOCK,
+        shared_bytes: 0,
+        args,
+        stream_keys,
+        error_flag: false,
+    })
 }
 
 /// `%12 (models/tiny.lpa:22:19) %13 …`

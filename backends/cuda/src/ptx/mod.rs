@@ -14,9 +14,11 @@
 //!
 //! Kernels the emitter does not produce yet are listed in the program with
 //! the reason ([`PtxProgram::skipped`]): gemm (cuBLAS, at run time),
-//! attention, gather and scatter-add.
+//! attention, and rows kernels with matrix-product stages. Gather and
+//! scatter-add are their own functions (`rows_by_index`).
 
 mod loop_kernel;
+mod rows_by_index;
 
 use std::fmt;
 
@@ -88,6 +90,9 @@ pub struct PtxKernel {
     /// …then one `.u64` stream key per `random` key used: the runtime
     /// passes `lpac_ir::random::dropout_key(seed, step, key)`.
     pub stream_keys: Vec<u64>,
+    /// …then, when set, a `.u64` pointer to a `u32` error cell the runtime
+    /// zeroes before the step and checks after it (an index out of range).
+    pub error_flag: bool,
 }
 
 /// Every emitted function, and the kernels left to the runtime or not
@@ -119,6 +124,7 @@ impl PtxProgram {
                         .iter()
                         .map(|b| format!("b{b}"))
                         .chain(k.stream_keys.iter().map(|key| format!("stream_key({key})")))
+                        .chain(k.error_flag.then(|| "error_cell".to_string()))
                         .collect::<Vec<_>>(),
                 })
             })
@@ -153,8 +159,12 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
                 out.skipped.push((i, "attention (not emitted yet)".into()));
                 continue;
             }
-            Kernel::Gather { .. } | Kernel::ScatterAdd { .. } => {
-                out.skipped.push((i, "gather / scatter-add (not emitted yet)".into()));
+            Kernel::Gather { table, indices, out: o, .. } => {
+                out.kernels.push(rows_by_index::gather(program, (*table, *indices, *o), i, arch)?);
+                continue;
+            }
+            Kernel::ScatterAdd { indices, src, out: o, .. } => {
+                out.kernels.push(rows_by_index::scatter_add(program, (*indices, *src, *o), i, arch)?);
                 continue;
             }
         };
