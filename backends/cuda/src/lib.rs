@@ -6,8 +6,8 @@
 //! Status: the PTX emitter covers loop kernels (and the loop stages of rows
 //! and multi kernels) — elementwise and reducing, f32, i32 and bool. Matrix
 //! products are for cuBLAS (the runtime); gather and scatter-add are PTX
-//! too; attention kernels, rows kernels with product stages, `sin` and
-//! `cos` are reported as not emitted yet, by name. The runtime (cudarc) is not built yet.
+//! too; attention kernels and rows kernels with product stages are reported
+//! as not emitted yet, by name. The runtime (cudarc) is not built yet.
 
 pub mod ptx;
 

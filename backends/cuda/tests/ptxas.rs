@@ -52,9 +52,13 @@ fn assemble(ptxas: &Path, ptx: &str, arch: Arch, dir: &Path, name: &str) -> Resu
 }
 
 fn step_program(lowrank: Option<usize>, dropout: &str) -> (lpac_ir::Graph, lpac_ir::kernel::Program) {
-    let sets = ["layers=2", "d=64", "heads=2", "ffn=128", "seq=32", "batch=4", dropout];
+    model_step("tiny.lpa", &["layers=2", "d=64", "heads=2", "ffn=128", "seq=32", "batch=4", dropout], lowrank)
+}
+
+fn model_step(file: &str, sets: &[&str], lowrank: Option<usize>) -> (lpac_ir::Graph, lpac_ir::kernel::Program) {
     let overrides: Vec<_> = sets.iter().map(|s| lpac_frontend::Override::parse(s).unwrap()).collect();
-    let g = lpac_frontend::compile_file(Path::new("../../models/tiny.lpa"), &overrides).unwrap().graph;
+    let path = Path::new("../../models").join(file);
+    let g = lpac_frontend::compile_file(&path, &overrides).unwrap().graph;
     let mut pipeline = String::new();
     if let Some(r) = lowrank {
         pipeline.push_str(&format!("lowrank{{rank={r}}},"));
@@ -86,6 +90,27 @@ fn every_emitted_kernel_of_a_training_step_assembles() {
                 arch.name()
             );
         }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_shipped_models_steps_assemble() {
+    // gpt (ReLU, post-norm, dropout) and llama (RoPE's sin/cos, RMSNorm,
+    // SwiGLU) at small sizes.
+    let Some(ptxas) = require_ptxas("the_shipped_models_steps_assemble") else { return };
+    let dir = std::env::temp_dir().join(format!("lpac-ptxas-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let small = ["layers=2", "d=64", "heads=2", "ffn=128", "seq=32", "batch=2", "vocab=300"];
+    for file in ["gpt.lpa", "llama.lpa"] {
+        let (graph, program) = model_step(file, &small, None);
+        let emitted = emit_program(&program, Arch::Sm90, Some(&graph)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for k in &emitted.kernels {
+            if let Err(e) = assemble(&ptxas, &k.ptx, Arch::Sm90, &dir, &k.entry) {
+                panic!("{file}: {}: ptxas failed:\n{e}\n{}", k.entry, k.ptx);
+            }
+        }
+        println!("{file}: {} functions assembled", emitted.kernels.len());
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,8 +14,9 @@
 //! the hardware's `ex2.approx`/`lg2.approx` (about 2 ulp, plus the rounding
 //! of the scaling), `rsqrt` `rsqrt.approx`; `tanh` is computed as on the
 //! CPU (an odd polynomial below 0.625, else `1 − 2/(e^{2|x|} + 1)`), not with
-//! `tanh.approx` (whose error is about 5e-4). `max`/`min` propagate NaN
-//! (`max.NaN`), as the interpreter does.
+//! `tanh.approx` (whose error is about 5e-4). `sin`/`cos` reduce the
+//! argument to [−π, π] first, then use `sin.approx`/`cos.approx`.
+//! `max`/`min` propagate NaN (`max.NaN`), as the interpreter does.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -663,10 +664,28 @@ impl<'a> Em<'a> {
             UnaryOp::Recip => self.line(format!("rcp.rn.f32 {r}, {x};")),
             UnaryOp::Tanh => self.tanh(x, r),
             UnaryOp::Sin | UnaryOp::Cos => {
-                return Err(self.err(format!("`{}` is not emitted yet", op.name())));
+                let reduced = self.reduce_angle(x);
+                let f = if op == UnaryOp::Sin { "sin" } else { "cos" };
+                self.line(format!("{f}.approx.f32 {r}, {reduced};"));
             }
         }
         Ok(r)
+    }
+
+    /// `x − 2π·round(x / 2π)` (Cody–Waite: 2π split in a short high part,
+    /// exact in the product for the angles models use, and the rest), so
+    /// `sin.approx`/`cos.approx` (accurate to ~5e-7 on [−π, π], not beyond)
+    /// see a reduced argument: RoPE's angles reach the sequence length.
+    fn reduce_angle(&mut self, x: Reg) -> Reg {
+        const TWO_PI_HI: f64 = 6.28125;
+        let two_pi_lo = std::f64::consts::TAU - TWO_PI_HI;
+        let (k, nk, a, b) = (self.reg(4), self.reg(4), self.reg(4), self.reg(4));
+        self.line(format!("mul.rn.f32 {k}, {x}, {};", f32_imm(1.0 / std::f64::consts::TAU)));
+        self.line(format!("cvt.rni.f32.f32 {k}, {k};"));
+        self.line(format!("neg.f32 {nk}, {k};"));
+        self.line(format!("fma.rn.f32 {a}, {nk}, {}, {x};", f32_imm(TWO_PI_HI)));
+        self.line(format!("fma.rn.f32 {b}, {nk}, {}, {a};", f32_imm(two_pi_lo)));
+        b
     }
 
     /// tanh as the CPU backend computes it (Cephes tanhf): an odd
