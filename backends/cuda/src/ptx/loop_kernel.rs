@@ -2,9 +2,13 @@
 //!
 //! The code shape: a grid-stride loop over the flattened domain; the
 //! domain coordinates by division; the expressions that do not depend on
-//! the reduction computed once per element; then the reduce loop (in index
-//! order, one running value), the expressions that read its result, and
-//! the stores at the element's row-major index. Registers are virtual (PTX
+//! the reduction computed once per element; then the reduce loop, the
+//! expressions that read its result, and the stores at the element's
+//! row-major index. A reducing kernel gives each output element a warp:
+//! lane `l` accumulates reduce indices `l, l+32, …`, five butterfly
+//! shuffles (`shfl.sync.bfly`) combine the 32 partial results in every
+//! lane, and lane 0 stores. (So sums are added in a different order than
+//! on the CPU: results agree to rounding, not bit for bit.) Registers are virtual (PTX
 //! is a virtual ISA; `ptxas` allocates): one fresh register per value.
 //!
 //! Arithmetic uses the IEEE-rounded instructions (`add.rn`, `mul.rn`,
@@ -62,7 +66,9 @@ pub(super) fn emit(
     let mut em = Em::new(program, k, &entry)?;
     em.function()?;
     let total: u64 = k.domain.iter().map(|&d| d as u64).product();
-    let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+    // A reducing kernel uses a warp (32 threads) per output element.
+    let threads = if k.reduction.is_some() { total.saturating_mul(32) } else { total };
+    let grid = threads.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
     let mut ptx = String::new();
     let _ = writeln!(ptx, "//");
     let _ = writeln!(
@@ -71,7 +77,8 @@ pub(super) fn emit(
         k.name, k.domain, k.reduce
     );
     let _ = writeln!(ptx, "// graph nodes: {}", node_list(k, graph));
-    let _ = writeln!(ptx, "// launch: grid {grid} x block {BLOCK}, grid-stride over {total} elements");
+    let per = if k.reduction.is_some() { "a warp per output element, " } else { "" };
+    let _ = writeln!(ptx, "// launch: grid {grid} x block {BLOCK}, {per}grid-stride over {total} elements");
     let _ = writeln!(ptx, "//");
     let _ = writeln!(ptx, ".version {PTX_VERSION}");
     let _ = writeln!(ptx, ".target {}", arch.name());
@@ -142,6 +149,8 @@ struct Em<'a> {
     vars: Vec<Option<Reg>>,
     vals: Vec<Option<Reg>>,
     acc: Option<Reg>,
+    /// In a reducing kernel: the lane (u64) and "lane is 0".
+    lane: Option<(Reg, Reg)>,
     /// Per expression: depends on a reduce variable; on the reduction.
     on_reduce: Vec<bool>,
     on_acc: Vec<bool>,
@@ -169,6 +178,7 @@ impl<'a> Em<'a> {
             vars: vec![None; ndom + k.reduce.len()],
             vals: vec![None; n],
             acc: None,
+            lane: None,
             on_reduce: vec![false; n],
             on_acc: vec![false; n],
             needed: vec![false; n],
@@ -308,6 +318,19 @@ impl<'a> Em<'a> {
         self.line(format!("cvt.u64.u32 {t64}, {tid};"));
         self.line(format!("add.u64 {i}, {i}, {t64};"));
         self.line(format!("mul.wide.u32 {stride}, {nctaid}, {ntid};"));
+        // A reducing kernel gives each output element a warp: `i` counts
+        // warps, and the lane is this thread's place in its warp.
+        if k.reduction.is_some() {
+            let lane32 = self.reg(2);
+            self.line(format!("and.b32 {lane32}, {tid}, 31;"));
+            self.line(format!("shr.u64 {i}, {i}, 5;"));
+            self.line(format!("shr.u64 {stride}, {stride}, 5;"));
+            let lane = self.reg(3);
+            self.line(format!("cvt.u64.u32 {lane}, {lane32};"));
+            let lane0 = self.reg(0);
+            self.line(format!("setp.eq.u32 {lane0}, {lane32}, 0;"));
+            self.lane = Some((lane, lane0));
+        }
         let done = self.reg(0);
         self.label("$L_element");
         self.line(format!("setp.ge.u64 {done}, {i}, {total};"));
@@ -329,7 +352,9 @@ impl<'a> Em<'a> {
         }
         for (b, v, d) in stores {
             let addr = self.address(b, AddrOf::Flat(i), d)?;
-            self.store(addr, v, d);
+            // In a reducing kernel every lane holds the result; lane 0 stores.
+            let guard = self.lane.map(|(_, lane0)| lane0);
+            self.store(addr, v, d, guard);
         }
         // Values of this element are recomputed for the next one.
         self.vals.iter_mut().for_each(|v| *v = None);
@@ -376,10 +401,15 @@ impl<'a> Em<'a> {
         }
         self.line(format!("mov.{ty} {acc}, {init};"));
         let count: u64 = k.reduce.iter().map(|&x| x as u64).product();
+        let (lane, _) = self.lane.ok_or_else(|| self.err("a reduction outside a warp"))?;
         if count > 0 {
+            // Lane l sums reduce indices l, l + 32, …; the warp then combines
+            // its 32 partial results (butterfly shuffles).
             let r = self.reg(3);
             let more = self.reg(0);
-            self.line(format!("mov.u64 {r}, 0;"));
+            self.line(format!("mov.u64 {r}, {lane};"));
+            self.line(format!("setp.ge.u64 {more}, {r}, {count};"));
+            self.line(format!("@{more} bra $L_reduce_end;"));
             self.label("$L_reduce");
             self.coordinates(r, k.domain.len(), &k.reduce.clone())?;
             let inner: Vec<usize> =
@@ -398,9 +428,20 @@ impl<'a> Em<'a> {
             for &e in &inner {
                 self.vals[e] = None;
             }
-            self.line(format!("add.u64 {r}, {r}, 1;"));
+            self.line(format!("add.u64 {r}, {r}, 32;"));
             self.line(format!("setp.lt.u64 {more}, {r}, {count};"));
             self.line(format!("@{more} bra $L_reduce;"));
+            self.label("$L_reduce_end");
+        }
+        for offset in [16, 8, 4, 2, 1] {
+            let other = self.of(d);
+            self.line(format!("shfl.sync.bfly.b32 {other}, {acc}, {offset}, 31, -1;"));
+            match (op, d) {
+                (ReduceOp::Sum, DType::F32) => self.line(format!("add.rn.f32 {acc}, {acc}, {other};")),
+                (ReduceOp::Max, DType::F32) => self.line(format!("max.NaN.f32 {acc}, {acc}, {other};")),
+                (ReduceOp::Sum, _) => self.line(format!("add.s32 {acc}, {acc}, {other};")),
+                (ReduceOp::Max, _) => self.line(format!("max.s32 {acc}, {acc}, {other};")),
+            }
         }
         self.acc = Some(acc);
         Ok(())
@@ -440,14 +481,15 @@ impl<'a> Em<'a> {
         Ok(addr)
     }
 
-    fn store(&mut self, addr: Reg, v: Reg, d: DType) {
+    fn store(&mut self, addr: Reg, v: Reg, d: DType, guard: Option<Reg>) {
+        let g = guard.map_or(String::new(), |p| format!("@{p} "));
         match d {
-            DType::F32 => self.line(format!("st.global.f32 [{addr}], {v};")),
-            DType::I32 => self.line(format!("st.global.s32 [{addr}], {v};")),
+            DType::F32 => self.line(format!("{g}st.global.f32 [{addr}], {v};")),
+            DType::I32 => self.line(format!("{g}st.global.s32 [{addr}], {v};")),
             _ => {
                 let h = self.reg(1);
                 self.line(format!("selp.u16 {h}, 1, 0, {v};"));
-                self.line(format!("st.global.u8 [{addr}], {h};"));
+                self.line(format!("{g}st.global.u8 [{addr}], {h};"));
             }
         }
     }

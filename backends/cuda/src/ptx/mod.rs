@@ -3,9 +3,9 @@
 //! Every loop body of a program (a loop kernel; each loop stage of a rows
 //! kernel; each member of a multi kernel) becomes one `.entry` function in
 //! its own PTX module: PTX ISA 8.0, `sm_80` or `sm_90`. A thread computes
-//! one element of the kernel's domain at a time in a grid-stride loop, a
-//! reduction in index order (so sums match the reference interpreter's
-//! order). Each function starts with a comment naming the kernel, the graph
+//! one element of the kernel's domain at a time in a grid-stride loop; a
+//! reducing kernel gives each output element a warp, whose partial results
+//! are combined with shuffles. Each function starts with a comment naming the kernel, the graph
 //! nodes it computes and, when the graph is given, their source lines.
 //!
 //! Random numbers (dropout) are Philox4x32-10 in PTX, bit for bit the
