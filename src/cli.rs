@@ -353,6 +353,11 @@ pub struct KernelsArgs {
     /// (H100, H200).
     #[arg(long, default_value = "sm_90")]
     pub arch: String,
+    /// With `--target ptx`: assemble every function with `ptxas` and report
+    /// its registers and spilled bytes (needs ptxas: `pip install
+    /// nvidia-cuda-nvcc-cu12`, or `LPAC_PTXAS=/path/to/ptxas`).
+    #[arg(long)]
+    pub ptxas_report: bool,
     /// The forward pass only, instead of the whole training step.
     #[arg(long)]
     pub forward: bool,

@@ -378,3 +378,42 @@ fn stats_reports_the_planned_step_memory() {
     assert!(planned < unplanned, "reuse saves memory: {planned} vs {unplanned}");
     assert!(planned > 13_000_000, "at least the parameters: {planned}");
 }
+
+#[test]
+fn kernels_writes_ptx_and_a_manifest() {
+    let dir = temp_dir("kernels-ptx");
+    let out = dir.join("p");
+    let o = lpac(&[
+        "kernels",
+        "models/tiny.lpa",
+        "--set",
+        "layers=1",
+        "--target",
+        "ptx",
+        "--arch",
+        "sm_80",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["arch"], "sm_80");
+    let kernels = manifest["kernels"].as_array().unwrap();
+    assert!(kernels.len() > 10, "{} functions", kernels.len());
+    for k in kernels {
+        let entry = k["entry"].as_str().unwrap();
+        let ptx = std::fs::read_to_string(out.join(format!("{entry}.ptx"))).unwrap();
+        assert!(ptx.contains(".target sm_80") && ptx.contains(&format!(".entry {entry}(")), "{entry}");
+        assert!(ptx.starts_with("//\n// kernel k"), "{entry}: the header names the kernel");
+    }
+    assert!(manifest["skipped"].as_array().unwrap().iter().any(|s| s["why"].as_str().unwrap().contains("cuBLAS")));
+    // An architecture lpac does not emit for: exit 1, naming the ones it does.
+    let o = lpac(&["kernels", "models/tiny.lpa", "--set", "layers=1", "--target", "ptx", "--arch", "sm_75"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("sm_75") && stderr(&o).contains("sm_80") && stderr(&o).contains("sm_90"),
+        "{}",
+        stderr(&o)
+    );
+}

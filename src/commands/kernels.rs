@@ -40,7 +40,8 @@ pub fn run(args: &KernelsArgs) -> CliResult {
                 lpac_passes::fuse::fuse(&graph).map_err(|e| CliError::Message(format!("--target ptx: {e}")))?;
             let emitted = lpac_cuda::emit_program(&program, arch, Some(&graph))
                 .map_err(|e| CliError::Message(format!("--target ptx: {e}")))?;
-            let summary = ptx_summary(&program, &emitted, arch);
+            let reports = if args.ptxas_report { Some(ptxas_reports(&emitted, arch)?) } else { None };
+            let summary = ptx_summary(&program, &emitted, arch, reports.as_deref());
             match &args.out {
                 Some(dir) => write_ptx_dir(dir, &program, &emitted, arch, &summary)?,
                 None => print!("{summary}"),
@@ -50,15 +51,51 @@ pub fn run(args: &KernelsArgs) -> CliResult {
     Ok(())
 }
 
+/// `ptxas -v` of every function (an error when ptxas is missing or rejects
+/// one).
+fn ptxas_reports(
+    emitted: &lpac_cuda::PtxProgram,
+    arch: lpac_cuda::Arch,
+) -> Result<Vec<lpac_cuda::ptxas::Report>, CliError> {
+    let ptxas = lpac_cuda::ptxas::find().ok_or_else(|| {
+        CliError::Message(
+            "--ptxas-report: ptxas not found; install it with `pip install nvidia-cuda-nvcc-cu12` or set \
+             LPAC_PTXAS to its path"
+                .into(),
+        )
+    })?;
+    let dir = std::env::temp_dir().join(format!("lpac-ptxas-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let reports: Result<Vec<_>, CliError> = emitted
+        .kernels
+        .iter()
+        .map(|k| {
+            lpac_cuda::ptxas::assemble(&ptxas, &k.ptx, arch, &dir, &k.entry)
+                .map_err(|e| CliError::Message(format!("ptxas rejected {}: {e}", k.entry)))
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    reports
+}
+
 /// One line per emitted function and per kernel left to the runtime.
-fn ptx_summary(program: &Program, emitted: &lpac_cuda::PtxProgram, arch: lpac_cuda::Arch) -> String {
+fn ptx_summary(
+    program: &Program,
+    emitted: &lpac_cuda::PtxProgram,
+    arch: lpac_cuda::Arch,
+    reports: Option<&[lpac_cuda::ptxas::Report]>,
+) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<28} {:>8} {:>6}  args", "function", "grid", "block");
-    for k in &emitted.kernels {
-        let _ = writeln!(out, "{:<28} {:>8} {:>6}  {}", k.entry, k.grid, k.block, k.args.len());
+    let extra = if reports.is_some() { "  registers  spill stores/loads (bytes)" } else { "" };
+    let _ = writeln!(out, "{:<44} {:>8} {:>6}  args{extra}", "function", "grid", "block");
+    for (i, k) in emitted.kernels.iter().enumerate() {
+        let report = reports
+            .and_then(|r| r.get(i))
+            .map_or(String::new(), |r| format!("  {:>9}  {}/{}", r.registers, r.spill_stores, r.spill_loads));
+        let _ = writeln!(out, "{:<44} {:>8} {:>6}  {:>4}{report}", k.entry, k.grid, k.block, k.args.len());
     }
     for (i, why) in &emitted.skipped {
-        let _ = writeln!(out, "k{i:<27} {:>8} {:>6}  {} — {why}", "-", "-", program.kernels[*i].name());
+        let _ = writeln!(out, "k{i:<43} {:>8} {:>6}  {} — {why}", "-", "-", program.kernels[*i].name());
     }
     let _ = writeln!(
         out,

@@ -6,26 +6,12 @@
 //! `CI` is set, where a missing `ptxas` fails them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use lpac_cuda::{Arch, emit_program};
 
-fn ptxas() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("LPAC_PTXAS") {
-        return Some(PathBuf::from(p));
-    }
-    if Command::new("ptxas").arg("--version").output().is_ok_and(|o| o.status.success()) {
-        return Some(PathBuf::from("ptxas"));
-    }
-    let script =
-        "import nvidia, os\nfor p in nvidia.__path__:\n    print(os.path.join(p, 'cuda_nvcc', 'bin', 'ptxas'))";
-    let out = Command::new("python3").args(["-c", script]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from).find(|p| p.is_file())
-}
-
 /// The `ptxas` to use, or `None` (skip) outside CI.
 fn require_ptxas(test: &str) -> Option<PathBuf> {
-    match ptxas() {
+    match lpac_cuda::ptxas::find() {
         Some(p) => Some(p),
         None if std::env::var_os("CI").is_some() => {
             panic!("{test}: ptxas not found (CI is set): install nvidia-cuda-nvcc-cu12 or set LPAC_PTXAS")
@@ -37,18 +23,9 @@ fn require_ptxas(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Assembles one PTX text; the error output on failure.
-fn assemble(ptxas: &Path, ptx: &str, arch: Arch, dir: &Path, name: &str) -> Result<String, String> {
-    let src = dir.join(format!("{name}.ptx"));
-    std::fs::write(&src, ptx).unwrap();
-    let out = Command::new(ptxas)
-        .args(["--gpu-name", arch.name(), "-v", "-o"])
-        .arg(dir.join(format!("{name}.cubin")))
-        .arg(&src)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", ptxas.display()))?;
-    let text = String::from_utf8_lossy(&out.stderr).to_string();
-    if out.status.success() { Ok(text) } else { Err(text) }
+/// Assembles one PTX text; ptxas's error output on failure.
+fn assemble(ptxas: &Path, ptx: &str, arch: Arch, dir: &Path, name: &str) -> Result<(), String> {
+    lpac_cuda::ptxas::assemble(ptxas, ptx, arch, dir, name).map(|_| ())
 }
 
 fn step_program(lowrank: Option<usize>, dropout: &str) -> (lpac_ir::Graph, lpac_ir::kernel::Program) {
