@@ -79,10 +79,30 @@ pub fn executor(device: Device, graph: Graph) -> Result<Box<dyn Executor>, CliEr
             let step = super::cpu::CpuStep::new(&graph).map_err(|e| CliError::Message(format!("--device cpu: {e}")))?;
             Ok(Box::new(step))
         }
-        Device::Cuda => Err(CliError::Message(
-            "--device cuda: this lpac has no CUDA backend yet, so it cannot use a GPU; \
-             use --device interp"
-                .to_string(),
-        )),
+        Device::Cuda => {
+            let cuda = |e: String| CliError::Message(format!("--device cuda: {e}"));
+            // The GPU first: without one, that is the message.
+            let gpu = lpac_cuda::runtime::Gpu::open().map_err(cuda)?;
+            let program = lpac_passes::fuse::fuse(&graph).map_err(|e| cuda(e.to_string()))?;
+            let exec = lpac_cuda::runtime::CudaExecutor::new(gpu, program).map_err(cuda)?;
+            Ok(Box::new(CudaStep { exec }))
+        }
+    }
+}
+
+/// A step on the GPU (parameters and optimiser state copied in and out
+/// every step; not yet resident).
+struct CudaStep {
+    exec: lpac_cuda::runtime::CudaExecutor,
+}
+
+impl Executor for CudaStep {
+    fn run(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        params: &BTreeMap<String, Tensor>,
+        ctx: RunContext,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        self.exec.run(inputs, params, ctx.seed, ctx.step)
     }
 }

@@ -13,5 +13,6 @@
 
 pub mod ptx;
 pub mod ptxas;
+pub mod runtime;
 
 pub use ptx::{Arch, PtxError, PtxKernel, PtxProgram, emit_program};

@@ -1,0 +1,299 @@
+//! Running a kernel program on an NVIDIA GPU through cudarc.
+//!
+//! The driver library is loaded at run time (cudarc's dynamic loading), so
+//! lpac builds and runs where CUDA is absent: [`Gpu::open`] then says so.
+//! A [`CudaExecutor`] owns one device buffer per program buffer, loads every
+//! emitted PTX function, and runs the kernels in order on one stream: loop
+//! bodies, gather and scatter-add as the emitted functions; matrix products
+//! (plain, or the product stages of a rows kernel, run over all rows) with
+//! cuBLAS `sgemm`, strided-batched. Attention kernels are not emitted yet:
+//! a program with one is refused at construction, by name.
+//!
+//! Status: written against cudarc 0.19 and built here, but not yet run on
+//! a GPU (none was available to this project's sessions so far) — the GPU
+//! check (`bench/gpu-check.sh`) is its first test.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use lpac_ir::interp::Tensor;
+use lpac_ir::kernel::{BufferKind, GemmKernel, Kernel, Operand, Program, RowStage};
+use lpac_ir::types::{DType, TensorType};
+
+use crate::{Arch, PtxProgram, emit_program};
+
+/// An open GPU: context, stream, cuBLAS handle.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+}
+
+impl Gpu {
+    /// Device 0, or a message that says why there is none (no driver, no
+    /// device, cuBLAS missing).
+    pub fn open() -> Result<Gpu, String> {
+        // SAFETY: only looks for the driver library.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no CUDA driver on this machine (libcuda.so was not found): --device cuda needs an NVIDIA \
+                        GPU and its driver; use --device cpu"
+                .into());
+        }
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(0))
+            .map_err(|_| "the CUDA driver failed to start (no usable GPU?)".to_string())?
+            .map_err(|e| format!("no usable CUDA device: {e}"))?;
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS is not available: {e}"))?;
+        Ok(Gpu { ctx, stream, blas })
+    }
+
+    /// The compute capability as an [`Arch`] lpac emits for.
+    pub fn arch(&self) -> Result<Arch, String> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let major = self.ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).map_err(|e| e.to_string())?;
+        let minor = self.ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).map_err(|e| e.to_string())?;
+        match (major, minor) {
+            (8, _) => Ok(Arch::Sm80),
+            (9, _) => Ok(Arch::Sm90),
+            (m, n) => Err(format!("GPU of compute capability {m}.{n}: lpac emits PTX for sm_80 and sm_90 only")),
+        }
+    }
+}
+
+/// A program's buffers and functions on the GPU.
+pub struct CudaExecutor {
+    gpu: Gpu,
+    program: Program,
+    emitted: PtxProgram,
+    functions: Vec<CudaFunction>,
+    /// Kernel index → its functions (in body order).
+    by_kernel: Vec<Vec<usize>>,
+    buffers: Vec<CudaSlice<u8>>,
+    error_cell: CudaSlice<u32>,
+}
+
+fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+impl CudaExecutor {
+    /// Emits, loads and allocates; refuses programs with kernels the
+    /// backend cannot run yet.
+    pub fn new(gpu: Gpu, program: Program) -> Result<CudaExecutor, String> {
+        let arch = gpu.arch()?;
+        let emitted = emit_program(&program, arch, None).map_err(|e| e.to_string())?;
+        for (i, why) in &emitted.skipped {
+            let runnable = match &program.kernels[*i] {
+                Kernel::Gemm(_) => true,
+                Kernel::Rows(r) => r.stages.iter().all(|s| matches!(s, RowStage::Loop(_) | RowStage::Gemm(_))),
+                _ => false,
+            };
+            if !runnable {
+                return Err(format!("kernel k{i} {:?} cannot run on CUDA yet: {why}", program.kernels[*i].name()));
+            }
+        }
+        let mut functions = Vec::with_capacity(emitted.kernels.len());
+        let mut by_kernel = vec![Vec::new(); program.kernels.len()];
+        for (f, k) in emitted.kernels.iter().enumerate() {
+            let module = gpu.ctx.load_module(Ptx::from_src(k.ptx.clone())).map_err(gpu_err(&k.entry))?;
+            functions.push(module.load_function(&k.entry).map_err(gpu_err(&k.entry))?);
+            by_kernel[k.kernel].push(f);
+        }
+        let buffers = program
+            .buffers
+            .iter()
+            .map(|b| gpu.stream.alloc_zeros::<u8>(b.ty.size_bytes().max(1)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(gpu_err("allocating the step's buffers (out of GPU memory?)"))?;
+        let error_cell = gpu.stream.alloc_zeros::<u32>(1).map_err(gpu_err("allocating the error cell"))?;
+        Ok(CudaExecutor { gpu, program, emitted, functions, by_kernel, buffers, error_cell })
+    }
+
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// Runs the program: writes inputs and parameters, runs every kernel,
+    /// reads every output.
+    pub fn run(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        params: &BTreeMap<String, Tensor>,
+        seed: u64,
+        step: u64,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        for (i, b) in self.program.buffers.clone().iter().enumerate() {
+            let tensor = match &b.kind {
+                BufferKind::Input(n) => inputs.get(n).ok_or_else(|| format!("input `{n}` was not supplied"))?,
+                BufferKind::Param(p) => params.get(p).ok_or_else(|| format!("parameter `{p}` was not supplied"))?,
+                BufferKind::Temp => continue,
+            };
+            let bytes = to_bytes(&b.ty, tensor)?;
+            self.gpu.stream.memcpy_htod(&bytes, &mut self.buffers[i]).map_err(gpu_err("copying to the GPU"))?;
+        }
+        self.gpu.stream.memcpy_htod(&[0u32], &mut self.error_cell).map_err(gpu_err("clearing the error cell"))?;
+        for i in 0..self.program.kernels.len() {
+            self.run_kernel(i, seed, step)?;
+        }
+        let flag = self.gpu.stream.clone_dtoh(&self.error_cell).map_err(gpu_err("reading the error cell"))?;
+        if flag.first().is_some_and(|&f| f != 0) {
+            return Err("a gather or scatter-add index was out of range (a token id beyond the vocabulary?)".into());
+        }
+        let mut out = BTreeMap::new();
+        for (name, b) in self.program.outputs.clone() {
+            let bytes =
+                self.gpu.stream.clone_dtoh(&self.buffers[b.index()]).map_err(gpu_err("copying from the GPU"))?;
+            out.insert(name, from_bytes(&self.program.buffer(b).ty, &bytes));
+        }
+        Ok(out)
+    }
+
+    fn run_kernel(&mut self, i: usize, seed: u64, step: u64) -> Result<(), String> {
+        let kernel = self.program.kernels[i].clone();
+        match &kernel {
+            Kernel::Gemm(g) => self.gemm(g),
+            Kernel::Rows(r) if r.stages.iter().any(|s| matches!(s, RowStage::Gemm(_))) => {
+                // Stage by stage over all rows: what chunk-by-chunk equals.
+                let mut loops = self.by_kernel[i].clone().into_iter();
+                for stage in &r.stages {
+                    match stage {
+                        RowStage::Gemm(g) => self.gemm(g)?,
+                        RowStage::Loop(_) => {
+                            let f = loops.next().ok_or("a rows stage without its function")?;
+                            self.launch(f, seed, step)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            _ => {
+                for f in self.by_kernel[i].clone() {
+                    self.launch(f, seed, step)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn launch(&mut self, f: usize, seed: u64, step: u64) -> Result<(), String> {
+        let k = &self.emitted.kernels[f];
+        let keys: Vec<u64> = k.stream_keys.iter().map(|&key| lpac_ir::random::dropout_key(seed, step, key)).collect();
+        let cfg =
+            LaunchConfig { grid_dim: (k.grid, 1, 1), block_dim: (k.block, 1, 1), shared_mem_bytes: k.shared_bytes };
+        let mut args = self.gpu.stream.launch_builder(&self.functions[f]);
+        for &b in &k.args {
+            args.arg(&self.buffers[b as usize]);
+        }
+        for key in &keys {
+            args.arg(key);
+        }
+        if k.error_flag {
+            args.arg(&self.error_cell);
+        }
+        // SAFETY: the arguments match the function's parameters (the
+        // emitter's manifest), every buffer has its type's size, and the
+        // program was checked by the emitter.
+        unsafe { args.launch(cfg) }.map_err(gpu_err(&k.entry))?;
+        Ok(())
+    }
+
+    /// `c = a · b` by cuBLAS (column-major: `cᵀ = bᵀ · aᵀ`), batched with a
+    /// uniform stride, or one call per batch.
+    fn gemm(&mut self, g: &GemmKernel) -> Result<(), String> {
+        let g = g.folded();
+        let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
+        let (op_b, ld_b) = col_major(&g.b, g.k, g.n, &g.name)?;
+        let (op_a, ld_a) = col_major(&g.a, g.m, g.k, &g.name)?;
+        let batches: usize = g.batch.iter().product();
+        let stream = self.gpu.stream.clone();
+        for batch in 0..batches.max(1) {
+            let (a_off, b_off) = (batch_offset(&g.batch, &g.a, batch), batch_offset(&g.batch, &g.b, batch));
+            let c_off = (batch * g.m * g.n) as u64 * 4;
+            // Everything runs on one stream, in order: the pointers' read and
+            // write markers can go as soon as the addresses are known.
+            let a_ptr = self.buffers[g.a.buffer.index()].device_ptr(&stream).0 + a_off as u64 * 4;
+            let b_ptr = self.buffers[g.b.buffer.index()].device_ptr(&stream).0 + b_off as u64 * 4;
+            let c_ptr = self.buffers[g.c.index()].device_ptr_mut(&stream).0 + c_off;
+            let (alpha, beta) = (1.0f32, 0.0f32);
+            // SAFETY: the pointers address the operands' checked extents.
+            unsafe {
+                blas::sgemm(
+                    *self.gpu.blas.handle(),
+                    op_b,
+                    op_a,
+                    n,
+                    m,
+                    k,
+                    &alpha,
+                    b_ptr as *const f32,
+                    ld_b,
+                    a_ptr as *const f32,
+                    ld_a,
+                    &beta,
+                    c_ptr as *mut f32,
+                    n,
+                )
+            }
+            .map_err(|e| format!("{}: cuBLAS: {e:?}", g.name))?;
+        }
+        Ok(())
+    }
+}
+
+/// How cuBLAS (column-major) reads a row-major logical `[rows, cols]`
+/// operand: the transpose flag that turns it into the `ᵀ` the call needs,
+/// and its leading dimension.
+fn col_major(o: &Operand, rows: usize, cols: usize, name: &str) -> Result<(blas_sys::cublasOperation_t, i32), String> {
+    use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+    if o.col_stride == 1 || cols == 1 {
+        Ok((CUBLAS_OP_N, o.row_stride.max(cols as i64) as i32))
+    } else if o.row_stride == 1 || rows == 1 {
+        Ok((CUBLAS_OP_T, o.col_stride.max(rows as i64) as i32))
+    } else {
+        Err(format!(
+            "{name}: an operand with row stride {} and column stride {} (cuBLAS needs one of them 1)",
+            o.row_stride, o.col_stride
+        ))
+    }
+}
+
+fn batch_offset(batch: &[usize], o: &Operand, mut flat: usize) -> i64 {
+    let mut off = o.offset;
+    for (d, &extent) in batch.iter().enumerate().rev() {
+        off += (flat % extent) as i64 * o.batch_strides[d];
+        flat /= extent;
+    }
+    off
+}
+
+/// A host tensor as the buffer's bytes (checked against its type).
+fn to_bytes(ty: &TensorType, t: &Tensor) -> Result<Vec<u8>, String> {
+    if t.shape != ty.shape {
+        return Err(format!("a tensor of shape {:?} for a buffer of {ty}", t.shape));
+    }
+    Ok(match ty.dtype {
+        DType::F32 => t.to_f64_vec().iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
+        DType::I32 => t.to_f64_vec().iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+        DType::Bool => t.to_f64_vec().iter().map(|&x| u8::from(x != 0.0)).collect(),
+        other => return Err(format!("buffers of dtype {} are not supported on CUDA yet", other.name())),
+    })
+}
+
+fn from_bytes(ty: &TensorType, bytes: &[u8]) -> Tensor {
+    let n = ty.numel();
+    match ty.dtype {
+        DType::I32 => Tensor::from_i32(
+            ty.shape.clone(),
+            bytes.chunks_exact(4).take(n).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        ),
+        _ => Tensor::from_f32(
+            ty.shape.clone(),
+            bytes.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        ),
+    }
+}
