@@ -107,6 +107,10 @@ fn what_is_not_emitted_yet_is_named() {
     assert!(why.iter().any(|w| w.contains("cuBLAS")), "{why:?}");
     assert!(why.iter().any(|w| w.contains("attention")), "{why:?}");
     assert!(emitted.kernels.iter().any(|k| k.entry.ends_with("_gather") && k.error_flag));
+    // The AdamW update of every parameter is one function.
+    let fused: Vec<&str> =
+        emitted.kernels.iter().filter(|k| k.entry.contains("_fused_")).map(|k| k.ptx.as_str()).collect();
+    assert!(fused.iter().any(|ptx| ptx.matches("$L_member").count() > 2 * 20), "{} fused functions", fused.len());
     assert!(emitted.kernels.iter().any(|k| k.entry.ends_with("_scatter_add") && k.error_flag));
     let manifest = emitted.manifest(Arch::Sm90);
     assert_eq!(manifest["arch"], "sm_90");

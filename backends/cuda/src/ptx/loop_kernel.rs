@@ -69,16 +69,54 @@ pub(super) fn emit(
     // A reducing kernel uses a warp (32 threads) per output element.
     let threads = if k.reduction.is_some() { total.saturating_mul(32) } else { total };
     let grid = threads.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+    let per = if k.reduction.is_some() { "a warp per output element, " } else { "" };
+    let comment = [
+        format!("kernel k{kernel} body {body}: loop {:?}, domain {:?}, reduce {:?}", k.name, k.domain, k.reduce),
+        format!("graph nodes: {}", node_list(k, graph)),
+        format!("launch: grid {grid} x block {BLOCK}, {per}grid-stride over {total} elements"),
+    ];
+    Ok(finish(em, entry.clone(), &comment, arch, (kernel, body), grid))
+}
+
+/// The elementwise members of a multi kernel (the AdamW update of every
+/// parameter) as one function: one grid-stride loop over all their
+/// elements, each element dispatched to its member.
+pub(super) fn emit_fused(
+    program: &Program,
+    members: &[LoopKernel],
+    name: &str,
+    kernel: usize,
+    arch: Arch,
+    graph: Option<&Graph>,
+) -> R<PtxKernel> {
+    let entry = format!("k{kernel}_fused_{}", sanitize(name));
+    let first = members.first().ok_or_else(|| PtxError { kernel: entry.clone(), message: "no members".into() })?;
+    let mut em = Em::new(program, first, &entry)?;
+    em.fused(members)?;
+    let total: u64 = members.iter().map(|m| m.domain.iter().map(|&d| d as u64).product::<u64>()).sum();
+    let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+    let mut comment = vec![format!("kernel k{kernel}: {} elementwise kernels fused ({name})", members.len())];
+    for (j, m) in members.iter().enumerate() {
+        comment.push(format!("  member {j}: {:?} over {:?}; graph nodes: {}", m.name, m.domain, node_list(m, graph)));
+    }
+    comment.push(format!("launch: grid {grid} x block {BLOCK}, grid-stride over {total} elements of all members"));
+    Ok(finish(em, entry.clone(), &comment, arch, (kernel, 0), grid))
+}
+
+/// The module text around the emitted body, and the launch record.
+fn finish(
+    em: Em,
+    entry: String,
+    comment: &[String],
+    arch: Arch,
+    (kernel, body): (usize, usize),
+    grid: u32,
+) -> PtxKernel {
     let mut ptx = String::new();
     let _ = writeln!(ptx, "//");
-    let _ = writeln!(
-        ptx,
-        "// kernel k{kernel} body {body}: loop {:?}, domain {:?}, reduce {:?}",
-        k.name, k.domain, k.reduce
-    );
-    let _ = writeln!(ptx, "// graph nodes: {}", node_list(k, graph));
-    let per = if k.reduction.is_some() { "a warp per output element, " } else { "" };
-    let _ = writeln!(ptx, "// launch: grid {grid} x block {BLOCK}, {per}grid-stride over {total} elements");
+    for line in comment {
+        let _ = writeln!(ptx, "// {line}");
+    }
     let _ = writeln!(ptx, "//");
     let _ = writeln!(ptx, ".version {PTX_VERSION}");
     let _ = writeln!(ptx, ".target {}", arch.name());
@@ -101,20 +139,18 @@ pub(super) fn emit(
     }
     ptx.push_str(&em.code);
     let _ = writeln!(ptx, "}}");
-    let args = em.args.iter().map(|b| b.0).collect();
-    let stream_keys = em.keys.clone();
-    Ok(PtxKernel {
-        entry: entry.clone(),
+    PtxKernel {
+        entry,
         kernel,
         body,
         ptx,
         grid,
         block: BLOCK,
         shared_bytes: 0,
-        args,
-        stream_keys,
+        args: em.args.iter().map(|b| b.0).collect(),
+        stream_keys: em.keys.clone(),
         error_flag: false,
-    })
+    }
 }
 
 /// `%12 (models/tiny.lpa:22:19) %13 …`
@@ -259,8 +295,24 @@ impl<'a> Em<'a> {
                 return Err(self.err(format!("buffer b{} does not exist", b.0)));
             }
         }
-        self.args = used;
+        self.args.extend(used);
+        self.args.sort();
+        self.args.dedup();
         Ok(())
+    }
+
+    /// Makes `k` the kernel whose expressions are emitted next (a member of
+    /// a fused multi kernel): analyses it and adds its buffers and keys.
+    fn select_kernel(&mut self, k: &'a LoopKernel) -> R<()> {
+        let n = k.exprs.len();
+        self.k = k;
+        self.vars = vec![None; k.domain.len() + k.reduce.len()];
+        self.vals = vec![None; n];
+        self.on_reduce = vec![false; n];
+        self.on_acc = vec![false; n];
+        self.needed = vec![false; n];
+        self.acc = None;
+        self.analyse()
     }
 
     fn reg(&mut self, kind: usize) -> Reg {
@@ -293,8 +345,9 @@ impl<'a> Em<'a> {
         let _ = writeln!(self.code, "{name}:");
     }
 
-    fn function(&mut self) -> R<()> {
-        let k = self.k;
+    /// Loads the parameters; the first element (or warp) index of this
+    /// thread and the grid's stride, in `u64` registers.
+    fn prologue(&mut self, warp_per_element: bool) -> (Reg, Reg) {
         for b in self.args.clone() {
             let raw = self.reg(3);
             let base = self.reg(3);
@@ -307,7 +360,6 @@ impl<'a> Em<'a> {
             self.line(format!("ld.param.u64 {r}, [key{key}];"));
             self.key_regs.insert(key, r);
         }
-        let total: u64 = k.domain.iter().map(|&d| d as u64).product();
         let (ctaid, ntid, tid, nctaid) = (self.reg(2), self.reg(2), self.reg(2), self.reg(2));
         self.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
         self.line(format!("mov.u32 {ntid}, %ntid.x;"));
@@ -320,7 +372,7 @@ impl<'a> Em<'a> {
         self.line(format!("mul.wide.u32 {stride}, {nctaid}, {ntid};"));
         // A reducing kernel gives each output element a warp: `i` counts
         // warps, and the lane is this thread's place in its warp.
-        if k.reduction.is_some() {
+        if warp_per_element {
             let lane32 = self.reg(2);
             self.line(format!("and.b32 {lane32}, {tid}, 31;"));
             self.line(format!("shr.u64 {i}, {i}, 5;"));
@@ -331,10 +383,13 @@ impl<'a> Em<'a> {
             self.line(format!("setp.eq.u32 {lane0}, {lane32}, 0;"));
             self.lane = Some((lane, lane0));
         }
-        let done = self.reg(0);
-        self.label("$L_element");
-        self.line(format!("setp.ge.u64 {done}, {i}, {total};"));
-        self.line(format!("@{done} bra $L_done;"));
+        (i, stride)
+    }
+
+    /// One element of the current kernel at flat index `i`: coordinates,
+    /// values, the reduction, the stores.
+    fn element(&mut self, i: Reg) -> R<()> {
+        let k = self.k;
         self.coordinates(i, 0, &k.domain.clone())?;
         // Per element: everything that needs neither a reduce variable nor
         // the reduction's result.
@@ -359,6 +414,60 @@ impl<'a> Em<'a> {
         // Values of this element are recomputed for the next one.
         self.vals.iter_mut().for_each(|v| *v = None);
         self.acc = None;
+        Ok(())
+    }
+
+    fn function(&mut self) -> R<()> {
+        let k = self.k;
+        let total: u64 = k.domain.iter().map(|&d| d as u64).product();
+        let (i, stride) = self.prologue(k.reduction.is_some());
+        let done = self.reg(0);
+        self.label("$L_element");
+        self.line(format!("setp.ge.u64 {done}, {i}, {total};"));
+        self.line(format!("@{done} bra $L_done;"));
+        self.element(i)?;
+        self.line(format!("add.u64 {i}, {i}, {stride};"));
+        self.line("bra.uni $L_element;");
+        self.label("$L_done");
+        self.line("ret;");
+        Ok(())
+    }
+
+    /// Several elementwise kernels in one grid-stride loop over their
+    /// elements laid end to end: element `i` belongs to the member whose
+    /// range holds it.
+    fn fused(&mut self, members: &'a [LoopKernel]) -> R<()> {
+        for m in &members[1..] {
+            self.select_kernel(m)?;
+        }
+        let ends: Vec<u64> = members
+            .iter()
+            .scan(0u64, |end, m| {
+                *end += m.domain.iter().map(|&d| d as u64).product::<u64>();
+                Some(*end)
+            })
+            .collect();
+        let total = *ends.last().unwrap_or(&0);
+        let (i, stride) = self.prologue(false);
+        let (done, here, local) = (self.reg(0), self.reg(0), self.reg(3));
+        self.label("$L_element");
+        self.line(format!("setp.ge.u64 {done}, {i}, {total};"));
+        self.line(format!("@{done} bra $L_done;"));
+        for (j, end) in ends.iter().enumerate() {
+            self.line(format!("setp.lt.u64 {here}, {i}, {end};"));
+            self.line(format!("@{here} bra $L_member{j};"));
+        }
+        self.line("bra.uni $L_next;");
+        let mut start = 0;
+        for (j, m) in members.iter().enumerate() {
+            self.label(&format!("$L_member{j}"));
+            self.select_kernel(m)?;
+            self.line(format!("sub.u64 {local}, {i}, {start};"));
+            self.element(local)?;
+            self.line("bra.uni $L_next;");
+            start = ends[j];
+        }
+        self.label("$L_next");
         self.line(format!("add.u64 {i}, {i}, {stride};"));
         self.line("bra.uni $L_element;");
         self.label("$L_done");

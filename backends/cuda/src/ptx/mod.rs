@@ -150,6 +150,12 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
                 }
                 r.loops().collect()
             }
+            // Elementwise members (the AdamW update of every parameter): one
+            // fused function; members with reductions: one each.
+            Kernel::Multi(m) if m.members.iter().all(|k| k.reduction.is_none()) => {
+                out.kernels.push(loop_kernel::emit_fused(program, &m.members, &m.name, i, arch, graph)?);
+                continue;
+            }
             Kernel::Multi(m) => m.members.iter().collect(),
             Kernel::Gemm(_) => {
                 out.skipped.push((i, "matrix product: cuBLAS at run time".into()));
