@@ -107,6 +107,8 @@ fn what_is_not_emitted_yet_is_named() {
     assert!(why.iter().any(|w| w.contains("cuBLAS")), "{why:?}");
     assert!(why.iter().any(|w| w.contains("attention")), "{why:?}");
     assert!(emitted.kernels.iter().any(|k| k.entry.ends_with("_gather") && k.error_flag));
+    // Softmax, norms and cross-entropy are one function each.
+    assert!(emitted.kernels.iter().any(|k| k.entry.contains("_rows_") && k.ptx.contains("bar.warp.sync")));
     // The AdamW update of every parameter is one function.
     let fused: Vec<&str> =
         emitted.kernels.iter().filter(|k| k.entry.contains("_fused_")).map(|k| k.ptx.as_str()).collect();

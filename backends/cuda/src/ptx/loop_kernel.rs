@@ -103,6 +103,38 @@ pub(super) fn emit_fused(
     Ok(finish(em, entry.clone(), &comment, arch, (kernel, 0), grid))
 }
 
+/// A rows kernel's stages (all loop kernels) as one function, a warp per
+/// row (see [`Em::rows`]).
+pub(super) fn emit_rows(
+    program: &Program,
+    rows: &[usize],
+    stages: &[LoopKernel],
+    name: &str,
+    kernel: usize,
+    arch: Arch,
+    graph: Option<&Graph>,
+) -> R<PtxKernel> {
+    let entry = format!("k{kernel}_rows_{}", sanitize(name));
+    let first = stages.first().ok_or_else(|| PtxError { kernel: entry.clone(), message: "no stages".into() })?;
+    let mut em = Em::new(program, first, &entry)?;
+    em.rows(rows, stages)?;
+    let nrows: u64 = rows.iter().map(|&d| d as u64).product();
+    let grid = nrows.saturating_mul(32).div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+    let mut comment =
+        vec![format!("kernel k{kernel}: {} stages over rows {rows:?}, a warp per row ({name})", stages.len())];
+    for (j, st) in stages.iter().enumerate() {
+        comment.push(format!(
+            "  stage {j}: {:?} domain {:?} reduce {:?}; graph nodes: {}",
+            st.name,
+            st.domain,
+            st.reduce,
+            node_list(st, graph)
+        ));
+    }
+    comment.push(format!("launch: grid {grid} x block {BLOCK}, grid-stride over {nrows} rows"));
+    Ok(finish(em, entry.clone(), &comment, arch, (kernel, 0), grid))
+}
+
 /// The module text around the emitted body, and the launch record.
 fn finish(
     em: Em,
@@ -187,6 +219,8 @@ struct Em<'a> {
     acc: Option<Reg>,
     /// In a reducing kernel: the lane (u64) and "lane is 0".
     lane: Option<(Reg, Reg)>,
+    /// Labels made so far (for unique names).
+    labels: u32,
     /// Per expression: depends on a reduce variable; on the reduction.
     on_reduce: Vec<bool>,
     on_acc: Vec<bool>,
@@ -215,6 +249,7 @@ impl<'a> Em<'a> {
             vals: vec![None; n],
             acc: None,
             lane: None,
+            labels: 0,
             on_reduce: vec![false; n],
             on_acc: vec![false; n],
             needed: vec![false; n],
@@ -341,6 +376,12 @@ impl<'a> Em<'a> {
         self.code.push('\n');
     }
 
+    /// A number for labels unique within the function.
+    fn next_label(&mut self) -> u32 {
+        self.labels += 1;
+        self.labels
+    }
+
     fn label(&mut self, name: &str) {
         let _ = writeln!(self.code, "{name}:");
     }
@@ -408,7 +449,7 @@ impl<'a> Em<'a> {
         for (b, v, d) in stores {
             let addr = self.address(b, AddrOf::Flat(i), d)?;
             // In a reducing kernel every lane holds the result; lane 0 stores.
-            let guard = self.lane.map(|(_, lane0)| lane0);
+            let guard = if k.reduction.is_some() { self.lane.map(|(_, lane0)| lane0) } else { None };
             self.store(addr, v, d, guard);
         }
         // Values of this element are recomputed for the next one.
@@ -428,6 +469,53 @@ impl<'a> Em<'a> {
         self.element(i)?;
         self.line(format!("add.u64 {i}, {i}, {stride};"));
         self.line("bra.uni $L_element;");
+        self.label("$L_done");
+        self.line("ret;");
+        Ok(())
+    }
+
+    /// A rows kernel as one function: a warp per row, grid-stride over the
+    /// rows, running every stage on its row before the next — a reducing
+    /// stage (one value per row) with the warp's lanes and shuffles, an
+    /// elementwise stage with the lanes taking the row's elements in turn —
+    /// with `bar.warp.sync` between stages so each sees what the last wrote.
+    fn rows(&mut self, rows: &[usize], stages: &'a [LoopKernel]) -> R<()> {
+        for st in &stages[1..] {
+            self.select_kernel(st)?;
+        }
+        let nrows: u64 = rows.iter().map(|&d| d as u64).product();
+        let (row, stride) = self.prologue(true);
+        let (lane, _) = self.lane.ok_or_else(|| self.err("rows without lanes"))?;
+        let (done, more, x, flat) = (self.reg(0), self.reg(0), self.reg(3), self.reg(3));
+        self.label("$L_row");
+        self.line(format!("setp.ge.u64 {done}, {row}, {nrows};"));
+        self.line(format!("@{done} bra $L_done;"));
+        for st in stages {
+            self.select_kernel(st)?;
+            let per_row: u64 = st.domain[rows.len()..].iter().map(|&d| d as u64).product();
+            if st.reduction.is_some() {
+                if per_row != 1 {
+                    return Err(self.err("a reducing stage with more than one value per row"));
+                }
+                self.element(row)?;
+            } else {
+                // Lanes take elements lane, lane + 32, … of the row.
+                let n = self.next_label();
+                self.line(format!("mov.u64 {x}, {lane};"));
+                self.line(format!("setp.ge.u64 {more}, {x}, {per_row};"));
+                self.line(format!("@{more} bra $L_stage_end{n};"));
+                self.label(&format!("$L_stage{n}"));
+                self.line(format!("mad.lo.u64 {flat}, {row}, {per_row}, {x};"));
+                self.element(flat)?;
+                self.line(format!("add.u64 {x}, {x}, 32;"));
+                self.line(format!("setp.lt.u64 {more}, {x}, {per_row};"));
+                self.line(format!("@{more} bra $L_stage{n};"));
+                self.label(&format!("$L_stage_end{n}"));
+            }
+            self.line("bar.warp.sync -1;");
+        }
+        self.line(format!("add.u64 {row}, {row}, {stride};"));
+        self.line("bra.uni $L_row;");
         self.label("$L_done");
         self.line("ret;");
         Ok(())
@@ -518,8 +606,9 @@ impl<'a> Em<'a> {
             let more = self.reg(0);
             self.line(format!("mov.u64 {r}, {lane};"));
             self.line(format!("setp.ge.u64 {more}, {r}, {count};"));
-            self.line(format!("@{more} bra $L_reduce_end;"));
-            self.label("$L_reduce");
+            let n = self.next_label();
+            self.line(format!("@{more} bra $L_reduce_end{n};"));
+            self.label(&format!("$L_reduce{n}"));
             self.coordinates(r, k.domain.len(), &k.reduce.clone())?;
             let inner: Vec<usize> =
                 (0..k.exprs.len()).filter(|&e| self.needed[e] && self.on_reduce[e] && !self.on_acc[e]).collect();
@@ -539,8 +628,8 @@ impl<'a> Em<'a> {
             }
             self.line(format!("add.u64 {r}, {r}, 32;"));
             self.line(format!("setp.lt.u64 {more}, {r}, {count};"));
-            self.line(format!("@{more} bra $L_reduce;"));
-            self.label("$L_reduce_end");
+            self.line(format!("@{more} bra $L_reduce{n};"));
+            self.label(&format!("$L_reduce_end{n}"));
         }
         for offset in [16, 8, 4, 2, 1] {
             let other = self.of(d);

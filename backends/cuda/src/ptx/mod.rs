@@ -148,6 +148,14 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
                     out.skipped.push((i, "a rows kernel with matrix-product stages (not emitted yet)".into()));
                     continue;
                 }
+                // Softmax, norms, cross-entropy: one fused function, a warp
+                // per row through every stage.
+                let stages: Vec<LoopKernel> = r.loops().cloned().collect();
+                let fits = stages.iter().all(|s| s.reduction.is_none() || s.domain.len() == r.rows.len());
+                if fits {
+                    out.kernels.push(loop_kernel::emit_rows(program, &r.rows, &stages, &r.name, i, arch, graph)?);
+                    continue;
+                }
                 r.loops().collect()
             }
             // Elementwise members (the AdamW update of every parameter): one
