@@ -88,11 +88,7 @@ impl CudaExecutor {
         let arch = gpu.arch()?;
         let emitted = emit_program(&program, arch, None).map_err(|e| e.to_string())?;
         for (i, why) in &emitted.skipped {
-            let runnable = match &program.kernels[*i] {
-                Kernel::Gemm(_) => true,
-                Kernel::Rows(r) => r.stages.iter().all(|s| matches!(s, RowStage::Loop(_) | RowStage::Gemm(_))),
-                _ => false,
-            };
+            let runnable = matches!(&program.kernels[*i], Kernel::Gemm(_) | Kernel::Rows(_));
             if !runnable {
                 return Err(format!("kernel k{i} {:?} cannot run on CUDA yet: {why}", program.kernels[*i].name()));
             }

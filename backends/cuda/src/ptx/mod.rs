@@ -13,8 +13,9 @@
 //! `random` key as a parameter.
 //!
 //! Kernels the emitter does not produce yet are listed in the program with
-//! the reason ([`PtxProgram::skipped`]): gemm (cuBLAS, at run time),
-//! attention, and rows kernels with matrix-product stages. Gather and
+//! the reason ([`PtxProgram::skipped`]): gemm (cuBLAS, at run time; also
+//! the product stages of rows kernels, whose loop stages are emitted one
+//! function each) and attention. Gather and
 //! scatter-add are their own functions (`rows_by_index`).
 
 mod loop_kernel;
@@ -145,7 +146,13 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
             Kernel::Loop(l) => vec![l],
             Kernel::Rows(r) => {
                 if r.stages.iter().any(|s| matches!(s, RowStage::Gemm(_))) {
-                    out.skipped.push((i, "a rows kernel with matrix-product stages (not emitted yet)".into()));
+                    // Stage by stage over all rows: the loop stages one
+                    // function each, the products by cuBLAS at run time.
+                    out.skipped.push((i, "matrix-product stages: cuBLAS at run time (loop stages emitted)".into()));
+                    let bodies: Vec<&LoopKernel> = r.loops().collect();
+                    for (b, body) in bodies.into_iter().enumerate() {
+                        out.kernels.push(loop_kernel::emit(program, body, i, b, arch, graph)?);
+                    }
                     continue;
                 }
                 // Softmax, norms, cross-entropy: one fused function, a warp
