@@ -7,16 +7,14 @@
 # What it does today (the CUDA backend's first run; docs/backends.md says
 # what is emitted):
 #   1. the GPU and driver (nvidia-smi);
-#   2. `lpac train bench/gpu/mlp.lpa` (no attention: gather, cuBLAS products,
-#      rows kernels, the one-kernel AdamW, scatter-add) for STEPS steps on the
-#      CPU and on the GPU from the same seed, and the two loss curves side by
-#      side: the largest relative difference over the first 10 steps and over
-#      all steps;
-#   3. `lpac train models/tiny.lpa --device cuda`: refused until attention is
-#      emitted for CUDA (prints the message);
-#   4. the step time of both devices on mlp.lpa (metrics' tokens/s).
+#   2. `lpac train` of bench/gpu/mlp.lpa (no attention: gather, cuBLAS
+#      products, rows kernels, the one-kernel AdamW, scatter-add) and of
+#      models/tiny.lpa (attention forward and backward too) for STEPS steps
+#      on the CPU and on the GPU from the same seed, the two loss curves side
+#      by side (largest relative difference over the first 10 steps and over
+#      all) and both devices' tokens/s.
 # Not yet: the per-kernel-kind comparison on random inputs and the 130M
-# Setting-2 timing against PyTorch — they need attention on CUDA.
+# Setting-2 timing against PyTorch.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LPAC=${LPAC:-target/release/lpac}
@@ -30,22 +28,24 @@ log "== 1. the machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/summary.txt"
 "$LPAC" --version 2>&1 | tee -a "$OUT/summary.txt"
 
-log "== 2. mlp.lpa, $STEPS steps, CPU against GPU"
-for device in cpu cuda; do
-  rm -rf "$OUT/mlp-$device"
-  start=$(date +%s.%N)
-  "$LPAC" train bench/gpu/mlp.lpa --steps "$STEPS" --seed 7 --device "$device" --eval-every 0 \
-    --out "$OUT/mlp-$device" > "$OUT/mlp-$device.log" 2>&1
-  status=$?
-  end=$(date +%s.%N)
-  log "$device: exit $status, $(python3 -c "print(f'{$end - $start:.1f}')") s; last lines:"
-  tail -3 "$OUT/mlp-$device.log" | tee -a "$OUT/summary.txt"
-done
-python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
+check_model() {  # $1 label, $2 model file, $3 steps
+  local label=$1 model=$2 steps=$3
+  log "== $label: $model, $steps steps, CPU against GPU"
+  for device in cpu cuda; do
+    rm -rf "$OUT/$label-$device"
+    start=$(date +%s.%N)
+    "$LPAC" train "$model" --steps "$steps" --seed 7 --device "$device" --eval-every 0 \
+      --out "$OUT/$label-$device" > "$OUT/$label-$device.log" 2>&1
+    status=$?
+    end=$(date +%s.%N)
+    log "$device: exit $status, $(python3 -c "print(f'{$end - $start:.1f}')") s; last lines:"
+    tail -3 "$OUT/$label-$device.log" | tee -a "$OUT/summary.txt"
+  done
+  python3 - "$OUT" "$label" <<'PY' | tee -a "$OUT/summary.txt"
 import json, sys, os
-out = sys.argv[1]
+out, label = sys.argv[1], sys.argv[2]
 def curve(d):
-    p = os.path.join(out, f"mlp-{d}", "metrics.jsonl")
+    p = os.path.join(out, f"{label}-{d}", "metrics.jsonl")
     if not os.path.exists(p):
         return {}
     rows = [json.loads(l) for l in open(p) if l.strip()]
@@ -53,22 +53,22 @@ def curve(d):
 cpu, gpu = curve("cpu"), curve("cuda")
 steps = sorted(set(cpu) & set(gpu))
 if not steps:
-    print("no common steps: the GPU run did not train (see mlp-cuda.log)")
+    print(f"{label}: no common steps: the GPU run did not train (see {label}-cuda.log)")
     sys.exit(0)
 rel = [(s, abs(cpu[s]["loss"] - gpu[s]["loss"]) / abs(cpu[s]["loss"])) for s in steps]
 first = max(r for s, r in rel if s <= 10)
-print(f"steps compared: {len(steps)}; largest relative loss difference: first 10 steps {first:.2e}, all {max(r for _, r in rel):.2e}")
+print(f"{label}: steps compared {len(steps)}; largest relative loss difference: first 10 steps {first:.2e}, all {max(r for _, r in rel):.2e}")
 for s in [1, 2, 5, 10, 50, 100, 200, 500]:
     if s in cpu and s in gpu:
         print(f"  step {s:>4}: cpu {cpu[s]['loss']:.6f}  cuda {gpu[s]['loss']:.6f}")
 tc = sorted(r.get("tokens_per_s", 0) for r in cpu.values())
 tg = sorted(r.get("tokens_per_s", 0) for r in gpu.values())
 if tc and tg:
-    print(f"median tokens/s: cpu {tc[len(tc)//2]:.0f}, cuda {tg[len(tg)//2]:.0f}")
-print("verdict:", "AGREE" if first < 1e-3 else "DISAGREE (first steps differ by more than 1e-3)")
+    print(f"  median tokens/s: cpu {tc[len(tc)//2]:.0f}, cuda {tg[len(tg)//2]:.0f}")
+print(f"  verdict: {'AGREE' if first < 1e-3 else 'DISAGREE (first steps differ by more than 1e-3)'}")
 PY
+}
 
-log "== 3. tiny.lpa on CUDA (attention is not emitted yet: expect a clear refusal)"
-rm -rf "$OUT/tiny-cuda"
-"$LPAC" train models/tiny.lpa --steps 2 --device cuda --out "$OUT/tiny-cuda" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
+check_model mlp bench/gpu/mlp.lpa "$STEPS"
+check_model tiny models/tiny.lpa "$STEPS"
 log "done; results in $OUT/summary.txt"

@@ -6,8 +6,8 @@
 //! emitted PTX function, and runs the kernels in order on one stream: loop
 //! bodies, gather and scatter-add as the emitted functions; matrix products
 //! (plain, or the product stages of a rows kernel, run over all rows) with
-//! cuBLAS `sgemm`, strided-batched. Attention kernels are not emitted yet:
-//! a program with one is refused at construction, by name.
+//! cuBLAS `sgemm`. A kernel with no GPU code is refused at construction, by
+//! name.
 //!
 //! Status: written against cudarc 0.19 and built here, but not yet run on
 //! a GPU (none was available to this project's sessions so far) — the GPU

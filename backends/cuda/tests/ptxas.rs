@@ -105,7 +105,11 @@ fn what_is_not_emitted_yet_is_named() {
     let emitted = emit_program(&program, Arch::Sm90, Some(&graph)).unwrap();
     let why: Vec<&str> = emitted.skipped.iter().map(|(_, w)| w.as_str()).collect();
     assert!(why.iter().any(|w| w.contains("cuBLAS")), "{why:?}");
-    assert!(why.iter().any(|w| w.contains("attention")), "{why:?}");
+    // Attention is emitted: forward, and dq, dv, dk.
+    assert!(why.iter().all(|w| !w.contains("attention")), "{why:?}");
+    for suffix in ["_attention", "_attention_dq", "_attention_dv", "_attention_dk"] {
+        assert!(emitted.kernels.iter().any(|k| k.entry.ends_with(suffix)), "{suffix}");
+    }
     assert!(emitted.kernels.iter().any(|k| k.entry.ends_with("_gather") && k.error_flag));
     // Softmax, norms and cross-entropy are one function each.
     assert!(emitted.kernels.iter().any(|k| k.entry.contains("_rows_") && k.ptx.contains("bar.warp.sync")));

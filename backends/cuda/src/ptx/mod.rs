@@ -18,6 +18,7 @@
 //! function each) and attention. Gather and
 //! scatter-add are their own functions (`rows_by_index`).
 
+mod attention;
 mod loop_kernel;
 mod rows_by_index;
 
@@ -176,8 +177,12 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
                 out.skipped.push((i, "matrix product: cuBLAS at run time".into()));
                 continue;
             }
-            Kernel::Attention(_) => {
-                out.skipped.push((i, "attention (not emitted yet)".into()));
+            Kernel::Attention(a) if matches!(a.pass, lpac_ir::kernel::AttentionPass::Forward { .. }) => {
+                out.kernels.push(attention::forward(program, a, i, arch)?);
+                continue;
+            }
+            Kernel::Attention(a) => {
+                out.kernels.extend(attention::backward(program, a, i, arch)?);
                 continue;
             }
             Kernel::Gather { table, indices, out: o, .. } => {
