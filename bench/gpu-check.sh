@@ -13,8 +13,10 @@
 #      on the CPU and on the GPU from the same seed, the two loss curves side
 #      by side (largest relative difference over the first 10 steps and over
 #      all) and both devices' tokens/s.
-# Not yet: the per-kernel-kind comparison on random inputs and the 130M
-# Setting-2 timing against PyTorch.
+#   3. the 130M Setting-2 model (models/llama.lpa) dense and LPA r=128: lpac's
+#      tokens/s on the GPU next to PyTorch eager and torch.compile
+#      (bench/gpu/llama_torch.py) on the same GPU.
+# Not yet: the per-kernel-kind comparison on random inputs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LPAC=${LPAC:-target/release/lpac}
@@ -71,4 +73,24 @@ PY
 
 check_model mlp bench/gpu/mlp.lpa "$STEPS"
 check_model tiny models/tiny.lpa "$STEPS"
+
+log "== the 130M Setting-2 model (models/llama.lpa), batch ${BATCH:=16} x seq 256: lpac against PyTorch"
+for lowrank in "" 128; do
+  variant=${lowrank:+lpa-r$lowrank}; variant=${variant:-dense}
+  rm -rf "$OUT/llama-$variant"
+  "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
+    ${lowrank:+--lowrank $lowrank} --out "$OUT/llama-$variant" > "$OUT/llama-$variant.log" 2>&1
+  log "lpac $variant: exit $?; $(python3 - "$OUT/llama-$variant/metrics.jsonl" <<'PY'
+import json, sys, statistics
+try:
+    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    t = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
+    print(f"median tokens/s {statistics.median(t):.0f} over {len(t)} steps" if t else "no timed steps")
+except OSError:
+    print("no metrics (see the log)")
+PY
+)"
+  python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 ${lowrank:+--lowrank $lowrank} 2>&1 \
+    | tee -a "$OUT/summary.txt"
+done
 log "done; results in $OUT/summary.txt"
