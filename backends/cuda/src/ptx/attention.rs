@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 
 use lpac_ir::kernel::{AttentionKernel, AttentionPass, Operand, Program};
 
-use super::{Arch, PTX_VERSION, PtxError, PtxKernel};
+use super::{Arch, Module, PtxError, PtxKernel};
 
 /// Query rows per block (a thread each).
 pub const ROWS: u32 = 128;
@@ -48,6 +48,12 @@ impl Ptx {
         self.counts[3] += 1;
         format!("%f{}", self.counts[3] - 1)
     }
+    /// The register banks to declare.
+    fn banks(&self) -> [(&'static str, &'static str, u32); 4] {
+        let c = self.counts;
+        [(".pred", "%p", c[0]), (".b32", "%r", c[1]), (".b64", "%rd", c[2]), (".f32", "%f", c[3])]
+    }
+
     fn line(&mut self, s: impl AsRef<str>) {
         self.code.push('\t');
         self.code.push_str(s.as_ref());
@@ -282,40 +288,33 @@ pub(super) fn forward(
     p.label("$L_done");
     p.line("ret;");
 
-    let mut ptx = String::new();
-    let _ = writeln!(ptx, "//");
-    let _ = writeln!(
-        ptx,
-        "// kernel k{kernel}: attention forward, batch {:?}, tq {} tk {} d {d} dv {dv}, scale {:?}, causal {}",
-        a.batch, a.tq, a.tk, a.scale, a.causal
-    );
-    let _ = writeln!(ptx, "// graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" "));
-    let _ = writeln!(
-        ptx,
-        "// launch: grid {grid} x block {ROWS} (a block per {ROWS} query rows of a batch index); {shared} bytes of \
-         static shared memory (K and V tiles of {TILE} rows)"
-    );
-    let _ = writeln!(ptx, "//");
-    let _ = writeln!(ptx, ".version {PTX_VERSION}\n.target {}\n.address_size 64\n", arch.name());
-    let mut params: Vec<String> = names.iter().map(|n| format!("\t.param .u64 {n}")).collect();
+    let comment = [
+        format!(
+            "kernel k{kernel}: attention forward, batch {:?}, tq {} tk {} d {d} dv {dv}, scale {:?}, causal {}",
+            a.batch, a.tq, a.tk, a.scale, a.causal
+        ),
+        format!("graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")),
+        format!(
+            "launch: grid {grid} x block {ROWS} (a block per {ROWS} query rows of a batch index); {shared} bytes of \
+             static shared memory (K and V tiles of {TILE} rows)"
+        ),
+    ];
+    let mut params: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     if a.lse.is_some() {
-        params.push("\t.param .u64 lse".into());
+        params.push("lse".into());
     }
-    let _ = writeln!(ptx, ".visible .entry {entry}(\n{}\n)\n{{", params.join(",\n"));
-    let _ = writeln!(ptx, "\t.shared .align 16 .f32 Ks[{}];", TILE * d);
-    let _ = writeln!(ptx, "\t.shared .align 16 .f32 Vs[{}];", TILE * dv);
-    for (kind, prefix, count) in [
-        (".pred", "%p", p.counts[0]),
-        (".b32", "%r", p.counts[1]),
-        (".b64", "%rd", p.counts[2]),
-        (".f32", "%f", p.counts[3]),
-    ] {
-        if count > 0 {
-            let _ = writeln!(ptx, "\t.reg {kind} {prefix}<{count}>;");
-        }
+    let shared_decls =
+        [format!(".shared .align 16 .f32 Ks[{}]", TILE * d), format!(".shared .align 16 .f32 Vs[{}]", TILE * dv)];
+    let ptx = Module {
+        comment: &comment,
+        arch,
+        entry: &entry,
+        params: &params,
+        shared: &shared_decls,
+        regs: &p.banks(),
+        body: &p.code,
     }
-    ptx.push_str(&p.code);
-    let _ = writeln!(ptx, "}}");
+    .text();
     let mut args = vec![a.q.buffer.0, a.k.buffer.0, a.v.buffer.0, out.buffer.0];
     args.extend(a.lse.map(|l| l.0));
     Ok(PtxKernel {
@@ -580,35 +579,28 @@ fn backward_fn(
     p.label("$L_done");
     p.line("ret;");
 
-    let mut ptx = String::new();
-    let _ = writeln!(ptx, "//");
-    let _ = writeln!(
-        ptx,
-        "// kernel k{kernel} body {body}: attention backward, {name}; batch {:?}, tq {} tk {} d {d} dv {dv}, causal {}",
-        a.batch, a.tq, a.tk, a.causal
-    );
-    let _ = writeln!(ptx, "// graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" "));
-    let _ = writeln!(
-        ptx,
-        "// launch: grid {grid} x block {ROWS}, a thread per {} row",
-        if role == Role::Dq { "query" } else { "key" }
-    );
-    let _ = writeln!(ptx, "//");
-    let _ = writeln!(ptx, ".version {PTX_VERSION}\n.target {}\n.address_size 64\n", arch.name());
-    let params: Vec<String> = names.iter().map(|n| format!("\t.param .u64 {n}")).collect();
-    let _ = writeln!(ptx, ".visible .entry {entry}(\n{}\n)\n{{", params.join(",\n"));
-    for (kind, prefix, count) in [
-        (".pred", "%p", p.counts[0]),
-        (".b32", "%r", p.counts[1]),
-        (".b64", "%rd", p.counts[2]),
-        (".f32", "%f", p.counts[3]),
-    ] {
-        if count > 0 {
-            let _ = writeln!(ptx, "\t.reg {kind} {prefix}<{count}>;");
-        }
+    let comment = [
+        format!(
+            "kernel k{kernel} body {body}: attention backward, {name}; batch {:?}, tq {} tk {} d {d} dv {dv}, causal {}",
+            a.batch, a.tq, a.tk, a.causal
+        ),
+        format!("graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")),
+        format!(
+            "launch: grid {grid} x block {ROWS}, a thread per {} row",
+            if role == Role::Dq { "query" } else { "key" }
+        ),
+    ];
+    let params: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let ptx = Module {
+        comment: &comment,
+        arch,
+        entry: &entry,
+        params: &params,
+        shared: &[],
+        regs: &p.banks(),
+        body: &p.code,
     }
-    ptx.push_str(&p.code);
-    let _ = writeln!(ptx, "}}");
+    .text();
     PtxKernel {
         entry,
         kernel,

@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use lpac_ir::kernel::{BufferId, Expr, ExprId, IndexMap, LoopKernel, Program};
 use lpac_ir::{BinaryOp, DType, Graph, ReduceOp, UnaryOp};
 
-use super::{Arch, BLOCK, PTX_VERSION, PtxError, PtxKernel, sanitize};
+use super::{Arch, BLOCK, Module, PtxError, PtxKernel, sanitize};
 
 /// A virtual register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,33 +144,17 @@ fn finish(
     (kernel, body): (usize, usize),
     grid: u32,
 ) -> PtxKernel {
-    let mut ptx = String::new();
-    let _ = writeln!(ptx, "//");
-    for line in comment {
-        let _ = writeln!(ptx, "// {line}");
-    }
-    let _ = writeln!(ptx, "//");
-    let _ = writeln!(ptx, ".version {PTX_VERSION}");
-    let _ = writeln!(ptx, ".target {}", arch.name());
-    let _ = writeln!(ptx, ".address_size 64");
-    let _ = writeln!(ptx);
-    let mut params: Vec<String> = em.args.iter().map(|b| format!("\t.param .u64 b{}", b.0)).collect();
-    params.extend(em.keys.iter().map(|k| format!("\t.param .u64 key{k}")));
-    let _ = writeln!(ptx, ".visible .entry {entry}(\n{}\n)", params.join(",\n"));
-    let _ = writeln!(ptx, "{{");
-    for (kind, prefix, count) in [
-        (".pred", "%p", em.counts[0]),
-        (".b16", "%h", em.counts[1]),
-        (".b32", "%r", em.counts[2]),
-        (".b64", "%rd", em.counts[3]),
-        (".f32", "%f", em.counts[4]),
-    ] {
-        if count > 0 {
-            let _ = writeln!(ptx, "\t.reg {kind} {prefix}<{count}>;");
-        }
-    }
-    ptx.push_str(&em.code);
-    let _ = writeln!(ptx, "}}");
+    let mut params: Vec<String> = em.args.iter().map(|b| format!("b{}", b.0)).collect();
+    params.extend(em.keys.iter().map(|k| format!("key{k}")));
+    let c = em.counts;
+    let regs = [
+        (".pred", "%p", c[0]),
+        (".b16", "%h", c[1]),
+        (".b32", "%r", c[2]),
+        (".b64", "%rd", c[3]),
+        (".f32", "%f", c[4]),
+    ];
+    let ptx = Module { comment, arch, entry: &entry, params: &params, shared: &[], regs: &regs, body: &em.code }.text();
     PtxKernel {
         entry,
         kernel,

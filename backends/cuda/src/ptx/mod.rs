@@ -201,6 +201,43 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
     Ok(out)
 }
 
+/// One PTX module around one `.entry` function: the header comment, the
+/// target, the `.u64` parameters by name, shared arrays, register banks
+/// (`(".f32", "%f", count)`) and the body. Every emitted function is one.
+pub(crate) struct Module<'a> {
+    pub comment: &'a [String],
+    pub arch: Arch,
+    pub entry: &'a str,
+    pub params: &'a [String],
+    pub shared: &'a [String],
+    pub regs: &'a [(&'static str, &'static str, u32)],
+    pub body: &'a str,
+}
+
+impl Module<'_> {
+    pub fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut ptx = String::from("//\n");
+        for line in self.comment {
+            let _ = writeln!(ptx, "// {line}");
+        }
+        let _ = writeln!(ptx, "//\n.version {PTX_VERSION}\n.target {}\n.address_size 64\n", self.arch.name());
+        let params: Vec<String> = self.params.iter().map(|n| format!("\t.param .u64 {n}")).collect();
+        let _ = writeln!(ptx, ".visible .entry {}(\n{}\n)\n{{", self.entry, params.join(",\n"));
+        for decl in self.shared {
+            let _ = writeln!(ptx, "\t{decl};");
+        }
+        for (kind, prefix, count) in self.regs {
+            if *count > 0 {
+                let _ = writeln!(ptx, "\t.reg {kind} {prefix}<{count}>;");
+            }
+        }
+        ptx.push_str(self.body);
+        ptx.push_str("}\n");
+        ptx
+    }
+}
+
 /// A kernel name as part of a PTX identifier.
 fn sanitize(name: &str) -> String {
     let s: String = name.chars().take(48).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
