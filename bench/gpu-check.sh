@@ -7,16 +7,19 @@
 # What it does today (the CUDA backend's first run; docs/backends.md says
 # what is emitted):
 #   1. the GPU and driver (nvidia-smi);
-#   2. `lpac train` of bench/gpu/mlp.lpa (no attention: gather, cuBLAS
+#   2. `lpac device-check`: every kernel kind (elementwise, reductions, rows
+#      kernels, the multi kernel, products, attention forward and backward,
+#      gather/scatter-add, random numbers) on the GPU against the CPU backend
+#      on random inputs, ‖gpu − cpu‖ / ‖cpu‖ per output;
+#   3. `lpac train` of bench/gpu/mlp.lpa (no attention: gather, cuBLAS
 #      products, rows kernels, the one-kernel AdamW, scatter-add) and of
 #      models/tiny.lpa (attention forward and backward too) for STEPS steps
 #      on the CPU and on the GPU from the same seed, the two loss curves side
 #      by side (largest relative difference over the first 10 steps and over
 #      all) and both devices' tokens/s.
-#   3. the 130M Setting-2 model (models/llama.lpa) dense and LPA r=128: lpac's
+#   4. the 130M Setting-2 model (models/llama.lpa) dense and LPA r=128: lpac's
 #      tokens/s on the GPU next to PyTorch eager and torch.compile
 #      (bench/gpu/llama_torch.py) on the same GPU.
-# Not yet: the per-kernel-kind comparison on random inputs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LPAC=${LPAC:-target/release/lpac}
@@ -29,6 +32,9 @@ log() { echo "$*" | tee -a "$OUT/summary.txt"; }
 log "== 1. the machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/summary.txt"
 "$LPAC" --version 2>&1 | tee -a "$OUT/summary.txt"
+
+log "== 2. every kernel kind on the GPU against the CPU backend (lpac device-check)"
+"$LPAC" device-check 2>&1 | tee -a "$OUT/summary.txt"
 
 check_model() {  # $1 label, $2 model file, $3 steps
   local label=$1 model=$2 steps=$3

@@ -46,6 +46,10 @@ pub enum Command {
     Kernels(KernelsArgs),
     /// Generate text from a checkpoint.
     Sample(SampleArgs),
+    /// Run every kernel kind on the GPU (`--device cuda`) and on the CPU
+    /// backend with the same random inputs and compare the outputs
+    /// (‖gpu − cpu‖ / ‖cpu‖ against a tolerance per case). Needs an NVIDIA GPU.
+    DeviceCheck,
 }
 
 /// The model file and its configuration overrides, shared by every subcommand.

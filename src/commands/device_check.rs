@@ -1,0 +1,259 @@
+//! `lpac device-check`: every kernel kind on the GPU against the CPU
+//! backend, on random inputs.
+//!
+//! Small graphs, each lowering to one kind of kernel (elementwise, row and
+//! column reductions, rows kernels, a multi kernel, products, products by
+//! rows, attention forward and backward, gather and scatter-add, random
+//! numbers), run on `--device cpu` and `--device cuda` with the same random
+//! inputs; for every output the relative error ‖gpu − cpu‖ / ‖cpu‖ is
+//! printed and compared with the tolerance of its case: f32 arithmetic in a
+//! different order and the hardware's exp/log land far under 1e-4; random
+//! numbers must agree exactly. NaN never passes. Exit status 1 when a case
+//! fails or there is no GPU.
+
+use std::collections::BTreeMap;
+
+use lpac_ir::interp::{RunContext, Tensor};
+use lpac_ir::{BinaryOp, DType, Graph, NodeId, Op, Origin, ReduceOp, TensorType, UnaryOp};
+
+use crate::error::{CliError, CliResult};
+use crate::train::device::{Device, executor};
+
+/// One check: a graph and the tolerance of its outputs.
+struct Case {
+    name: &'static str,
+    graph: Graph,
+    tolerance: f64,
+}
+
+fn f32t(shape: &[usize]) -> TensorType {
+    TensorType::new(DType::F32, shape.to_vec())
+}
+
+struct G(Graph);
+
+impl G {
+    fn add(&mut self, op: Op, inputs: Vec<NodeId>, ty: Option<TensorType>) -> NodeId {
+        self.0.add(op, inputs, ty, Origin::default()).expect("the check's graphs are well typed")
+    }
+    fn input(&mut self, name: &str, shape: &[usize]) -> NodeId {
+        self.add(Op::Input { name: name.into() }, vec![], Some(f32t(shape)))
+    }
+    fn constant(&mut self, v: f64, shape: &[usize]) -> NodeId {
+        self.add(Op::Const { value: v }, vec![], Some(f32t(shape)))
+    }
+    fn bin(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> NodeId {
+        self.add(Op::Binary(op), vec![a, b], None)
+    }
+    fn un(&mut self, op: UnaryOp, a: NodeId) -> NodeId {
+        self.add(Op::Unary(op), vec![a], None)
+    }
+    fn reduce(&mut self, op: ReduceOp, axes: &[usize], a: NodeId) -> NodeId {
+        self.add(Op::Reduce { op, axes: axes.to_vec() }, vec![a], None)
+    }
+    fn bcast(&mut self, a: NodeId, dims: &[usize], shape: &[usize]) -> NodeId {
+        self.add(Op::Broadcast { dims: dims.to_vec() }, vec![a], Some(f32t(shape)))
+    }
+    fn out(mut self, name: &str, n: NodeId) -> Self {
+        self.0.add_output(name, n);
+        self
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    let new = || G(Graph::new("device-check"));
+    // Elementwise chain with every transcendental.
+    let mut g = new();
+    let x = g.input("x", &[1000, 37]);
+    let t = g.un(UnaryOp::Tanh, x);
+    let e = g.un(UnaryOp::Exp, x);
+    let s = g.un(UnaryOp::Sin, x);
+    let a = g.bin(BinaryOp::Add, t, e);
+    let y = g.bin(BinaryOp::Mul, a, s);
+    cases.push(Case { name: "elementwise (tanh, exp, sin)", graph: g.out("y", y).0, tolerance: 1e-5 });
+    // Row and column reductions.
+    let mut g = new();
+    let x = g.input("x", &[2048, 96]);
+    let rows = g.reduce(ReduceOp::Sum, &[1], x);
+    let cols = g.reduce(ReduceOp::Sum, &[0], x);
+    let maxes = g.reduce(ReduceOp::Max, &[1], x);
+    cases.push(Case {
+        name: "reductions (rows, columns, max)",
+        graph: g.out("rows", rows).out("cols", cols).out("max", maxes).0,
+        tolerance: 1e-5,
+    });
+    // Softmax then layer norm: rows kernels.
+    let mut g = new();
+    let shape = [6, 40, 301];
+    let x = g.input("x", &shape);
+    let m = g.reduce(ReduceOp::Max, &[2], x);
+    let mb = g.bcast(m, &[0, 1], &shape);
+    let d = g.bin(BinaryOp::Sub, x, mb);
+    let e = g.un(UnaryOp::Exp, d);
+    let s = g.reduce(ReduceOp::Sum, &[2], e);
+    let sb = g.bcast(s, &[0, 1], &shape);
+    let p = g.bin(BinaryOp::Div, e, sb);
+    let n = g.constant(301.0, &[6, 40]);
+    let sum = g.reduce(ReduceOp::Sum, &[2], p);
+    let mean = g.bin(BinaryOp::Div, sum, n);
+    let meanb = g.bcast(mean, &[0, 1], &shape);
+    let c = g.bin(BinaryOp::Sub, p, meanb);
+    let c2 = g.bin(BinaryOp::Mul, c, c);
+    let vs = g.reduce(ReduceOp::Sum, &[2], c2);
+    let var = g.bin(BinaryOp::Div, vs, n);
+    let r = g.un(UnaryOp::Rsqrt, var);
+    let rb = g.bcast(r, &[0, 1], &shape);
+    let y = g.bin(BinaryOp::Mul, c, rb);
+    cases.push(Case {
+        name: "softmax and layer norm (rows kernels)",
+        graph: g.out("p", p).out("y", y).0,
+        tolerance: 1e-4,
+    });
+    // An optimiser-like update of tensors of different sizes: one multi kernel.
+    let mut g = new();
+    for (i, n) in [3usize, 300, 20_000, 70_000, 5].into_iter().enumerate() {
+        let (x, m, p) =
+            (g.input(&format!("x{i}"), &[n]), g.input(&format!("m{i}"), &[n]), g.input(&format!("p{i}"), &[n]));
+        let (nine, tenth) = (g.constant(0.9, &[n]), g.constant(0.1, &[n]));
+        let decayed = g.bin(BinaryOp::Mul, m, nine);
+        let m2 = g.bin(BinaryOp::Add, decayed, x);
+        let step = g.bin(BinaryOp::Mul, m2, tenth);
+        let p2 = g.bin(BinaryOp::Sub, p, step);
+        g = g.out(&format!("m{i}"), m2).out(&format!("p{i}"), p2);
+    }
+    cases.push(Case { name: "parameter updates (one multi kernel)", graph: g.0, tolerance: 1e-6 });
+    // Products: batched, and by rows with epilogues and a chain.
+    let mut g = new();
+    let x = g.input("x", &[4, 300, 64]);
+    let w1 = g.input("w1", &[64, 128]);
+    let w2 = g.input("w2", &[128, 128]);
+    let b = g.input("b", &[128]);
+    let h = g.add(Op::MatMul, vec![x, w1], None);
+    let bb = g.bcast(b, &[2], &[4, 300, 128]);
+    let h = g.bin(BinaryOp::Add, h, bb);
+    let h = g.un(UnaryOp::Tanh, h);
+    let y = g.add(Op::MatMul, vec![h, w2], None);
+    cases.push(Case { name: "matrix products (cuBLAS, by rows)", graph: g.out("y", y).0, tolerance: 1e-4 });
+    // Attention forward and backward, causal and not.
+    for causal in [true, false] {
+        let mut g = new();
+        let shape = [2, 3, 100, 64];
+        let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
+        let out = g.add(Op::Attention { scale: 0.125, causal }, vec![q, k, v], None);
+        g = g.out("out", out);
+        for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let grad = g.add(Op::AttentionGrad { scale: 0.125, causal, wrt }, vec![q, k, v, out, dy], None);
+            g = g.out(name, grad);
+        }
+        let name = if causal { "attention, causal (forward, dq, dk, dv)" } else { "attention (forward, dq, dk, dv)" };
+        cases.push(Case { name, graph: g.0, tolerance: 1e-4 });
+    }
+    // Gather and scatter-add.
+    let mut g = new();
+    let table = g.input("table", &[50, 33]);
+    let idx = g.add(Op::Input { name: "idx".into() }, vec![], Some(TensorType::new(DType::I32, vec![7, 9])));
+    let rows = g.add(Op::Gather, vec![table, idx], None);
+    let back = g.add(Op::ScatterAdd, vec![idx, rows], Some(f32t(&[50, 33])));
+    cases.push(Case {
+        name: "gather and scatter-add",
+        graph: g.out("rows", rows).out("back", back).0,
+        tolerance: 1e-6,
+    });
+    // Random numbers: the same stream, bit for bit.
+    let mut g = new();
+    let u = g.add(Op::RandomUniform { key: 12345 }, vec![], Some(f32t(&[1000, 3])));
+    cases.push(Case { name: "random numbers (Philox)", graph: g.out("u", u).0, tolerance: 0.0 });
+    cases
+}
+
+/// Random inputs for a graph: uniform in [-1, 1) (indices below 50).
+fn inputs(graph: &Graph, seed: u64) -> BTreeMap<String, Tensor> {
+    graph
+        .inputs()
+        .enumerate()
+        .map(|(n, (id, name))| {
+            let ty = graph.ty(id);
+            let key = lpac_ir::random::param_key(seed, name);
+            let t = if ty.dtype == DType::I32 {
+                let data = (0..ty.numel() as u64).map(|i| (lpac_ir::random::uniform(key, i) * 50.0) as i32).collect();
+                Tensor::from_i32(ty.shape.clone(), data)
+            } else {
+                let data = (0..ty.numel() as u64)
+                    .map(|i| (lpac_ir::random::uniform(key ^ n as u64, i) * 2.0 - 1.0) as f32)
+                    .collect();
+                Tensor::from_f32(ty.shape.clone(), data)
+            };
+            (name.to_string(), t)
+        })
+        .collect()
+}
+
+fn relative_error(gpu: &Tensor, cpu: &Tensor) -> f64 {
+    let (g, c) = (gpu.to_f64_vec(), cpu.to_f64_vec());
+    if g.len() != c.len() || g.iter().any(|x| x.is_nan()) {
+        return f64::INFINITY;
+    }
+    let diff: f64 = g.iter().zip(&c).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+    let norm: f64 = c.iter().map(|b| b * b).sum::<f64>().sqrt();
+    if norm == 0.0 { diff } else { diff / norm }
+}
+
+pub fn run() -> CliResult {
+    let ctx = RunContext { seed: 3, step: 1 };
+    let params = BTreeMap::new();
+    let mut failed = Vec::new();
+    println!("{:<44} {:<8} {:>12} {:>10}  result", "case", "output", "rel. error", "tolerance");
+    for (n, case) in cases().into_iter().enumerate() {
+        let inputs = inputs(&case.graph, 100 + n as u64);
+        let mut cpu = executor(Device::Cpu, case.graph.clone())?;
+        let want = cpu.run(&inputs, &params, ctx).map_err(CliError::Message)?;
+        let mut gpu = executor(Device::Cuda, case.graph.clone())?;
+        let got = gpu.run(&inputs, &params, ctx).map_err(|e| CliError::Message(format!("{}: {e}", case.name)))?;
+        for (name, c) in &want {
+            let err = got.get(name).map_or(f64::INFINITY, |g| relative_error(g, c));
+            let ok = err <= case.tolerance;
+            println!(
+                "{:<44} {:<8} {:>12.3e} {:>10.0e}  {}",
+                case.name,
+                name,
+                err,
+                case.tolerance,
+                if ok { "ok" } else { "FAILED" }
+            );
+            if !ok {
+                failed.push(format!("{} ({name})", case.name));
+            }
+        }
+    }
+    if failed.is_empty() {
+        println!("every kernel kind agrees with the CPU backend");
+        Ok(())
+    } else {
+        Err(CliError::Message(format!("the GPU disagrees with the CPU backend: {}", failed.join(", "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every case builds and runs, and the CPU backend agrees with the
+    /// reference interpreter on it (so on a GPU, a failure is the GPU's).
+    #[test]
+    fn every_case_runs_on_the_cpu_like_the_interpreter() {
+        let ctx = RunContext { seed: 3, step: 1 };
+        for (n, case) in cases().into_iter().enumerate() {
+            lpac_ir::verify(&case.graph).unwrap_or_else(|e| panic!("{}: {e:?}", case.name));
+            let inputs = inputs(&case.graph, 100 + n as u64);
+            let mut cpu = executor(Device::Cpu, case.graph.clone()).unwrap();
+            let mut interp = executor(Device::Interp, case.graph.clone()).unwrap();
+            let got = cpu.run(&inputs, &BTreeMap::new(), ctx).unwrap();
+            let want = interp.run(&inputs, &BTreeMap::new(), ctx).unwrap();
+            for (name, w) in &want {
+                let err = relative_error(&got[name], w);
+                assert!(err <= case.tolerance.max(1e-5), "{} ({name}): {err:e}", case.name);
+            }
+        }
+    }
+}
