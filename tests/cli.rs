@@ -417,3 +417,17 @@ fn kernels_writes_ptx_and_a_manifest() {
         stderr(&o)
     );
 }
+
+#[test]
+fn device_check_without_a_gpu_says_so() {
+    let o = lpac(&["device-check"]);
+    let err = stderr(&o);
+    if err.contains("no CUDA driver") || err.contains("no usable CUDA device") {
+        // This machine has no GPU: a clear message and exit 1, never a panic.
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    } else {
+        // A machine with a GPU: every kernel kind must agree with the CPU.
+        assert_eq!(o.status.code(), Some(0), "{}{err}", stdout(&o));
+    }
+}
