@@ -3,6 +3,11 @@
 # Python there, no Rust: build target/release/lpac here and carry it).
 #
 #   bash bench/gpu-check.sh                 # results on stdout and in $OUT (or ./gpu-check)
+#   STEPS=50 MODES=eager bash bench/gpu-check.sh   # shorter: fewer steps, no torch.compile
+#
+# Expect several minutes: two trainings per model and device, and torch.compile of the 130M
+# model twice (dense, LPA). STEPS (default 200), BATCH (llama, default 16) and MODES
+# (default eager,compile) size it.
 #
 # What it does today (the CUDA backend's first run; docs/backends.md says
 # what is emitted):
@@ -96,7 +101,7 @@ except OSError:
     print("no metrics (see the log)")
 PY
 )"
-  python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 ${lowrank:+--lowrank $lowrank} 2>&1 \
+  python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes "${MODES:-eager,compile}" ${lowrank:+--lowrank $lowrank} 2>&1 \
     | tee -a "$OUT/summary.txt"
 done
 log "done; results in $OUT/summary.txt"
