@@ -113,31 +113,6 @@ impl device::Executor for CpuStep {
     }
 }
 
-impl CpuStep {
-    /// `(output, is a parameter, target)`: `param:PATH` feeds parameter
-    /// PATH; an output named like an input (optimiser state) feeds it.
-    fn carries(&self) -> Vec<(String, bool, String)> {
-        let program = self.executor.program();
-        let inputs: Vec<&str> = program
-            .buffers
-            .iter()
-            .filter_map(|b| match &b.kind {
-                lpac_ir::kernel::BufferKind::Input(n) => Some(n.as_str()),
-                _ => None,
-            })
-            .collect();
-        program
-            .outputs
-            .iter()
-            .filter_map(|(name, _)| match name.strip_prefix("param:") {
-                Some(path) => Some((name.clone(), true, path.to_string())),
-                None if inputs.contains(&name.as_str()) => Some((name.clone(), false, name.clone())),
-                None => None,
-            })
-            .collect()
-    }
-}
-
 impl device::Resident for CpuStep {
     fn load(&mut self, params: &BTreeMap<String, Tensor>, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
         for (path, t) in params {
@@ -167,7 +142,7 @@ impl device::Resident for CpuStep {
     }
 
     fn commit(&mut self) -> Result<(), String> {
-        let carries = self.carries();
+        let carries = device::carries(self.executor.program());
         self.executor.carry(&carries)
     }
 

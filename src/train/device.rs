@@ -90,8 +90,31 @@ pub fn executor(device: Device, graph: Graph) -> Result<Box<dyn Executor>, CliEr
     }
 }
 
-/// A step on the GPU (parameters and optimiser state copied in and out
-/// every step; not yet resident).
+/// `(output, is a parameter, target)` for a training step program:
+/// `param:PATH` feeds parameter PATH; an output named like an input
+/// (optimiser state) feeds that input.
+pub fn carries(program: &lpac_ir::kernel::Program) -> Vec<(String, bool, String)> {
+    let inputs: Vec<&str> = program
+        .buffers
+        .iter()
+        .filter_map(|b| match &b.kind {
+            lpac_ir::kernel::BufferKind::Input(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    program
+        .outputs
+        .iter()
+        .filter_map(|(name, _)| match name.strip_prefix("param:") {
+            Some(path) => Some((name.clone(), true, path.to_string())),
+            None if inputs.contains(&name.as_str()) => Some((name.clone(), false, name.clone())),
+            None => None,
+        })
+        .collect()
+}
+
+/// A step on the GPU: parameters and optimiser state stay in device memory
+/// between steps (resident), as on the CPU backend.
 struct CudaStep {
     exec: lpac_cuda::runtime::CudaExecutor,
 }
@@ -104,5 +127,40 @@ impl Executor for CudaStep {
         ctx: RunContext,
     ) -> Result<BTreeMap<String, Tensor>, String> {
         self.exec.run(inputs, params, ctx.seed, ctx.step)
+    }
+
+    fn resident(&mut self) -> Option<&mut dyn Resident> {
+        Some(self)
+    }
+}
+
+impl Resident for CudaStep {
+    fn load(&mut self, params: &BTreeMap<String, Tensor>, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
+        for (path, t) in params {
+            self.exec.write_external(true, path, t)?;
+        }
+        for (name, t) in state {
+            self.exec.write_external(false, name, t)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, inputs: &BTreeMap<String, Tensor>, ctx: RunContext) -> Result<BTreeMap<String, Tensor>, String> {
+        self.exec.run_resident(inputs, &["loss", "grad_norm"], ctx.seed, ctx.step)
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        let carries = carries(self.exec.program());
+        self.exec.carry(&carries)
+    }
+
+    fn read(&self, params: &mut BTreeMap<String, Tensor>, state: &mut BTreeMap<String, Tensor>) -> Result<(), String> {
+        for (path, t) in params.iter_mut() {
+            *t = self.exec.read_external(true, path)?;
+        }
+        for (name, t) in state.iter_mut() {
+            *t = self.exec.read_external(false, name)?;
+        }
+        Ok(())
     }
 }

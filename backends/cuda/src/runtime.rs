@@ -7,7 +7,8 @@
 //! bodies, gather and scatter-add as the emitted functions; matrix products
 //! (plain, or the product stages of a rows kernel, run over all rows) with
 //! cuBLAS `sgemm`. A kernel with no GPU code is refused at construction, by
-//! name.
+//! name. For training, parameters and optimiser state can stay on the GPU
+//! between steps (`write_external`, `run_resident`, `carry`, `read_external`).
 //!
 //! Status: written against cudarc 0.19 and built here, but not yet run on
 //! a GPU (none was available to this project's sessions so far) — the GPU
@@ -123,15 +124,96 @@ impl CudaExecutor {
         seed: u64,
         step: u64,
     ) -> Result<BTreeMap<String, Tensor>, String> {
-        for (i, b) in self.program.buffers.clone().iter().enumerate() {
-            let tensor = match &b.kind {
-                BufferKind::Input(n) => inputs.get(n).ok_or_else(|| format!("input `{n}` was not supplied"))?,
-                BufferKind::Param(p) => params.get(p).ok_or_else(|| format!("parameter `{p}` was not supplied"))?,
-                BufferKind::Temp => continue,
-            };
-            let bytes = to_bytes(&b.ty, tensor)?;
-            self.gpu.stream.memcpy_htod(&bytes, &mut self.buffers[i]).map_err(gpu_err("copying to the GPU"))?;
+        for b in self.program.buffers.clone() {
+            match &b.kind {
+                BufferKind::Input(n) => {
+                    let t = inputs.get(n).ok_or_else(|| format!("input `{n}` was not supplied"))?;
+                    self.write_external(false, n, t)?;
+                }
+                BufferKind::Param(p) => {
+                    let t = params.get(p).ok_or_else(|| format!("parameter `{p}` was not supplied"))?;
+                    self.write_external(true, p, t)?;
+                }
+                BufferKind::Temp => {}
+            }
         }
+        let names: Vec<String> = self.program.outputs.iter().map(|(n, _)| n.clone()).collect();
+        let wanted: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.run_kernels(seed, step)?;
+        self.read_outputs(&wanted)
+    }
+
+    // ---- resident mode: parameters and optimiser state stay on the GPU ----
+
+    /// The buffer of an input (`param == false`) or a parameter.
+    fn external_id(&self, param: bool, name: &str) -> Option<usize> {
+        self.program.buffers.iter().position(|b| match &b.kind {
+            BufferKind::Input(n) => !param && n == name,
+            BufferKind::Param(p) => param && p == name,
+            BufferKind::Temp => false,
+        })
+    }
+
+    /// Copies a tensor into an input or parameter buffer, where it stays.
+    pub fn write_external(&mut self, param: bool, name: &str, t: &Tensor) -> Result<(), String> {
+        let what = if param { "parameter" } else { "input" };
+        let id = self.external_id(param, name).ok_or_else(|| format!("the program has no {what} `{name}`"))?;
+        let bytes = to_bytes(&self.program.buffers[id].ty, t).map_err(|e| format!("{what} `{name}`: {e}"))?;
+        self.gpu.stream.memcpy_htod(&bytes, &mut self.buffers[id]).map_err(gpu_err("copying to the GPU"))
+    }
+
+    /// The current contents of an input or parameter buffer.
+    pub fn read_external(&self, param: bool, name: &str) -> Result<Tensor, String> {
+        let what = if param { "parameter" } else { "input" };
+        let id = self.external_id(param, name).ok_or_else(|| format!("the program has no {what} `{name}`"))?;
+        let bytes = self.gpu.stream.clone_dtoh(&self.buffers[id]).map_err(gpu_err("copying from the GPU"))?;
+        Ok(from_bytes(&self.program.buffers[id].ty, &bytes))
+    }
+
+    /// Runs with `inputs` written first and every other input and parameter
+    /// as it is; returns the outputs named in `wanted`.
+    pub fn run_resident(
+        &mut self,
+        inputs: &BTreeMap<String, Tensor>,
+        wanted: &[&str],
+        seed: u64,
+        step: u64,
+    ) -> Result<BTreeMap<String, Tensor>, String> {
+        for (name, t) in inputs {
+            self.write_external(false, name, t)?;
+        }
+        self.run_kernels(seed, step)?;
+        self.read_outputs(wanted)
+    }
+
+    /// Copies outputs of the last run into input or parameter buffers on the
+    /// GPU: `(output name, is a parameter, input name or parameter path)`.
+    pub fn carry(&mut self, pairs: &[(String, bool, String)]) -> Result<(), String> {
+        for (output, param, target) in pairs {
+            let (_, src) = self
+                .program
+                .outputs
+                .iter()
+                .find(|(n, _)| n == output)
+                .ok_or_else(|| format!("no output `{output}`"))?;
+            let dst = self.external_id(*param, target).ok_or_else(|| format!("nothing to carry `{output}` into"))?;
+            let src = src.index();
+            if src == dst {
+                continue;
+            }
+            let (from, to) = if src < dst {
+                let (low, high) = self.buffers.split_at_mut(dst);
+                (&low[src], &mut high[0])
+            } else {
+                let (low, high) = self.buffers.split_at_mut(src);
+                (&high[0], &mut low[dst])
+            };
+            self.gpu.stream.memcpy_dtod(from, to).map_err(gpu_err("copying on the GPU"))?;
+        }
+        Ok(())
+    }
+
+    fn run_kernels(&mut self, seed: u64, step: u64) -> Result<(), String> {
         self.gpu.stream.memcpy_htod(&[0u32], &mut self.error_cell).map_err(gpu_err("clearing the error cell"))?;
         for i in 0..self.program.kernels.len() {
             self.run_kernel(i, seed, step)?;
@@ -140,11 +222,17 @@ impl CudaExecutor {
         if flag.first().is_some_and(|&f| f != 0) {
             return Err("a gather or scatter-add index was out of range (a token id beyond the vocabulary?)".into());
         }
+        Ok(())
+    }
+
+    fn read_outputs(&self, wanted: &[&str]) -> Result<BTreeMap<String, Tensor>, String> {
         let mut out = BTreeMap::new();
-        for (name, b) in self.program.outputs.clone() {
+        for name in wanted {
+            let (_, b) =
+                self.program.outputs.iter().find(|(n, _)| n == name).ok_or_else(|| format!("no output `{name}`"))?;
             let bytes =
                 self.gpu.stream.clone_dtoh(&self.buffers[b.index()]).map_err(gpu_err("copying from the GPU"))?;
-            out.insert(name, from_bytes(&self.program.buffer(b).ty, &bytes));
+            out.insert(name.to_string(), from_bytes(&self.program.buffer(*b).ty, &bytes));
         }
         Ok(out)
     }
