@@ -34,8 +34,28 @@ mkdir -p "$OUT"
 log() { echo "$*" | tee -a "$OUT/summary.txt"; }
 : > "$OUT/summary.txt"
 
+# lpac loads the CUDA driver and cuBLAS at run time. cuBLAS may live only in
+# pip's nvidia-cublas wheel (under a versioned name): put a libcublas.so
+# link to it, and the CUDA toolkit's lib64, on the loader's path.
+mkdir -p "$OUT/lib"
+cublas_dir=$(python3 -c "import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], 'lib'))" 2>/dev/null)
+for dir in "$cublas_dir" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+  [ -n "$dir" ] && [ -d "$dir" ] || continue
+  lib=$(ls "$dir"/libcublas.so* 2>/dev/null | head -1)
+  if [ -n "$lib" ] && [ ! -e "$OUT/lib/libcublas.so" ]; then
+    ln -sf "$lib" "$OUT/lib/libcublas.so"
+  fi
+  LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
+done
+export LD_LIBRARY_PATH="$OUT/lib:${LD_LIBRARY_PATH:-}"
+
 log "== 1. the machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/summary.txt"
+if [ -e "$OUT/lib/libcublas.so" ]; then
+  log "cuBLAS for lpac: $(readlink -f "$OUT/lib/libcublas.so")"
+else
+  log "cuBLAS for lpac: not found in pip's nvidia-cublas or /usr/local/cuda (lpac will say so)"
+fi
 "$LPAC" --version 2>&1 | tee -a "$OUT/summary.txt"
 
 log "== 2. every kernel kind on the GPU against the CPU backend (lpac device-check)"

@@ -49,7 +49,16 @@ impl Gpu {
             .map_err(|_| "the CUDA driver failed to start (no usable GPU?)".to_string())?
             .map_err(|e| format!("no usable CUDA device: {e}"))?;
         let stream = ctx.default_stream();
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cuBLAS is not available: {e}"))?;
+        // SAFETY: only looks for the library.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err("cuBLAS (libcublas.so) was not found: add its folder to LD_LIBRARY_PATH — e.g. the CUDA \
+                        toolkit's lib64, or site-packages/nvidia/cublas/lib of a pip-installed CUDA \
+                        (bench/gpu-check.sh does this)"
+                .into());
+        }
+        let blas = std::panic::catch_unwind(|| CudaBlas::new(stream.clone()))
+            .map_err(|_| "cuBLAS failed to start".to_string())?
+            .map_err(|e| format!("cuBLAS is not available: {e}"))?;
         Ok(Gpu { ctx, stream, blas })
     }
 
