@@ -82,12 +82,28 @@ pub fn executor(device: Device, graph: Graph) -> Result<Box<dyn Executor>, CliEr
         Device::Cuda => {
             let cuda = |e: String| CliError::Message(format!("--device cuda: {e}"));
             // The GPU first: without one, that is the message.
-            let gpu = lpac_cuda::runtime::Gpu::open().map_err(cuda)?;
-            let program = lpac_passes::fuse::fuse(&graph).map_err(|e| cuda(e.to_string()))?;
-            let exec = lpac_cuda::runtime::CudaExecutor::new(gpu, program).map_err(cuda)?;
+            let exec = guarded(|| {
+                let gpu = lpac_cuda::runtime::Gpu::open()?;
+                let program = lpac_passes::fuse::fuse(&graph).map_err(|e| e.to_string())?;
+                lpac_cuda::runtime::CudaExecutor::new(gpu, program)
+            })
+            .map_err(cuda)?;
             Ok(Box::new(CudaStep { exec }))
         }
     }
+}
+
+/// Runs `f`, turning a panic inside the CUDA libraries' bindings (a symbol
+/// a driver or cuBLAS version lacks) into an error message.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown failure".into());
+        Err(format!("the CUDA libraries failed: {what}"))
+    })
 }
 
 /// `(output, is a parameter, target)` for a training step program:
@@ -126,7 +142,7 @@ impl Executor for CudaStep {
         params: &BTreeMap<String, Tensor>,
         ctx: RunContext,
     ) -> Result<BTreeMap<String, Tensor>, String> {
-        self.exec.run(inputs, params, ctx.seed, ctx.step)
+        guarded(|| self.exec.run(inputs, params, ctx.seed, ctx.step))
     }
 
     fn resident(&mut self) -> Option<&mut dyn Resident> {
@@ -146,7 +162,7 @@ impl Resident for CudaStep {
     }
 
     fn step(&mut self, inputs: &BTreeMap<String, Tensor>, ctx: RunContext) -> Result<BTreeMap<String, Tensor>, String> {
-        self.exec.run_resident(inputs, &["loss", "grad_norm"], ctx.seed, ctx.step)
+        guarded(|| self.exec.run_resident(inputs, &["loss", "grad_norm"], ctx.seed, ctx.step))
     }
 
     fn commit(&mut self) -> Result<(), String> {
