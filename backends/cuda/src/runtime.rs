@@ -110,12 +110,26 @@ impl CudaExecutor {
             functions.push(module.load_function(&k.entry).map_err(gpu_err(&k.entry))?);
             by_kernel[k.kernel].push(f);
         }
+        // Refuse a program that does not fit before allocating any of it.
+        let needed: usize = program.buffers.iter().map(|b| b.ty.size_bytes().max(1)).sum();
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        if let Ok((free, _)) = gpu.ctx.mem_get_info()
+            && needed > free
+        {
+            return Err(format!(
+                "`{}` needs {:.2} GiB of GPU memory for its buffers, but the GPU has {:.2} GiB free; reduce batch, \
+                 seq or the model with --set",
+                program.name,
+                gib(needed),
+                gib(free)
+            ));
+        }
         let buffers = program
             .buffers
             .iter()
             .map(|b| gpu.stream.alloc_zeros::<u8>(b.ty.size_bytes().max(1)))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(gpu_err("allocating the step's buffers (out of GPU memory?)"))?;
+            .map_err(|e| format!("allocating {:.2} GiB of buffers on the GPU: {e}", gib(needed)))?;
         let error_cell = gpu.stream.alloc_zeros::<u32>(1).map_err(gpu_err("allocating the error cell"))?;
         Ok(CudaExecutor { gpu, program, emitted, functions, by_kernel, buffers, error_cell })
     }
