@@ -40,8 +40,8 @@ use rayon::prelude::*;
 
 use crate::check::check_program;
 use crate::memory::{AlignedBuf, BufferTable, SharedTable, supplied, write_tensor};
-use crate::plan::{MemoryPlan, plan_memory};
 use crate::{gemm, movement, reference};
+use lpac_ir::kernel::plan::{MemoryPlan, plan_memory};
 
 /// A compiled loop kernel: `(buffers, begin, end, seed, step)`.
 pub type LoopFn = extern "C" fn(*const *mut u8, u64, u64, u64, u64);

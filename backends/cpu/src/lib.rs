@@ -8,7 +8,8 @@
 //! - [`gemm`]: matrix products through the gemm crate;
 //! - [`attention`]: fused attention, forward and backward, over tiles;
 //! - [`movement`]: gather and scatter_add;
-//! - [`plan`]: liveness and placement of temps in one arena;
+//! - the memory plan (liveness and placement of temps in one arena) is
+//!   `lpac_ir::kernel::plan`, shared by the backends;
 //! - [`exec`]: the executor that runs a program with threads.
 
 pub mod attention;
@@ -18,9 +19,8 @@ pub mod exec;
 pub mod gemm;
 pub mod memory;
 pub mod movement;
-pub mod plan;
 pub mod reference;
 
 pub use exec::{Executor, LoopFn};
+pub use lpac_ir::kernel::plan::{MemoryPlan, plan_memory};
 pub use memory::{BufferTable, HostMemory, Scalar};
-pub use plan::{MemoryPlan, plan_memory};

@@ -30,7 +30,7 @@ use lpac_ir::kernel::{BufferId, BufferKind, Program};
 use lpac_ir::types::{DType, TensorType};
 
 /// Alignment of every allocation and of every buffer placed in an arena.
-pub const ALIGN: usize = 64;
+pub use lpac_ir::kernel::plan::ALIGN;
 
 /// Whether buffers of `dtype` can be stored and computed on by this backend.
 pub fn supported(dtype: DType) -> bool {
