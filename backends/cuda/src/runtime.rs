@@ -18,9 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use lpac_ir::interp::Tensor;
 use lpac_ir::kernel::{BufferKind, GemmKernel, Kernel, Operand, Program, RowStage};
@@ -83,7 +81,14 @@ pub struct CudaExecutor {
     functions: Vec<CudaFunction>,
     /// Kernel index → its functions (in body order).
     by_kernel: Vec<Vec<usize>>,
-    buffers: Vec<CudaSlice<u8>>,
+    /// Temps, placed by the memory plan (`lpac_ir::kernel::plan`).
+    arena: CudaSlice<u8>,
+    /// Inputs and parameters: an allocation each (temps: `None`).
+    external: Vec<Option<CudaSlice<u8>>>,
+    /// Every buffer's device address (kernel arguments).
+    ptrs: Vec<u64>,
+    /// Every temp's byte range in the arena (`None`: external or unused).
+    ranges: Vec<Option<(usize, usize)>>,
     error_cell: CudaSlice<u32>,
 }
 
@@ -110,28 +115,48 @@ impl CudaExecutor {
             functions.push(module.load_function(&k.entry).map_err(gpu_err(&k.entry))?);
             by_kernel[k.kernel].push(f);
         }
-        // Refuse a program that does not fit before allocating any of it.
-        let needed: usize = program.buffers.iter().map(|b| b.ty.size_bytes().max(1)).sum();
+        // Temps share one arena as the memory plan places them; inputs and
+        // parameters have their own allocations. Refuse a program that does
+        // not fit before allocating any of it.
+        let plan = lpac_ir::kernel::plan::plan_memory(&program);
+        let own: usize =
+            program.buffers.iter().filter(|b| b.kind != BufferKind::Temp).map(|b| b.ty.size_bytes().max(1)).sum();
+        let needed = plan.arena_bytes + own;
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         if let Ok((free, _)) = gpu.ctx.mem_get_info()
             && needed > free
         {
             return Err(format!(
-                "`{}` needs {:.2} GiB of GPU memory for its buffers, but the GPU has {:.2} GiB free; reduce batch, \
-                 seq or the model with --set",
+                "`{}` needs {:.2} GiB of GPU memory as planned ({:.2} GiB of temporaries, {:.2} GiB of parameters, \
+                 optimiser state and inputs), but the GPU has {:.2} GiB free; reduce batch, seq or the model with --set",
                 program.name,
                 gib(needed),
+                gib(plan.arena_bytes),
+                gib(own),
                 gib(free)
             ));
         }
-        let buffers = program
-            .buffers
-            .iter()
-            .map(|b| gpu.stream.alloc_zeros::<u8>(b.ty.size_bytes().max(1)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("allocating {:.2} GiB of buffers on the GPU: {e}", gib(needed)))?;
+        let alloc_err = |e: cudarc::driver::DriverError| format!("allocating {:.2} GiB on the GPU: {e}", gib(needed));
+        let arena = gpu.stream.alloc_zeros::<u8>(plan.arena_bytes.max(1)).map_err(alloc_err)?;
+        let arena_base = arena.device_ptr(&gpu.stream).0;
+        let mut external = Vec::with_capacity(program.buffers.len());
+        let mut ptrs = Vec::with_capacity(program.buffers.len());
+        let mut ranges = Vec::with_capacity(program.buffers.len());
+        for (i, b) in program.buffers.iter().enumerate() {
+            if b.kind == BufferKind::Temp {
+                let offset = plan.offsets[i];
+                ptrs.push(arena_base + offset.unwrap_or(0) as u64);
+                ranges.push(offset.map(|o| (o, b.ty.size_bytes())));
+                external.push(None);
+            } else {
+                let slice = gpu.stream.alloc_zeros::<u8>(b.ty.size_bytes().max(1)).map_err(alloc_err)?;
+                ptrs.push(slice.device_ptr(&gpu.stream).0);
+                ranges.push(None);
+                external.push(Some(slice));
+            }
+        }
         let error_cell = gpu.stream.alloc_zeros::<u32>(1).map_err(gpu_err("allocating the error cell"))?;
-        Ok(CudaExecutor { gpu, program, emitted, functions, by_kernel, buffers, error_cell })
+        Ok(CudaExecutor { gpu, program, emitted, functions, by_kernel, arena, external, ptrs, ranges, error_cell })
     }
 
     pub fn program(&self) -> &Program {
@@ -182,14 +207,15 @@ impl CudaExecutor {
         let what = if param { "parameter" } else { "input" };
         let id = self.external_id(param, name).ok_or_else(|| format!("the program has no {what} `{name}`"))?;
         let bytes = to_bytes(&self.program.buffers[id].ty, t).map_err(|e| format!("{what} `{name}`: {e}"))?;
-        self.gpu.stream.memcpy_htod(&bytes, &mut self.buffers[id]).map_err(gpu_err("copying to the GPU"))
+        let dst = self.external[id].as_mut().ok_or_else(|| format!("{what} `{name}` has no buffer of its own"))?;
+        self.gpu.stream.memcpy_htod(&bytes, dst).map_err(gpu_err("copying to the GPU"))
     }
 
     /// The current contents of an input or parameter buffer.
     pub fn read_external(&self, param: bool, name: &str) -> Result<Tensor, String> {
         let what = if param { "parameter" } else { "input" };
         let id = self.external_id(param, name).ok_or_else(|| format!("the program has no {what} `{name}`"))?;
-        let bytes = self.gpu.stream.clone_dtoh(&self.buffers[id]).map_err(gpu_err("copying from the GPU"))?;
+        let bytes = self.bytes_of(id)?;
         Ok(from_bytes(&self.program.buffers[id].ty, &bytes))
     }
 
@@ -224,16 +250,36 @@ impl CudaExecutor {
             if src == dst {
                 continue;
             }
-            let (from, to) = if src < dst {
-                let (low, high) = self.buffers.split_at_mut(dst);
-                (&low[src], &mut high[0])
-            } else {
-                let (low, high) = self.buffers.split_at_mut(src);
-                (&high[0], &mut low[dst])
-            };
-            self.gpu.stream.memcpy_dtod(from, to).map_err(gpu_err("copying on the GPU"))?;
+            if self.external[dst].is_none() {
+                return Err(format!("`{target}` has no buffer of its own"));
+            }
+            match (self.ranges[src], self.external[src].is_some()) {
+                (Some((offset, len)), _) => {
+                    let from = self.arena.slice(offset..offset + len);
+                    let to = self.external[dst].as_mut().expect("checked above");
+                    self.gpu.stream.memcpy_dtod(&from, to).map_err(gpu_err("copying on the GPU"))?;
+                }
+                (None, true) => {
+                    // An output that is itself an input or parameter: copy
+                    // through the host (rare; never in a training step).
+                    let bytes = self.bytes_of(src)?;
+                    let to = self.external[dst].as_mut().expect("checked above");
+                    self.gpu.stream.memcpy_htod(&bytes, to).map_err(gpu_err("copying to the GPU"))?;
+                }
+                (None, false) => return Err(format!("output `{output}` was never written")),
+            }
         }
         Ok(())
+    }
+
+    /// A buffer's bytes, copied from the GPU.
+    fn bytes_of(&self, id: usize) -> Result<Vec<u8>, String> {
+        let copied = match (&self.ranges[id], &self.external[id]) {
+            (Some((offset, len)), _) => self.gpu.stream.clone_dtoh(&self.arena.slice(*offset..offset + len)),
+            (None, Some(own)) => self.gpu.stream.clone_dtoh(own),
+            (None, None) => return Ok(vec![0; self.program.buffers[id].ty.size_bytes()]),
+        };
+        copied.map_err(gpu_err("copying from the GPU"))
     }
 
     fn run_kernels(&mut self, seed: u64, step: u64) -> Result<(), String> {
@@ -253,8 +299,7 @@ impl CudaExecutor {
         for name in wanted {
             let (_, b) =
                 self.program.outputs.iter().find(|(n, _)| n == name).ok_or_else(|| format!("no output `{name}`"))?;
-            let bytes =
-                self.gpu.stream.clone_dtoh(&self.buffers[b.index()]).map_err(gpu_err("copying from the GPU"))?;
+            let bytes = self.bytes_of(b.index())?;
             out.insert(name.to_string(), from_bytes(&self.program.buffer(*b).ty, &bytes));
         }
         Ok(out)
@@ -294,7 +339,7 @@ impl CudaExecutor {
             LaunchConfig { grid_dim: (k.grid, 1, 1), block_dim: (k.block, 1, 1), shared_mem_bytes: k.shared_bytes };
         let mut args = self.gpu.stream.launch_builder(&self.functions[f]);
         for &b in &k.args {
-            args.arg(&self.buffers[b as usize]);
+            args.arg(&self.ptrs[b as usize]);
         }
         for key in &keys {
             args.arg(key);
@@ -317,15 +362,14 @@ impl CudaExecutor {
         let (op_b, ld_b) = col_major(&g.b, g.k, g.n, &g.name)?;
         let (op_a, ld_a) = col_major(&g.a, g.m, g.k, &g.name)?;
         let batches: usize = g.batch.iter().product();
-        let stream = self.gpu.stream.clone();
         for batch in 0..batches.max(1) {
             let (a_off, b_off) = (batch_offset(&g.batch, &g.a, batch), batch_offset(&g.batch, &g.b, batch));
             let c_off = (batch * g.m * g.n) as u64 * 4;
             // Everything runs on one stream, in order: the pointers' read and
             // write markers can go as soon as the addresses are known.
-            let a_ptr = self.buffers[g.a.buffer.index()].device_ptr(&stream).0 + a_off as u64 * 4;
-            let b_ptr = self.buffers[g.b.buffer.index()].device_ptr(&stream).0 + b_off as u64 * 4;
-            let c_ptr = self.buffers[g.c.index()].device_ptr_mut(&stream).0 + c_off;
+            let a_ptr = self.ptrs[g.a.buffer.index()] + a_off as u64 * 4;
+            let b_ptr = self.ptrs[g.b.buffer.index()] + b_off as u64 * 4;
+            let c_ptr = self.ptrs[g.c.index()] + c_off;
             let (alpha, beta) = (1.0f32, 0.0f32);
             // SAFETY: the pointers address the operands' checked extents.
             unsafe {
