@@ -115,13 +115,7 @@ impl device::Executor for CpuStep {
 
 impl device::Resident for CpuStep {
     fn load(&mut self, params: &BTreeMap<String, Tensor>, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
-        for (path, t) in params {
-            self.executor.write_external(true, path, t)?;
-        }
-        for (name, t) in state {
-            self.executor.write_external(false, name, t)?;
-        }
-        Ok(())
+        device::load_with(params, state, |param, name, t| self.executor.write_external(param, name, t))
     }
 
     fn step(&mut self, inputs: &BTreeMap<String, Tensor>, ctx: RunContext) -> Result<BTreeMap<String, Tensor>, String> {
@@ -147,12 +141,6 @@ impl device::Resident for CpuStep {
     }
 
     fn read(&self, params: &mut BTreeMap<String, Tensor>, state: &mut BTreeMap<String, Tensor>) -> Result<(), String> {
-        for (path, t) in params.iter_mut() {
-            *t = self.executor.read_external(true, path)?;
-        }
-        for (name, t) in state.iter_mut() {
-            *t = self.executor.read_external(false, name)?;
-        }
-        Ok(())
+        device::read_with(params, state, |param, name| self.executor.read_external(param, name))
     }
 }

@@ -106,6 +106,35 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     })
 }
 
+/// [`Resident::load`] through a backend's `write(is a parameter, name,
+/// tensor)`: every parameter, then every piece of optimiser state.
+pub fn load_with(
+    params: &BTreeMap<String, Tensor>,
+    state: &BTreeMap<String, Tensor>,
+    mut write: impl FnMut(bool, &str, &Tensor) -> Result<(), String>,
+) -> Result<(), String> {
+    params
+        .iter()
+        .map(|(p, t)| (true, p, t))
+        .chain(state.iter().map(|(n, t)| (false, n, t)))
+        .try_for_each(|(param, name, t)| write(param, name, t))
+}
+
+/// [`Resident::read`] through a backend's `read(is a parameter, name)`.
+pub fn read_with(
+    params: &mut BTreeMap<String, Tensor>,
+    state: &mut BTreeMap<String, Tensor>,
+    read: impl Fn(bool, &str) -> Result<Tensor, String>,
+) -> Result<(), String> {
+    for (path, t) in params.iter_mut() {
+        *t = read(true, path)?;
+    }
+    for (name, t) in state.iter_mut() {
+        *t = read(false, name)?;
+    }
+    Ok(())
+}
+
 /// `(output, is a parameter, target)` for a training step program:
 /// `param:PATH` feeds parameter PATH; an output named like an input
 /// (optimiser state) feeds that input.
@@ -152,13 +181,7 @@ impl Executor for CudaStep {
 
 impl Resident for CudaStep {
     fn load(&mut self, params: &BTreeMap<String, Tensor>, state: &BTreeMap<String, Tensor>) -> Result<(), String> {
-        for (path, t) in params {
-            self.exec.write_external(true, path, t)?;
-        }
-        for (name, t) in state {
-            self.exec.write_external(false, name, t)?;
-        }
-        Ok(())
+        load_with(params, state, |param, name, t| self.exec.write_external(param, name, t))
     }
 
     fn step(&mut self, inputs: &BTreeMap<String, Tensor>, ctx: RunContext) -> Result<BTreeMap<String, Tensor>, String> {
@@ -171,12 +194,6 @@ impl Resident for CudaStep {
     }
 
     fn read(&self, params: &mut BTreeMap<String, Tensor>, state: &mut BTreeMap<String, Tensor>) -> Result<(), String> {
-        for (path, t) in params.iter_mut() {
-            *t = self.exec.read_external(true, path)?;
-        }
-        for (name, t) in state.iter_mut() {
-            *t = self.exec.read_external(false, name)?;
-        }
-        Ok(())
+        read_with(params, state, |param, name| self.exec.read_external(param, name))
     }
 }

@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 
 use lpac_ir::interp::Tensor;
-use lpac_ir::kernel::{Kernel, LoopKernel, Program};
+use lpac_ir::kernel::{BufferId, Kernel, LoopKernel, Program};
 use lpac_ir::types::TensorType;
 use rayon::prelude::*;
 
@@ -212,11 +212,7 @@ impl Executor {
 
     /// The external buffer of an input (`param == false`) or a parameter.
     fn external_id(&self, param: bool, name: &str) -> Option<usize> {
-        self.program.buffers.iter().position(|b| match &b.kind {
-            lpac_ir::kernel::BufferKind::Input(n) => !param && n == name,
-            lpac_ir::kernel::BufferKind::Param(p) => param && p == name,
-            lpac_ir::kernel::BufferKind::Temp => false,
-        })
+        self.program.external(param, name).map(BufferId::index)
     }
 
     /// Writes a tensor into an input or parameter buffer, where it stays

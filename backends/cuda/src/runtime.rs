@@ -21,7 +21,7 @@ use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use lpac_ir::interp::Tensor;
-use lpac_ir::kernel::{BufferKind, GemmKernel, Kernel, Operand, Program, RowStage};
+use lpac_ir::kernel::{BufferId, BufferKind, GemmKernel, Kernel, Operand, Program, RowStage};
 use lpac_ir::types::{DType, TensorType};
 
 use crate::{Arch, PtxProgram, emit_program};
@@ -195,11 +195,7 @@ impl CudaExecutor {
 
     /// The buffer of an input (`param == false`) or a parameter.
     fn external_id(&self, param: bool, name: &str) -> Option<usize> {
-        self.program.buffers.iter().position(|b| match &b.kind {
-            BufferKind::Input(n) => !param && n == name,
-            BufferKind::Param(p) => param && p == name,
-            BufferKind::Temp => false,
-        })
+        self.program.external(param, name).map(BufferId::index)
     }
 
     /// Copies a tensor into an input or parameter buffer, where it stays.

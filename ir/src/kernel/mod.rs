@@ -568,6 +568,18 @@ impl Program {
         &self.buffers[id.index()]
     }
 
+    /// The buffer of an input (`param == false`) or a parameter, by name.
+    pub fn external(&self, param: bool, name: &str) -> Option<BufferId> {
+        self.buffers
+            .iter()
+            .position(|b| match &b.kind {
+                BufferKind::Input(n) => !param && n == name,
+                BufferKind::Param(p) => param && p == name,
+                BufferKind::Temp => false,
+            })
+            .map(|i| BufferId(i as u32))
+    }
+
     pub fn add_buffer(&mut self, ty: TensorType, kind: BufferKind) -> BufferId {
         self.buffers.push(Buffer { ty, kind });
         BufferId(self.buffers.len() as u32 - 1)
