@@ -320,16 +320,7 @@ fn forward(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: MatMut, lse: Option
             let tile = &mut s[..nq * nk];
             scores(a, q, k, (i0, nq), (j0, nk), tile);
             for r in 0..nq {
-                let row = &mut tile[r * nk..(r + 1) * nk];
-                let m_new = row_max(row).max(m[r]);
-                if m_new == f32::NEG_INFINITY {
-                    row.fill(0.0);
-                    continue;
-                }
-                let correction = exp_ref(m[r] - m_new, false);
-                exp_shifted(row, m_new);
-                l[r] = l[r] * correction + row_sum(row);
-                m[r] = m_new;
+                let correction = online_softmax(&mut tile[r * nk..(r + 1) * nk], &mut m[r], &mut l[r]);
                 if correction != 1.0 {
                     acc[r * dv..(r + 1) * dv].iter_mut().for_each(|x| *x *= correction);
                 }
@@ -403,6 +394,24 @@ fn exp_shifted(row: &mut [f32], shift: f32) {
     }
 }
 
+/// One step of the online softmax for a query row: the tile's scores
+/// become `exp(s − m)` under the new running maximum `m`, the running sum
+/// `l` is rescaled and grows by the tile's sum. Returns the factor earlier
+/// partial results must be rescaled by (1 when nothing changes; a fully
+/// masked tile becomes zeros and changes nothing).
+fn online_softmax(row: &mut [f32], m: &mut f32, l: &mut f32) -> f32 {
+    let m_new = row_max(row).max(*m);
+    if m_new == f32::NEG_INFINITY {
+        row.fill(0.0);
+        return 1.0;
+    }
+    let correction = exp_ref(*m - m_new, false);
+    exp_shifted(row, m_new);
+    *l = *l * correction + row_sum(row);
+    *m = m_new;
+    correction
+}
+
 /// A row's log-sum-exp from its running maximum and sum (`+inf` for a row
 /// that sees no key: its probabilities are all zero).
 fn log_sum_exp(m: f32, l: f32) -> f32 {
@@ -437,14 +446,7 @@ fn backward_one(a: &AttentionKernel, q: Mat, k: Mat, v: Mat, out: Mat, dout: Mat
             let tile = &mut s[..nq * nk];
             scores(a, q, k, (i0, nq), (j0, nk), tile);
             for r in 0..nq {
-                let row = &mut tile[r * nk..(r + 1) * nk];
-                let m_new = row_max(row).max(m[r]);
-                if m_new == f32::NEG_INFINITY {
-                    continue;
-                }
-                exp_shifted(row, m_new);
-                l[r] = l[r] * exp_ref(m[r] - m_new, false) + row_sum(row);
-                m[r] = m_new;
+                online_softmax(&mut tile[r * nk..(r + 1) * nk], &mut m[r], &mut l[r]);
             }
         }
         for r in 0..nq {
