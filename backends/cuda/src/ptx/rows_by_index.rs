@@ -10,20 +10,10 @@
 //!   the interpreter (no atomics, so the result does not depend on
 //!   scheduling). Bad indices are skipped and reported as for gather.
 
-use std::fmt::Write as _;
-
 use lpac_ir::kernel::{BufferId, Program};
 use lpac_ir::types::DType;
 
-use super::{Arch, BLOCK, PTX_VERSION, PtxError, PtxKernel};
-
-fn header(entry: &str, arch: Arch, comment: &str, params: &[String]) -> String {
-    let mut ptx = String::new();
-    let _ = writeln!(ptx, "//\n// {comment}\n//");
-    let _ = writeln!(ptx, ".version {PTX_VERSION}\n.target {}\n.address_size 64\n", arch.name());
-    let _ = writeln!(ptx, ".visible .entry {entry}(\n{}\n)\n{{", params.join(",\n"));
-    ptx
-}
+use super::{Arch, BLOCK, Module, PtxError, PtxKernel};
 
 /// `(rows of the table, elements per row)`, checking dtypes.
 fn shapes(
@@ -33,15 +23,57 @@ fn shapes(
     indices: BufferId,
 ) -> Result<(usize, usize), PtxError> {
     let t = &program.buffer(table_or_out).ty;
-    let err = |m: String| PtxError { kernel: entry.to_string(), message: m };
-    if t.dtype != DType::F32 || program.buffer(indices).ty.dtype != DType::I32 || t.rank() == 0 {
-        return Err(err(format!(
-            "gather/scatter-add of {} by {} (f32 rows, i32 indices are emitted)",
-            t,
-            program.buffer(indices).ty
-        )));
+    let i = &program.buffer(indices).ty;
+    if t.dtype != DType::F32 || i.dtype != DType::I32 || t.rank() == 0 {
+        return Err(PtxError {
+            kernel: entry.to_string(),
+            message: format!("gather/scatter-add of {t} by {i} (f32 rows, i32 indices are emitted)"),
+        });
     }
     Ok((t.shape[0], t.shape[1..].iter().product()))
+}
+
+/// The function around `body`: three buffer parameters (bases in `%rd0`,
+/// `%rd1`, `%rd2`) and the error cell (`%rd3`); the thread's first index in
+/// `%rd4` and the grid's stride in `%rd6`.
+fn function(
+    entry: String,
+    kernel: usize,
+    arch: Arch,
+    comment: String,
+    buffers: [BufferId; 3],
+    body: &str,
+    threads: u64,
+) -> PtxKernel {
+    let mut code = String::new();
+    for (r, b) in buffers.iter().enumerate() {
+        code.push_str(&format!("\tld.param.u64 %rd{r}, [b{}];\n\tcvta.to.global.u64 %rd{r}, %rd{r};\n", b.0));
+    }
+    code.push_str(
+        "\tld.param.u64 %rd3, [err];\n\tcvta.to.global.u64 %rd3, %rd3;\n\
+         \tmov.u32 %r0, %ctaid.x;\n\tmov.u32 %r1, %ntid.x;\n\tmov.u32 %r2, %tid.x;\n\tmov.u32 %r3, %nctaid.x;\n\
+         \tmul.wide.u32 %rd4, %r0, %r1;\n\tcvt.u64.u32 %rd5, %r2;\n\tadd.u64 %rd4, %rd4, %rd5;\n\
+         \tmul.wide.u32 %rd6, %r3, %r1;\n",
+    );
+    code.push_str(body);
+    let mut params: Vec<String> = buffers.iter().map(|b| format!("b{}", b.0)).collect();
+    params.push("err".into());
+    let regs = [(".pred", "%p", 4), (".b32", "%r", 8), (".b64", "%rd", 24), (".f32", "%f", 4)];
+    let ptx =
+        Module { comment: &[comment], arch, entry: &entry, params: &params, shared: &[], regs: &regs, body: &code }
+            .text();
+    PtxKernel {
+        entry,
+        kernel,
+        body: 0,
+        ptx,
+        grid: threads.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32,
+        block: BLOCK,
+        shared_bytes: 0,
+        args: buffers.iter().map(|b| b.0).collect(),
+        stream_keys: vec![],
+        error_flag: true,
+    }
 }
 
 pub(super) fn gather(
@@ -53,28 +85,8 @@ pub(super) fn gather(
     let entry = format!("k{kernel}_0_gather");
     let (n, row) = shapes(program, &entry, table, indices)?;
     let total = program.buffer(out).ty.numel() as u64;
-    let params: Vec<String> = [table, indices, out]
-        .iter()
-        .map(|b| format!("\t.param .u64 b{}", b.0))
-        .chain(["\t.param .u64 err".into()])
-        .collect();
-    let mut ptx = header(
-        &entry,
-        arch,
-        &format!("kernel k{kernel}: gather of rows of {row} from a table of {n} rows, {total} elements"),
-        &params,
-    );
-    let _ = write!(
-        ptx,
-        "\t.reg .pred %p<4>;\n\t.reg .b32 %r<8>;\n\t.reg .b64 %rd<24>;\n\t.reg .f32 %f<2>;\n\
-         \tld.param.u64 %rd0, [b{t}];\n\tcvta.to.global.u64 %rd0, %rd0;\n\
-         \tld.param.u64 %rd1, [b{ix}];\n\tcvta.to.global.u64 %rd1, %rd1;\n\
-         \tld.param.u64 %rd2, [b{o}];\n\tcvta.to.global.u64 %rd2, %rd2;\n\
-         \tld.param.u64 %rd3, [err];\n\tcvta.to.global.u64 %rd3, %rd3;\n\
-         \tmov.u32 %r0, %ctaid.x;\n\tmov.u32 %r1, %ntid.x;\n\tmov.u32 %r2, %tid.x;\n\tmov.u32 %r3, %nctaid.x;\n\
-         \tmul.wide.u32 %rd4, %r0, %r1;\n\tcvt.u64.u32 %rd5, %r2;\n\tadd.u64 %rd4, %rd4, %rd5;\n\
-         \tmul.wide.u32 %rd6, %r3, %r1;\n\
-         $L_element:\n\tsetp.ge.u64 %p0, %rd4, {total};\n\t@%p0 bra $L_done;\n\
+    let body = format!(
+        "$L_element:\n\tsetp.ge.u64 %p0, %rd4, {total};\n\t@%p0 bra $L_done;\n\
          \tdiv.u64 %rd7, %rd4, {row};\n\trem.u64 %rd8, %rd4, {row};\n\
          \tmad.lo.u64 %rd9, %rd7, 4, %rd1;\n\tld.global.s32 %r4, [%rd9];\n\
          \tsetp.lt.s32 %p1, %r4, 0;\n\tsetp.ge.or.s32 %p1, %r4, {n}, %p1;\n\
@@ -84,24 +96,10 @@ pub(super) fn gather(
          \t@!%p1 mad.lo.s64 %rd12, %rd11, 4, %rd0;\n\t@!%p1 ld.global.f32 %f0, [%rd12];\n\
          \tmad.lo.u64 %rd13, %rd4, 4, %rd2;\n\tst.global.f32 [%rd13], %f0;\n\
          \tadd.u64 %rd4, %rd4, %rd6;\n\tbra.uni $L_element;\n\
-         $L_done:\n\tret;\n}}\n",
-        t = table.0,
-        ix = indices.0,
-        o = out.0,
+         $L_done:\n\tret;\n"
     );
-    let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
-    Ok(PtxKernel {
-        entry,
-        kernel,
-        body: 0,
-        ptx,
-        grid,
-        block: BLOCK,
-        shared_bytes: 0,
-        args: vec![table.0, indices.0, out.0],
-        stream_keys: vec![],
-        error_flag: true,
-    })
+    let comment = format!("kernel k{kernel}: gather of rows of {row} from a table of {n} rows, {total} elements");
+    Ok(function(entry, kernel, arch, comment, [table, indices, out], &body, total))
 }
 
 pub(super) fn scatter_add(
@@ -113,30 +111,8 @@ pub(super) fn scatter_add(
     let entry = format!("k{kernel}_0_scatter_add");
     let (n, row) = shapes(program, &entry, out, indices)?;
     let count = program.buffer(indices).ty.numel() as u64;
-    let params: Vec<String> = [indices, src, out]
-        .iter()
-        .map(|b| format!("\t.param .u64 b{}", b.0))
-        .chain(["\t.param .u64 err".into()])
-        .collect();
-    let mut ptx = header(
-        &entry,
-        arch,
-        &format!(
-            "kernel k{kernel}: scatter-add of {count} rows of {row} into {n} rows; one thread per column, rows in index order"
-        ),
-        &params,
-    );
-    let _ = write!(
-        ptx,
-        "\t.reg .pred %p<4>;\n\t.reg .b32 %r<8>;\n\t.reg .b64 %rd<24>;\n\t.reg .f32 %f<4>;\n\
-         \tld.param.u64 %rd0, [b{ix}];\n\tcvta.to.global.u64 %rd0, %rd0;\n\
-         \tld.param.u64 %rd1, [b{s}];\n\tcvta.to.global.u64 %rd1, %rd1;\n\
-         \tld.param.u64 %rd2, [b{o}];\n\tcvta.to.global.u64 %rd2, %rd2;\n\
-         \tld.param.u64 %rd3, [err];\n\tcvta.to.global.u64 %rd3, %rd3;\n\
-         \tmov.u32 %r0, %ctaid.x;\n\tmov.u32 %r1, %ntid.x;\n\tmov.u32 %r2, %tid.x;\n\tmov.u32 %r3, %nctaid.x;\n\
-         \tmul.wide.u32 %rd4, %r0, %r1;\n\tcvt.u64.u32 %rd5, %r2;\n\tadd.u64 %rd4, %rd4, %rd5;\n\
-         \tmul.wide.u32 %rd6, %r3, %r1;\n\
-         $L_column:\n\tsetp.ge.u64 %p0, %rd4, {row};\n\t@%p0 bra $L_done;\n\
+    let body = format!(
+        "$L_column:\n\tsetp.ge.u64 %p0, %rd4, {row};\n\t@%p0 bra $L_done;\n\
          \tmov.u64 %rd7, 0;\n\
          $L_zero:\n\tsetp.ge.u64 %p0, %rd7, {n};\n\t@%p0 bra $L_add_start;\n\
          \tmad.lo.u64 %rd8, %rd7, {row}, %rd4;\n\tmad.lo.u64 %rd9, %rd8, 4, %rd2;\n\
@@ -151,22 +127,10 @@ pub(super) fn scatter_add(
          \tld.global.f32 %f1, [%rd15];\n\tadd.rn.f32 %f1, %f1, %f0;\n\tst.global.f32 [%rd15], %f1;\n\
          $L_skip:\n\tadd.u64 %rd7, %rd7, 1;\n\tbra.uni $L_add;\n\
          $L_next:\n\tadd.u64 %rd4, %rd4, %rd6;\n\tbra.uni $L_column;\n\
-         $L_done:\n\tret;\n}}\n",
-        ix = indices.0,
-        s = src.0,
-        o = out.0,
+         $L_done:\n\tret;\n"
     );
-    let grid = (row as u64).div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
-    Ok(PtxKernel {
-        entry,
-        kernel,
-        body: 0,
-        ptx,
-        grid,
-        block: BLOCK,
-        shared_bytes: 0,
-        args: vec![indices.0, src.0, out.0],
-        stream_keys: vec![],
-        error_flag: true,
-    })
+    let comment = format!(
+        "kernel k{kernel}: scatter-add of {count} rows of {row} into {n} rows; one thread per column, rows in index order"
+    );
+    Ok(function(entry, kernel, arch, comment, [indices, src, out], &body, row as u64))
 }
