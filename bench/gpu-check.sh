@@ -35,19 +35,17 @@ log() { echo "$*" | tee -a "$OUT/summary.txt"; }
 : > "$OUT/summary.txt"
 
 # lpac loads the CUDA driver and cuBLAS at run time. cuBLAS may live only in
-# pip's nvidia-cublas wheel (under a versioned name): put a libcublas.so
-# link to it, and the CUDA toolkit's lib64, on the loader's path.
+# pip's nvidia-cublas wheel or the toolkit, under a versioned name
+# (libcublas.so.13): put a libcublas.so link to the first one found, and its
+# folder, on the loader's path.
 mkdir -p "$OUT/lib"
-cublas_dir=$(python3 -c "import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], 'lib'))" 2>/dev/null)
-for dir in "$cublas_dir" /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -n "$dir" ] && [ -d "$dir" ] || continue
-  lib=$(ls "$dir"/libcublas.so* 2>/dev/null | head -1)
-  if [ -n "$lib" ] && [ ! -e "$OUT/lib/libcublas.so" ]; then
-    ln -sf "$lib" "$OUT/lib/libcublas.so"
-  fi
-  LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
-done
-export LD_LIBRARY_PATH="$OUT/lib:${LD_LIBRARY_PATH:-}"
+cublas=$(find /usr/local/cuda/ /usr/local/cuda/targets/x86_64-linux/lib \
+              $(python3 -c "import site; print(' '.join(site.getsitepackages()))" 2>/dev/null) \
+              /usr/lib /opt -name 'libcublas.so*' 2>/dev/null | grep -v Lt | head -1)
+if [ -n "$cublas" ]; then
+  ln -sf "$cublas" "$OUT/lib/libcublas.so"
+  export LD_LIBRARY_PATH="$OUT/lib:$(dirname "$cublas"):${LD_LIBRARY_PATH:-}"
+fi
 
 log "== 1. the machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/summary.txt"
@@ -59,7 +57,14 @@ fi
 "$LPAC" --version 2>&1 | tee -a "$OUT/summary.txt"
 
 log "== 2. every kernel kind on the GPU against the CPU backend (lpac device-check)"
-"$LPAC" device-check 2>&1 | tee -a "$OUT/summary.txt"
+if ! timeout 120 "$LPAC" device-check 2>&1 | tee -a "$OUT/summary.txt"; then
+  # A fault can leave the context refusing every later case: each case in a
+  # process of its own, each launch waited for so the failing one is named.
+  log "-- again, one process per case, every launch synchronised (LPAC_CUDA_SYNC=1)"
+  for n in $("$LPAC" device-check --list | awk '{print $1}'); do
+    LPAC_CUDA_SYNC=1 timeout 60 "$LPAC" device-check --case "$n" 2>&1 | tail -n +2 | tee -a "$OUT/summary.txt"
+  done
+fi
 
 check_model() {  # $1 label, $2 model file, $3 steps
   local label=$1 model=$2 steps=$3
@@ -67,9 +72,14 @@ check_model() {  # $1 label, $2 model file, $3 steps
   for device in cpu cuda; do
     rm -rf "$OUT/$label-$device"
     start=$(date +%s.%N)
-    "$LPAC" train "$model" --steps "$steps" --seed 7 --device "$device" --eval-every 0 \
+    timeout 300 "$LPAC" train "$model" --steps "$steps" --seed 7 --device "$device" --eval-every 0 \
       --out "$OUT/$label-$device" > "$OUT/$label-$device.log" 2>&1
     status=$?
+    if [ "$status" != 0 ] && [ "$device" = cuda ]; then
+      log "cuda failed: again for 3 steps with every launch synchronised, to name the kernel"
+      LPAC_CUDA_SYNC=1 timeout 120 "$LPAC" train "$model" --steps 3 --seed 7 --device cuda --eval-every 0 \
+        --out "$OUT/$label-cuda-sync" 2>&1 | tail -5 | tee -a "$OUT/summary.txt"
+    fi
     end=$(date +%s.%N)
     log "$device: exit $status, $(python3 -c "print(f'{$end - $start:.1f}')") s; last lines:"
     tail -3 "$OUT/$label-$device.log" | tee -a "$OUT/summary.txt"
@@ -109,7 +119,7 @@ log "== the 130M Setting-2 model (models/llama.lpa), batch ${BATCH:=16} x seq 25
 for lowrank in "" 128; do
   variant=${lowrank:+lpa-r$lowrank}; variant=${variant:-dense}
   rm -rf "$OUT/llama-$variant"
-  "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
+  timeout 300 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
     ${lowrank:+--lowrank $lowrank} --out "$OUT/llama-$variant" > "$OUT/llama-$variant.log" 2>&1
   log "lpac $variant: exit $?; $(python3 - "$OUT/llama-$variant/metrics.jsonl" <<'PY'
 import json, sys, statistics
@@ -121,7 +131,11 @@ except OSError:
     print("no metrics (see the log)")
 PY
 )"
-  python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes "${MODES:-eager,compile}" ${lowrank:+--lowrank $lowrank} 2>&1 \
+  timeout 400 python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes "${MODES:-eager,compile}" ${lowrank:+--lowrank $lowrank} 2>&1 \
     | tee -a "$OUT/summary.txt"
 done
+log "== where lpac's GPU time goes: llama dense, 3 steps, each kernel waited for and timed (LPAC_CUDA_PROFILE=1)"
+LPAC_CUDA_PROFILE=1 timeout 200 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 3 --device cuda \
+  --eval-every 0 --out "$OUT/llama-profile" 2>&1 | grep -A32 "GPU time by kernel" | head -33 | tee -a "$OUT/summary.txt"
+rm -f "$OUT"/*/checkpoint.safetensors
 log "done; results in $OUT/summary.txt"

@@ -49,7 +49,18 @@ pub enum Command {
     /// Run every kernel kind on the GPU (`--device cuda`) and on the CPU
     /// backend with the same random inputs and compare the outputs
     /// (‖gpu − cpu‖ / ‖cpu‖ against a tolerance per case). Needs an NVIDIA GPU.
-    DeviceCheck,
+    DeviceCheck(DeviceCheckArgs),
+}
+
+#[derive(Args)]
+pub struct DeviceCheckArgs {
+    /// Run only the case of this number (as listed by --list), e.g. to keep a
+    /// fault in one kernel from hiding the others' results.
+    #[arg(long, value_name = "N")]
+    pub case: Option<usize>,
+    /// List the cases with their numbers and exit (needs no GPU).
+    #[arg(long)]
+    pub list: bool,
 }
 
 /// The model file and its configuration overrides, shared by every subcommand.

@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(&args),
         Command::Kernels(args) => commands::kernels::run(&args),
         Command::Sample(args) => commands::sample::run(&args),
-        Command::DeviceCheck => commands::device_check::run(),
+        Command::DeviceCheck(args) => commands::device_check::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

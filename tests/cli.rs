@@ -431,3 +431,15 @@ fn device_check_without_a_gpu_says_so() {
         assert_eq!(o.status.code(), Some(0), "{}{err}", stdout(&o));
     }
 }
+
+#[test]
+fn device_check_lists_its_cases_and_refuses_an_unknown_one() {
+    let o = lpac(&["device-check", "--list"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let list = stdout(&o);
+    assert!(list.contains("attention, causal") && list.contains("random numbers"), "{list}");
+    let cases = list.lines().count();
+    let o = lpac(&["device-check", "--case", &cases.to_string()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(&format!("there are {cases} cases")), "{}", stderr(&o));
+}

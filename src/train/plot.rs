@@ -23,6 +23,18 @@ impl Series {
     }
 }
 
+/// The one typeface of every plot, built in (DejaVu Sans, its licence in
+/// assets/fonts/): drawing text then needs no system fonts or fontconfig,
+/// which GPU servers and containers often lack.
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+
+/// Makes the built-in typeface the one plotters finds as "sans-serif".
+fn register_font() -> Result<(), String> {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    if ok { Ok(()) } else { Err("the built-in font could not be read".into()) }
+}
+
 /// The picture's size in pixels.
 const SIZE: (u32, u32) = (1024, 640);
 
@@ -45,6 +57,7 @@ const COLORS: [RGBColor; 10] = [
 /// `seconds`, …); the y axis is `loss`.
 pub fn plot_losses(path: &Path, series: &[Series], x_label: &str) -> Result<(), String> {
     let shown = path.display();
+    register_font()?;
     let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
     let result = match ext.as_deref() {
         Some("png") => {

@@ -190,12 +190,12 @@ impl Trainer<'_> {
             if checkpoint_due || eval_loss.is_some() {
                 self.save(&state)?;
                 metrics.sync().map_err(CliError::Message)?;
-                self.plot()?;
+                self.plot();
             }
         }
         sync(exec.as_mut(), &mut state, &mut stale)?;
         self.save(&state)?;
-        self.plot()?;
+        self.plot();
         if let Some(line) = exec.resident().and_then(|r| r.memory()).and_then(|m| m.describe()) {
             self.reporter.message(&line);
         }
@@ -289,15 +289,22 @@ impl Trainer<'_> {
         checkpoint::save_atomic(&self.dir.join(CHECKPOINT_FILE), &ck).map_err(CliError::Message)
     }
 
-    /// `loss.png` from the metrics so far.
-    fn plot(&self) -> Result<(), CliError> {
-        let lines = super::metrics::read(&self.dir.join(METRICS_FILE)).map_err(CliError::Message)?;
+    /// `loss.png` from the metrics so far. A plot that cannot be drawn is a
+    /// warning, not the end of the run: metrics.jsonl holds every number.
+    fn plot(&mut self) {
+        if let Err(e) = self.draw_loss_plot() {
+            self.reporter.message(&format!("warning: {e}; the numbers are in {METRICS_FILE}"));
+        }
+    }
+
+    fn draw_loss_plot(&self) -> Result<(), String> {
+        let lines = super::metrics::read(&self.dir.join(METRICS_FILE))?;
         let train: Vec<(f64, f64)> =
             lines.iter().filter_map(|l| Some((l["step"].as_f64()?, l["loss"].as_f64()?))).collect();
         let eval: Vec<(f64, f64)> =
             lines.iter().filter_map(|l| Some((l["step"].as_f64()?, l["eval_loss"].as_f64()?))).collect();
         let series = [Series::new("train loss", train), Series::new("held-out loss", eval)];
-        plot_losses(&self.dir.join("loss.png"), &series, "step").map_err(CliError::Message)
+        plot_losses(&self.dir.join("loss.png"), &series, "step")
     }
 }
 

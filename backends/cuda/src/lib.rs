@@ -5,14 +5,18 @@
 //! - [`ptxas`]: finding NVIDIA's assembler, assembling, and its register and
 //!   spill report.
 //!
-//! Status: the PTX emitter covers loop kernels (and the loop stages of rows
-//! and multi kernels) — elementwise and reducing, f32, i32 and bool. Matrix
-//! products are for cuBLAS (the runtime); gather and scatter-add are PTX
-//! too; attention kernels and rows kernels with product stages are reported
-//! as not emitted yet, by name. The runtime (cudarc) is not built yet.
+//! - [`runtime`]: running a kernel program on a GPU through cudarc (driver
+//!   and cuBLAS loaded at run time, so lpac builds and runs without CUDA).
+//!
+//! Every kernel kind is emitted: loop kernels (elementwise and reducing; f32,
+//! i32, bool), rows kernels (a warp per row through every stage), multi
+//! kernels (one fused function, split where its parameters would pass PTX's
+//! limit), attention forward and backward, gather and scatter-add. Matrix
+//! products, and the product stages of rows kernels, are cuBLAS calls at run
+//! time. `docs/gpu.md` says what has been measured on a GPU.
 
 pub mod ptx;
 pub mod ptxas;
 pub mod runtime;
 
-pub use ptx::{Arch, PtxError, PtxKernel, PtxProgram, emit_program};
+pub use ptx::{Arch, PARAM_BYTES, PtxError, PtxKernel, PtxProgram, emit_program};

@@ -90,6 +90,27 @@ pub struct CudaExecutor {
     /// Every temp's byte range in the arena (`None`: external or unused).
     ranges: Vec<Option<(usize, usize)>>,
     error_cell: CudaSlice<u32>,
+    /// `LPAC_CUDA_SYNC=1`: wait for every launch and product, so that a
+    /// failing one is named (launches are asynchronous: without this a
+    /// fault surfaces at the next copy, with no kernel to blame).
+    sync_each: bool,
+    /// `LPAC_CUDA_PROFILE=1`: every kernel waited for and timed; the totals
+    /// by kernel are printed (to stderr) when the executor is dropped.
+    profile: Option<BTreeMap<String, (u32, std::time::Duration)>>,
+}
+
+impl Drop for CudaExecutor {
+    fn drop(&mut self) {
+        let Some(profile) = &self.profile else { return };
+        let mut rows: Vec<_> = profile.iter().collect();
+        rows.sort_by(|a, b| b.1.1.cmp(&a.1.1));
+        let total: f64 = rows.iter().map(|r| r.1.1.as_secs_f64()).sum();
+        eprintln!("GPU time by kernel (each waited for; {:.1} ms in all):", total * 1e3);
+        for (name, (runs, time)) in rows.iter().take(40) {
+            let ms = time.as_secs_f64() * 1e3;
+            eprintln!("{:>9.2} ms {:>5.1}% {runs:>5}x  {name}", ms, 100.0 * ms / 1e3 / total);
+        }
+    }
 }
 
 fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
@@ -156,7 +177,22 @@ impl CudaExecutor {
             }
         }
         let error_cell = gpu.stream.alloc_zeros::<u32>(1).map_err(gpu_err("allocating the error cell"))?;
-        Ok(CudaExecutor { gpu, program, emitted, functions, by_kernel, arena, external, ptrs, ranges, error_cell })
+        let sync_each = std::env::var("LPAC_CUDA_SYNC").is_ok_and(|v| v == "1");
+        let profile = std::env::var("LPAC_CUDA_PROFILE").is_ok_and(|v| v == "1").then(BTreeMap::new);
+        Ok(CudaExecutor {
+            gpu,
+            program,
+            emitted,
+            functions,
+            by_kernel,
+            arena,
+            external,
+            ptrs,
+            ranges,
+            error_cell,
+            sync_each,
+            profile,
+        })
     }
 
     pub fn program(&self) -> &Program {
@@ -302,6 +338,22 @@ impl CudaExecutor {
     }
 
     fn run_kernel(&mut self, i: usize, seed: u64, step: u64) -> Result<(), String> {
+        if self.profile.is_none() {
+            return self.queue_kernel(i, seed, step);
+        }
+        let wait = |e| format!("{}: {e}", self.program.kernels[i].name());
+        self.gpu.stream.synchronize().map_err(wait)?;
+        let start = std::time::Instant::now();
+        self.queue_kernel(i, seed, step)?;
+        self.gpu.stream.synchronize().map_err(|e| format!("{}: {e}", self.program.kernels[i].name()))?;
+        let name = format!("k{i} {}", self.program.kernels[i].name());
+        let entry = self.profile.as_mut().expect("profiling").entry(name).or_default();
+        entry.0 += 1;
+        entry.1 += start.elapsed();
+        Ok(())
+    }
+
+    fn queue_kernel(&mut self, i: usize, seed: u64, step: u64) -> Result<(), String> {
         let kernel = self.program.kernels[i].clone();
         match &kernel {
             Kernel::Gemm(g) => self.gemm(g),
@@ -347,6 +399,15 @@ impl CudaExecutor {
         // emitter's manifest), every buffer has its type's size, and the
         // program was checked by the emitter.
         unsafe { args.launch(cfg) }.map_err(gpu_err(&k.entry))?;
+        self.settle(&k.entry)
+    }
+
+    /// With `LPAC_CUDA_SYNC=1`, waits for the work just queued and names
+    /// `what` if it failed.
+    fn settle(&self, what: &str) -> Result<(), String> {
+        if self.sync_each {
+            self.gpu.stream.synchronize().map_err(|e| format!("{what} failed on the GPU: {e}"))?;
+        }
         Ok(())
     }
 
@@ -388,7 +449,7 @@ impl CudaExecutor {
             }
             .map_err(|e| format!("{}: cuBLAS: {e:?}", g.name))?;
         }
-        Ok(())
+        self.settle(&g.name)
     }
 }
 
@@ -438,6 +499,7 @@ fn from_bytes(ty: &TensorType, bytes: &[u8]) -> Tensor {
             ty.shape.clone(),
             bytes.chunks_exact(4).take(n).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         ),
+        DType::Bool => Tensor::from_bool(ty.shape.clone(), bytes.iter().take(n).map(|&b| b != 0).collect()),
         _ => Tensor::from_f32(
             ty.shape.clone(),
             bytes.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),

@@ -93,6 +93,33 @@ fn the_shipped_models_steps_assemble() {
 }
 
 #[test]
+fn a_large_models_parameter_update_is_split_within_the_parameter_limit() {
+    // llama's 12 layers have 111 parameter tensors; their AdamW update as one
+    // function would take over 6 KB of addresses, and PTX 8.0 allows 4,352
+    // bytes (the driver refused it on the first GPU run).
+    let sets = ["layers=12", "d=64", "heads=2", "ffn=128", "seq=32", "batch=2", "vocab=300"];
+    let (graph, program) = model_step("llama.lpa", &sets, None);
+    let emitted = emit_program(&program, Arch::Sm90, Some(&graph)).unwrap();
+    let parts: Vec<_> = emitted.kernels.iter().filter(|k| k.entry.contains("_fused")).collect();
+    assert!(parts.iter().any(|k| k.entry.contains("_fused1_")), "the update is split");
+    for k in &emitted.kernels {
+        let bytes = 8 * (k.args.len() + k.stream_keys.len() + usize::from(k.error_flag));
+        assert!(bytes <= lpac_cuda::PARAM_BYTES, "{}: {bytes} bytes of parameters", k.entry);
+    }
+    let Some(ptxas) = require_ptxas("a_large_models_parameter_update_is_split_within_the_parameter_limit") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("lpac-ptxas-split-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for k in parts {
+        if let Err(e) = assemble(&ptxas, &k.ptx, Arch::Sm90, &dir, &k.entry) {
+            panic!("{}: ptxas failed:\n{e}", k.entry);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn what_is_not_emitted_yet_is_named() {
     // Dropout's random numbers take the run's stream key as a parameter.
     let (graph, program) = step_program(None, "dropout=0.1");

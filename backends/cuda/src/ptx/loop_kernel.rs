@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use lpac_ir::kernel::{BufferId, Expr, ExprId, IndexMap, LoopKernel, Program};
 use lpac_ir::{BinaryOp, DType, Graph, ReduceOp, UnaryOp};
 
-use super::{Arch, BLOCK, Module, PtxError, PtxKernel, sanitize};
+use super::{Arch, BLOCK, Module, PARAM_BYTES, PtxError, PtxKernel, sanitize};
 
 /// A virtual register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,11 +88,35 @@ pub(super) fn emit_fused(
     kernel: usize,
     arch: Arch,
     graph: Option<&Graph>,
-) -> R<PtxKernel> {
-    let entry = format!("k{kernel}_fused_{}", sanitize(name));
+) -> R<Vec<PtxKernel>> {
+    let mut parts = Vec::new();
+    emit_fused_parts(program, members, name, kernel, arch, graph, &mut parts)?;
+    Ok(parts)
+}
+
+/// One function for `members`, or — where its parameters would pass
+/// [`PARAM_BYTES`] (a large model's AdamW: seven addresses per parameter) —
+/// the two halves, each split again as needed. Parts run one after another.
+fn emit_fused_parts(
+    program: &Program,
+    members: &[LoopKernel],
+    name: &str,
+    kernel: usize,
+    arch: Arch,
+    graph: Option<&Graph>,
+    parts: &mut Vec<PtxKernel>,
+) -> R<()> {
+    let body = parts.len();
+    let entry =
+        format!("k{kernel}_fused{}_{}", if body == 0 { String::new() } else { body.to_string() }, sanitize(name));
     let first = members.first().ok_or_else(|| PtxError { kernel: entry.clone(), message: "no members".into() })?;
     let mut em = Em::new(program, first, &entry)?;
     em.fused(members)?;
+    if 8 * (em.args.len() + em.keys.len()) > PARAM_BYTES && members.len() > 1 {
+        let (left, right) = members.split_at(members.len() / 2);
+        emit_fused_parts(program, left, name, kernel, arch, graph, parts)?;
+        return emit_fused_parts(program, right, name, kernel, arch, graph, parts);
+    }
     let total: u64 = members.iter().map(|m| m.domain.iter().map(|&d| d as u64).product::<u64>()).sum();
     let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
     let mut comment = vec![format!("kernel k{kernel}: {} elementwise kernels fused ({name})", members.len())];
@@ -100,7 +124,8 @@ pub(super) fn emit_fused(
         comment.push(format!("  member {j}: {:?} over {:?}; graph nodes: {}", m.name, m.domain, node_list(m, graph)));
     }
     comment.push(format!("launch: grid {grid} x block {BLOCK}, grid-stride over {total} elements of all members"));
-    Ok(finish(em, entry.clone(), &comment, arch, (kernel, 0), grid))
+    parts.push(finish(em, entry.clone(), &comment, arch, (kernel, body), grid));
+    Ok(())
 }
 
 /// A rows kernel's stages (all loop kernels) as one function, a warp per
@@ -525,11 +550,7 @@ impl<'a> Em<'a> {
         self.label("$L_element");
         self.line(format!("setp.ge.u64 {done}, {i}, {total};"));
         self.line(format!("@{done} bra $L_done;"));
-        for (j, end) in ends.iter().enumerate() {
-            self.line(format!("setp.lt.u64 {here}, {i}, {end};"));
-            self.line(format!("@{here} bra $L_member{j};"));
-        }
-        self.line("bra.uni $L_next;");
+        self.dispatch(i, &ends, 0, members.len() - 1, here);
         let mut start = 0;
         for (j, m) in members.iter().enumerate() {
             self.label(&format!("$L_member{j}"));
@@ -545,6 +566,23 @@ impl<'a> Em<'a> {
         self.label("$L_done");
         self.line("ret;");
         Ok(())
+    }
+
+    /// Branches to `$L_member{j}` for the member `j` in `lo..=hi` whose
+    /// elements hold `i` (members end at `ends`): a binary search, so the
+    /// last of a hundred members costs seven tests, not a hundred.
+    fn dispatch(&mut self, i: Reg, ends: &[u64], lo: usize, hi: usize, p: Reg) {
+        if lo == hi {
+            self.line(format!("bra.uni $L_member{lo};"));
+            return;
+        }
+        let mid = (lo + hi) / 2;
+        let upper = format!("$L_upper{}", self.next_label());
+        self.line(format!("setp.ge.u64 {p}, {i}, {};", ends[mid]));
+        self.line(format!("@{p} bra {upper};"));
+        self.dispatch(i, ends, lo, mid, p);
+        self.label(&upper);
+        self.dispatch(i, ends, mid + 1, hi, p);
     }
 
     /// Row-major coordinates of `flat` over `extents` into loop variables

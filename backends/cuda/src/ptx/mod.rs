@@ -57,6 +57,10 @@ pub const PTX_VERSION: &str = "8.0";
 /// Threads per block of every loop kernel.
 pub const BLOCK: u32 = 256;
 
+/// The most bytes of kernel parameters PTX ISA 8.0 allows (8.1 raised it
+/// for sm_70 and later; lpac stays on 8.0 and splits instead).
+pub const PARAM_BYTES: usize = 4352;
+
 /// A loop body that could not be emitted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PtxError {
@@ -167,9 +171,10 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
                 r.loops().collect()
             }
             // Elementwise members (the AdamW update of every parameter): one
-            // fused function; members with reductions: one each.
+            // fused function, or several where one would take more than
+            // PARAM_BYTES of addresses; members with reductions: one each.
             Kernel::Multi(m) if m.members.iter().all(|k| k.reduction.is_none()) => {
-                out.kernels.push(loop_kernel::emit_fused(program, &m.members, &m.name, i, arch, graph)?);
+                out.kernels.extend(loop_kernel::emit_fused(program, &m.members, &m.name, i, arch, graph)?);
                 continue;
             }
             Kernel::Multi(m) => m.members.iter().collect(),
@@ -196,6 +201,15 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
         };
         for (b, body) in bodies.into_iter().enumerate() {
             out.kernels.push(loop_kernel::emit(program, body, i, b, arch, graph)?);
+        }
+    }
+    for k in &out.kernels {
+        let bytes = 8 * (k.args.len() + k.stream_keys.len() + usize::from(k.error_flag));
+        if bytes > PARAM_BYTES {
+            return Err(PtxError {
+                kernel: k.entry.clone(),
+                message: format!("takes {bytes} bytes of parameters; PTX {PTX_VERSION} allows {PARAM_BYTES}"),
+            });
         }
     }
     Ok(out)
