@@ -90,6 +90,9 @@ pub struct CudaExecutor {
     /// Every temp's byte range in the arena (`None`: external or unused).
     ranges: Vec<Option<(usize, usize)>>,
     error_cell: CudaSlice<u32>,
+    /// Block-level reductions' counters and partial results (zeroed once;
+    /// the kernels leave their counters at 0).
+    scratch: CudaSlice<u8>,
     /// `LPAC_CUDA_SYNC=1`: wait for every launch and product, so that a
     /// failing one is named (launches are asynchronous: without this a
     /// fault surfaces at the next copy, with no kernel to blame).
@@ -177,6 +180,8 @@ impl CudaExecutor {
             }
         }
         let error_cell = gpu.stream.alloc_zeros::<u32>(1).map_err(gpu_err("allocating the error cell"))?;
+        let scratch_bytes = emitted.kernels.iter().map(|k| k.scratch_bytes).max().unwrap_or(0).max(4);
+        let scratch = gpu.stream.alloc_zeros::<u8>(scratch_bytes).map_err(gpu_err("allocating the scratch area"))?;
         let sync_each = std::env::var("LPAC_CUDA_SYNC").is_ok_and(|v| v == "1");
         let profile = std::env::var("LPAC_CUDA_PROFILE").is_ok_and(|v| v == "1").then(BTreeMap::new);
         Ok(CudaExecutor {
@@ -190,6 +195,7 @@ impl CudaExecutor {
             ptrs,
             ranges,
             error_cell,
+            scratch,
             sync_each,
             profile,
         })
@@ -391,6 +397,9 @@ impl CudaExecutor {
         }
         for key in &keys {
             args.arg(key);
+        }
+        if k.scratch_bytes > 0 {
+            args.arg(&self.scratch);
         }
         if k.error_flag {
             args.arg(&self.error_cell);

@@ -103,7 +103,7 @@ fn a_large_models_parameter_update_is_split_within_the_parameter_limit() {
     let parts: Vec<_> = emitted.kernels.iter().filter(|k| k.entry.contains("_fused")).collect();
     assert!(parts.iter().any(|k| k.entry.contains("_fused1_")), "the update is split");
     for k in &emitted.kernels {
-        let bytes = 8 * (k.args.len() + k.stream_keys.len() + usize::from(k.error_flag));
+        let bytes = 8 * k.param_count();
         assert!(bytes <= lpac_cuda::PARAM_BYTES, "{}: {bytes} bytes of parameters", k.entry);
     }
     let Some(ptxas) = require_ptxas("a_large_models_parameter_update_is_split_within_the_parameter_limit") else {

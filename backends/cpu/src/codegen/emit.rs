@@ -12,6 +12,10 @@ use lpac_ir::kernel::{BufferId, Expr, ExprId, IndexMap, LoopKernel, Program};
 use lpac_ir::{BinaryOp, DType, ReduceOp, UnaryOp};
 
 use super::analysis::{Analysis, Place, Vectorization, elem_size};
+
+/// Innermost reduce indices summed into one fresh accumulator before it is
+/// folded into the running one (see `reduce_nest`); a multiple of 4.
+pub(crate) const SUM_CHUNK: i64 = 1024;
 use super::math::{MathFn, VecMath};
 use super::{CodegenError, CodegenErrorKind, HelperIds};
 
@@ -358,6 +362,12 @@ impl<'a> Em<'a> {
 
     /// Reduce loop `level` and those inside it. With `vacc`, the innermost
     /// loop runs four lanes into `vacc` and a scalar tail into `acc`.
+    ///
+    /// One accumulator taking millions of values loses precision (each
+    /// addition rounds against a growing total: a 3M-term f32 sum was off by
+    /// 1e-3). So every iteration of an outer reduce loop, and every
+    /// [`SUM_CHUNK`] indices of the innermost, sum into fresh accumulators
+    /// that are then folded into the caller's.
     fn reduce_nest(
         &mut self,
         level: usize,
@@ -368,12 +378,61 @@ impl<'a> Em<'a> {
         acc: Variable,
     ) -> R<()> {
         let var = self.an.ndom + level;
-        let last = level + 1 == self.an.nred;
+        let extent = self.k.reduce[level] as i64;
+        let acc_vec = vacc.is_none() && self.vec_region;
         let rv = self.b.declare_var(I64);
         let zero = self.b.ins().iconst(I64, 0);
         self.b.def_var(rv, zero);
-        let end = self.b.ins().iconst(I64, self.k.reduce[level] as i64);
-        if let (true, Some(vacc)) = (last, vacc) {
+        let end = self.b.ins().iconst(I64, extent);
+        if level + 1 < self.an.nred {
+            self.counted_loop(rv, end, 1, &mut |s, r| {
+                s.vars[var] = Some(r);
+                let saved = s.vals.clone();
+                s.compute_place(Place::Reduce(level))?;
+                let (fv, fa) = s.fresh_accumulators(op, d, vacc.is_some(), acc_vec);
+                s.reduce_nest(level + 1, op, value, d, fv, fa)?;
+                s.fold_accumulators(op, d, (fv, fa), (vacc, acc));
+                s.vals = saved;
+                Ok(())
+            })?;
+        } else {
+            if extent > SUM_CHUNK {
+                let chunk = self.b.declare_var(I64);
+                self.b.def_var(chunk, zero);
+                self.counted_loop(chunk, end, SUM_CHUNK, &mut |s, c| {
+                    let (fv, fa) = s.fresh_accumulators(op, d, vacc.is_some(), acc_vec);
+                    s.b.def_var(rv, c);
+                    let chunk_end = s.b.ins().iadd_imm_s(c, SUM_CHUNK);
+                    s.innermost(level, rv, chunk_end, op, value, d, fv, fa)?;
+                    s.fold_accumulators(op, d, (fv, fa), (vacc, acc));
+                    Ok(())
+                })?;
+                // The last, shorter chunk goes straight into the caller's.
+                let tail = self.b.use_var(chunk);
+                self.b.def_var(rv, tail);
+            }
+            self.innermost(level, rv, end, op, value, d, vacc, acc)?;
+        }
+        self.vars[var] = None;
+        Ok(())
+    }
+
+    /// The innermost reduce loop from `rv` below `end`: four lanes at a time
+    /// into `vacc` when given, the rest one at a time into `acc`.
+    #[allow(clippy::too_many_arguments)]
+    fn innermost(
+        &mut self,
+        level: usize,
+        rv: Variable,
+        end: Value,
+        op: ReduceOp,
+        value: usize,
+        d: DType,
+        vacc: Option<Variable>,
+        acc: Variable,
+    ) -> R<()> {
+        let var = self.an.ndom + level;
+        if let Some(vacc) = vacc {
             self.counted_loop(rv, end, 4, &mut |s, r| {
                 s.vars[var] = Some(r);
                 let saved = s.vals.clone();
@@ -392,20 +451,54 @@ impl<'a> Em<'a> {
             s.vars[var] = Some(r);
             let saved = s.vals.clone();
             s.compute_place(Place::Reduce(level))?;
-            if last {
-                let vec = s.vec_region;
-                let v = s.operand(value, vec)?;
-                let a = s.b.use_var(acc);
-                let a = s.combine(op, d, a, v);
-                s.b.def_var(acc, a);
-            } else {
-                s.reduce_nest(level + 1, op, value, d, vacc, acc)?;
-            }
+            let vec = s.vec_region;
+            let v = s.operand(value, vec)?;
+            let a = s.b.use_var(acc);
+            let a = s.combine(op, d, a, v);
+            s.b.def_var(acc, a);
             s.vals = saved;
             Ok(())
-        })?;
-        self.vars[var] = None;
-        Ok(())
+        })
+    }
+
+    /// New accumulators holding the identity of `op`: a four-lane one when
+    /// `lanes`, and one scalar (or vector, `acc_vec`) one.
+    fn fresh_accumulators(
+        &mut self,
+        op: ReduceOp,
+        d: DType,
+        lanes: bool,
+        acc_vec: bool,
+    ) -> (Option<Variable>, Variable) {
+        let init = self.identity(op, d);
+        let vacc = lanes.then(|| {
+            let v = self.b.declare_var(cl_type(d, true));
+            let splat = self.splat(init, d);
+            self.b.def_var(v, splat);
+            v
+        });
+        let acc = self.b.declare_var(cl_type(d, acc_vec));
+        let init = if acc_vec { self.splat(init, d) } else { init };
+        self.b.def_var(acc, init);
+        (vacc, acc)
+    }
+
+    /// `into ⊕= from`, accumulator by accumulator.
+    fn fold_accumulators(
+        &mut self,
+        op: ReduceOp,
+        d: DType,
+        from: (Option<Variable>, Variable),
+        into: (Option<Variable>, Variable),
+    ) {
+        if let (Some(f), Some(i)) = (from.0, into.0) {
+            let (a, b) = (self.b.use_var(i), self.b.use_var(f));
+            let c = self.combine(op, d, a, b);
+            self.b.def_var(i, c);
+        }
+        let (a, b) = (self.b.use_var(into.1), self.b.use_var(from.1));
+        let c = self.combine(op, d, a, b);
+        self.b.def_var(into.1, c);
     }
 
     // ---- expressions ------------------------------------------------------

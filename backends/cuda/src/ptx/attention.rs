@@ -327,6 +327,7 @@ pub(super) fn forward(
         shared_bytes: 0,
         args,
         stream_keys: vec![],
+        scratch_bytes: 0,
         error_flag: false,
     })
 }
@@ -611,6 +612,7 @@ fn backward_fn(
         shared_bytes: 0,
         args: vec![a.q.buffer.0, a.k.buffer.0, a.v.buffer.0, out.buffer.0, dout.buffer.0, lse.0, grad.buffer.0],
         stream_keys: vec![],
+        scratch_bytes: 0,
         error_flag: false,
     }
 }

@@ -64,16 +64,27 @@ pub(super) fn emit(
 ) -> R<PtxKernel> {
     let entry = format!("k{kernel}_{body}_{}", sanitize(&k.name));
     let mut em = Em::new(program, k, &entry)?;
-    em.function()?;
     let total: u64 = k.domain.iter().map(|&d| d as u64).product();
-    // A reducing kernel uses a warp (32 threads) per output element.
-    let threads = if k.reduction.is_some() { total.saturating_mul(32) } else { total };
-    let grid = threads.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
-    let per = if k.reduction.is_some() { "a warp per output element, " } else { "" };
+    let (grid, launch) = if let Some((slices, len)) = block_reduce_shape(k) {
+        em.function_blocks(slices, len)?;
+        let grid = (total * slices) as u32;
+        let launch = format!(
+            "launch: grid {grid} x block {BLOCK}: {slices} block(s) for each of {total} output element(s), each \
+             reducing up to {len} values; the last to finish combines them in order"
+        );
+        (grid, launch)
+    } else {
+        em.function()?;
+        // A reducing kernel uses a warp (32 threads) per output element.
+        let threads = if k.reduction.is_some() { total.saturating_mul(32) } else { total };
+        let grid = threads.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+        let per = if k.reduction.is_some() { "a warp per output element, " } else { "" };
+        (grid, format!("launch: grid {grid} x block {BLOCK}, {per}grid-stride over {total} elements"))
+    };
     let comment = [
         format!("kernel k{kernel} body {body}: loop {:?}, domain {:?}, reduce {:?}", k.name, k.domain, k.reduce),
         format!("graph nodes: {}", node_list(k, graph)),
-        format!("launch: grid {grid} x block {BLOCK}, {per}grid-stride over {total} elements"),
+        launch,
     ];
     Ok(finish(em, entry.clone(), &comment, arch, (kernel, body), grid))
 }
@@ -171,6 +182,9 @@ fn finish(
 ) -> PtxKernel {
     let mut params: Vec<String> = em.args.iter().map(|b| format!("b{}", b.0)).collect();
     params.extend(em.keys.iter().map(|k| format!("key{k}")));
+    if em.scratch_bytes > 0 {
+        params.push("scratch".into());
+    }
     let c = em.counts;
     let regs = [
         (".pred", "%p", c[0]),
@@ -179,7 +193,8 @@ fn finish(
         (".b64", "%rd", c[3]),
         (".f32", "%f", c[4]),
     ];
-    let ptx = Module { comment, arch, entry: &entry, params: &params, shared: &[], regs: &regs, body: &em.code }.text();
+    let ptx = Module { comment, arch, entry: &entry, params: &params, shared: &em.shared, regs: &regs, body: &em.code }
+        .text();
     PtxKernel {
         entry,
         kernel,
@@ -190,6 +205,7 @@ fn finish(
         shared_bytes: 0,
         args: em.args.iter().map(|b| b.0).collect(),
         stream_keys: em.keys.clone(),
+        scratch_bytes: em.scratch_bytes,
         error_flag: false,
     }
 }
@@ -230,10 +246,62 @@ struct Em<'a> {
     lane: Option<(Reg, Reg)>,
     /// Labels made so far (for unique names).
     labels: u32,
+    /// A reduction with few outputs, combined across a block and blocks.
+    block: Option<BlockReduce>,
+    /// Shared-memory declarations of the function.
+    shared: Vec<String>,
+    /// Bytes of the runtime's scratch area the function uses (0: none).
+    scratch_bytes: usize,
     /// Per expression: depends on a reduce variable; on the reduction.
     on_reduce: Vec<bool>,
     on_acc: Vec<bool>,
     needed: Vec<bool>,
+}
+
+/// A reduction with few outputs and long reduce loops (a gradient norm's sum
+/// of squares over a whole embedding): a warp per output would leave the GPU
+/// idle, so each output gets `slices` blocks, each reducing `len`
+/// consecutive reduce indices with all its threads (shuffles within warps,
+/// shared memory across them). Every block leaves its partial result in the
+/// runtime's scratch area and counts itself in; the last of an output's
+/// blocks combines the partials in slice order — the same order every run,
+/// without floating-point atomics — stores the output and resets the
+/// counter for the next launch.
+#[derive(Clone, Copy)]
+struct BlockReduce {
+    slices: u64,
+    len: u64,
+    outputs: u64,
+    /// The block's output and slice (u64), its thread index (u64 and u32),
+    /// the scratch area's address, and "this thread stores the output".
+    output: Reg,
+    slice: Reg,
+    tid: Reg,
+    tid32: Reg,
+    scratch: Reg,
+    stores: Reg,
+}
+
+/// Fewer outputs than this use block-level reductions…
+const BLOCK_REDUCE_OUTPUTS: u64 = 2048;
+/// …when each reduces at least this many values; a block takes about
+/// `SLICE` of them (16 a thread), and an output at most enough blocks for
+/// `MAX_BLOCKS` in the grid.
+const BLOCK_REDUCE_MIN: u64 = 2048;
+const SLICE: u64 = 4096;
+const MAX_BLOCKS: u64 = 4096;
+
+/// `(slices, len)` when `k` should reduce with whole blocks.
+fn block_reduce_shape(k: &LoopKernel) -> Option<(u64, u64)> {
+    k.reduction.as_ref()?;
+    let outputs: u64 = k.domain.iter().map(|&d| d as u64).product();
+    let count: u64 = k.reduce.iter().map(|&d| d as u64).product();
+    if outputs >= BLOCK_REDUCE_OUTPUTS || count < BLOCK_REDUCE_MIN {
+        return None;
+    }
+    let wanted = count.div_ceil(SLICE).min((MAX_BLOCKS / outputs).max(1));
+    let len = count.div_ceil(wanted);
+    Some((count.div_ceil(len), len))
 }
 
 fn f32_imm(v: f64) -> String {
@@ -259,6 +327,9 @@ impl<'a> Em<'a> {
             acc: None,
             lane: None,
             labels: 0,
+            block: None,
+            shared: Vec::new(),
+            scratch_bytes: 0,
             on_reduce: vec![false; n],
             on_acc: vec![false; n],
             needed: vec![false; n],
@@ -395,9 +466,8 @@ impl<'a> Em<'a> {
         let _ = writeln!(self.code, "{name}:");
     }
 
-    /// Loads the parameters; the first element (or warp) index of this
-    /// thread and the grid's stride, in `u64` registers.
-    fn prologue(&mut self, warp_per_element: bool) -> (Reg, Reg) {
+    /// Loads the buffer addresses and stream keys.
+    fn load_params(&mut self) {
         for b in self.args.clone() {
             let raw = self.reg(3);
             let base = self.reg(3);
@@ -410,6 +480,12 @@ impl<'a> Em<'a> {
             self.line(format!("ld.param.u64 {r}, [key{key}];"));
             self.key_regs.insert(key, r);
         }
+    }
+
+    /// Loads the parameters; the first element (or warp) index of this
+    /// thread and the grid's stride, in `u64` registers.
+    fn prologue(&mut self, warp_per_element: bool) -> (Reg, Reg) {
+        self.load_params();
         let (ctaid, ntid, tid, nctaid) = (self.reg(2), self.reg(2), self.reg(2), self.reg(2));
         self.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
         self.line(format!("mov.u32 {ntid}, %ntid.x;"));
@@ -457,8 +533,13 @@ impl<'a> Em<'a> {
         }
         for (b, v, d) in stores {
             let addr = self.address(b, AddrOf::Flat(i), d)?;
-            // In a reducing kernel every lane holds the result; lane 0 stores.
-            let guard = if k.reduction.is_some() { self.lane.map(|(_, lane0)| lane0) } else { None };
+            // In a reducing kernel every lane holds the result; lane 0 stores
+            // (with block-level reductions: thread 0 of the last block).
+            let guard = match (&k.reduction, &self.block) {
+                (None, _) => None,
+                (Some(_), Some(b)) => Some(b.stores),
+                (Some(_), None) => self.lane.map(|(_, lane0)| lane0),
+            };
             self.store(addr, v, d, guard);
         }
         // Values of this element are recomputed for the next one.
@@ -479,6 +560,37 @@ impl<'a> Em<'a> {
         self.line(format!("add.u64 {i}, {i}, {stride};"));
         self.line("bra.uni $L_element;");
         self.label("$L_done");
+        self.line("ret;");
+        Ok(())
+    }
+
+    /// The kernel with block-level reductions ([`BlockReduce`]): block `b`
+    /// takes output `b / slices`, slice `b % slices`; no grid-stride loop
+    /// (the grid is exactly outputs × slices).
+    fn function_blocks(&mut self, slices: u64, len: u64) -> R<()> {
+        let outputs: u64 = self.k.domain.iter().map(|&d| d as u64).product();
+        self.load_params();
+        let (raw, scratch) = (self.reg(3), self.reg(3));
+        self.line(format!("ld.param.u64 {raw}, [scratch];"));
+        self.line(format!("cvta.to.global.u64 {scratch}, {raw};"));
+        let (ctaid, tid32, lane32) = (self.reg(2), self.reg(2), self.reg(2));
+        let (block, output, slice, tid, lane) = (self.reg(3), self.reg(3), self.reg(3), self.reg(3), self.reg(3));
+        let (lane0, stores) = (self.reg(0), self.reg(0));
+        self.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
+        self.line(format!("mov.u32 {tid32}, %tid.x;"));
+        self.line(format!("cvt.u64.u32 {block}, {ctaid};"));
+        self.line(format!("div.u64 {output}, {block}, {slices};"));
+        self.line(format!("rem.u64 {slice}, {block}, {slices};"));
+        self.line(format!("cvt.u64.u32 {tid}, {tid32};"));
+        self.line(format!("and.b32 {lane32}, {tid32}, 31;"));
+        self.line(format!("cvt.u64.u32 {lane}, {lane32};"));
+        self.line(format!("setp.eq.u32 {lane0}, {lane32}, 0;"));
+        self.lane = Some((lane, lane0));
+        self.block = Some(BlockReduce { slices, len, outputs, output, slice, tid, tid32, scratch, stores });
+        self.shared.push(format!(".shared .align 4 .b8 lpac_warps[{}]", 4 * (BLOCK / 32)));
+        // Counters first (one u32 per output), then the partial results.
+        self.scratch_bytes = (4 * outputs + 4 * outputs * slices) as usize;
+        self.element(output)?;
         self.line("ret;");
         Ok(())
     }
@@ -621,13 +733,27 @@ impl<'a> Em<'a> {
         self.line(format!("mov.{ty} {acc}, {init};"));
         let count: u64 = k.reduce.iter().map(|&x| x as u64).product();
         let (lane, _) = self.lane.ok_or_else(|| self.err("a reduction outside a warp"))?;
+        // This thread's reduce indices: from `r` by `step` below `end` — a
+        // warp's lanes over all of them, or a block's threads over its slice.
+        let (r, more) = (self.reg(3), self.reg(0));
+        let (step, end) = match self.block {
+            None => {
+                self.line(format!("mov.u64 {r}, {lane};"));
+                (32, count.to_string())
+            }
+            Some(b) => {
+                let end = self.reg(3);
+                self.line(format!("mul.lo.u64 {end}, {}, {};", b.slice, b.len));
+                self.line(format!("add.u64 {r}, {end}, {};", b.tid));
+                self.line(format!("add.u64 {end}, {end}, {};", b.len));
+                self.line(format!("min.u64 {end}, {end}, {count};"));
+                (u64::from(BLOCK), end.to_string())
+            }
+        };
         if count > 0 {
-            // Lane l sums reduce indices l, l + 32, …; the warp then combines
-            // its 32 partial results (butterfly shuffles).
-            let r = self.reg(3);
-            let more = self.reg(0);
-            self.line(format!("mov.u64 {r}, {lane};"));
-            self.line(format!("setp.ge.u64 {more}, {r}, {count};"));
+            // Each thread folds its indices into `acc`; the warp then
+            // combines its 32 partial results (butterfly shuffles).
+            self.line(format!("setp.ge.u64 {more}, {r}, {end};"));
             let n = self.next_label();
             self.line(format!("@{more} bra $L_reduce_end{n};"));
             self.label(&format!("$L_reduce{n}"));
@@ -638,33 +764,128 @@ impl<'a> Em<'a> {
                 self.value(e)?;
             }
             let v = self.value(value)?;
-            match (op, d) {
-                (ReduceOp::Sum, DType::F32) => self.line(format!("add.rn.f32 {acc}, {acc}, {v};")),
-                (ReduceOp::Max, DType::F32) => self.line(format!("max.NaN.f32 {acc}, {acc}, {v};")),
-                (ReduceOp::Sum, _) => self.line(format!("add.s32 {acc}, {acc}, {v};")),
-                (ReduceOp::Max, _) => self.line(format!("max.s32 {acc}, {acc}, {v};")),
-            }
+            self.fold(op, d, acc, v);
             // Values inside the loop are recomputed every iteration.
             for &e in &inner {
                 self.vals[e] = None;
             }
-            self.line(format!("add.u64 {r}, {r}, 32;"));
-            self.line(format!("setp.lt.u64 {more}, {r}, {count};"));
+            self.line(format!("add.u64 {r}, {r}, {step};"));
+            self.line(format!("setp.lt.u64 {more}, {r}, {end};"));
             self.line(format!("@{more} bra $L_reduce{n};"));
             self.label(&format!("$L_reduce_end{n}"));
         }
-        for offset in [16, 8, 4, 2, 1] {
-            let other = self.of(d);
-            self.line(format!("shfl.sync.bfly.b32 {other}, {acc}, {offset}, 31, -1;"));
-            match (op, d) {
-                (ReduceOp::Sum, DType::F32) => self.line(format!("add.rn.f32 {acc}, {acc}, {other};")),
-                (ReduceOp::Max, DType::F32) => self.line(format!("max.NaN.f32 {acc}, {acc}, {other};")),
-                (ReduceOp::Sum, _) => self.line(format!("add.s32 {acc}, {acc}, {other};")),
-                (ReduceOp::Max, _) => self.line(format!("max.s32 {acc}, {acc}, {other};")),
-            }
+        self.fold_warp(op, d, acc);
+        if let Some(b) = self.block {
+            self.combine_blocks(b, op, d, acc, &init);
         }
         self.acc = Some(acc);
         Ok(())
+    }
+
+    /// `acc = acc ⊕ x` for the reduction `op`.
+    fn fold(&mut self, op: ReduceOp, d: DType, acc: Reg, x: Reg) {
+        match (op, d) {
+            (ReduceOp::Sum, DType::F32) => self.line(format!("add.rn.f32 {acc}, {acc}, {x};")),
+            (ReduceOp::Max, DType::F32) => self.line(format!("max.NaN.f32 {acc}, {acc}, {x};")),
+            (ReduceOp::Sum, _) => self.line(format!("add.s32 {acc}, {acc}, {x};")),
+            (ReduceOp::Max, _) => self.line(format!("max.s32 {acc}, {acc}, {x};")),
+        }
+    }
+
+    /// Folds the other 31 lanes' `acc` into every lane (butterfly shuffles).
+    fn fold_warp(&mut self, op: ReduceOp, d: DType, acc: Reg) {
+        for offset in [16, 8, 4, 2, 1] {
+            let other = self.of(d);
+            self.line(format!("shfl.sync.bfly.b32 {other}, {acc}, {offset}, 31, -1;"));
+            self.fold(op, d, acc, other);
+        }
+    }
+
+    /// Thread 0: `acc` = the block's warps' results (in `lpac_warps`), in
+    /// warp order.
+    fn fold_block_warps(&mut self, op: ReduceOp, d: DType, acc: Reg) {
+        let ty = if d == DType::F32 { "f32" } else { "s32" };
+        let other = self.of(d);
+        self.line(format!("ld.shared.{ty} {acc}, [lpac_warps];"));
+        for w in 1..BLOCK / 32 {
+            self.line(format!("ld.shared.{ty} {other}, [lpac_warps+{}];", 4 * w));
+            self.fold(op, d, acc, other);
+        }
+    }
+
+    /// After the warps' shuffles (see [`BlockReduce`]): thread 0 combines
+    /// the block's warps through shared memory. With several slices it
+    /// leaves the block's partial in the scratch area and counts the block
+    /// in; the output's last block then folds all partials — each thread a
+    /// fixed, strided share, then warps and block as before — and resets the
+    /// counter. Sets `stores` on the one thread that holds the output.
+    fn combine_blocks(&mut self, b: BlockReduce, op: ReduceOp, d: DType, acc: Reg, init: &str) {
+        let ty = if d == DType::F32 { "f32" } else { "s32" };
+        let lane0 = self.lane.expect("block reductions have lanes").1;
+        let (warp, at, thread0) = (self.reg(2), self.reg(2), self.reg(0));
+        let n = self.next_label();
+        let done = format!("$L_blocks_done{n}");
+        self.line(format!("shr.u32 {warp}, {}, 5;", b.tid32));
+        self.line(format!("mov.u32 {at}, lpac_warps;"));
+        self.line(format!("mad.lo.u32 {at}, {warp}, 4, {at};"));
+        self.line(format!("@{lane0} st.shared.{ty} [{at}], {acc};"));
+        self.line("bar.sync 0;");
+        self.line(format!("setp.eq.u32 {thread0}, {}, 0;", b.tid32));
+        self.line(format!("setp.ne.u32 {}, {}, {};", b.stores, b.tid32, b.tid32));
+        if b.slices == 1 {
+            self.line(format!("@!{thread0} bra {done};"));
+            self.fold_block_warps(op, d, acc);
+            self.line(format!("mov.pred {}, {thread0};", b.stores));
+            self.label(&done);
+            return;
+        }
+        self.shared.push(".shared .align 4 .b8 lpac_last[4]".into());
+        let (counter, partials, addr, j) = (self.reg(3), self.reg(3), self.reg(3), self.reg(3));
+        let (old, flag, last, more) = (self.reg(2), self.reg(2), self.reg(0), self.reg(0));
+        // Counters at the start of the scratch area, partials after.
+        self.line(format!("mad.lo.u64 {counter}, {}, 4, {};", b.output, b.scratch));
+        self.line(format!("mad.lo.u64 {partials}, {}, {}, {};", b.output, 4 * b.slices, b.scratch));
+        self.line(format!("add.u64 {partials}, {partials}, {};", 4 * b.outputs));
+        let counted = format!("$L_counted{n}");
+        self.line(format!("@!{thread0} bra {counted};"));
+        self.fold_block_warps(op, d, acc);
+        self.line(format!("mad.lo.u64 {addr}, {}, 4, {partials};", b.slice));
+        self.line(format!("st.global.{ty} [{addr}], {acc};"));
+        self.line("membar.gl;");
+        self.line(format!("atom.global.add.u32 {old}, [{counter}], 1;"));
+        self.line(format!("setp.eq.u32 {last}, {old}, {};", b.slices - 1));
+        self.line(format!("selp.u32 {flag}, 1, 0, {last};"));
+        self.line(format!("st.shared.u32 [lpac_last], {flag};"));
+        self.label(&counted);
+        self.line("bar.sync 0;");
+        self.line(format!("ld.shared.u32 {flag}, [lpac_last];"));
+        self.line(format!("setp.ne.u32 {last}, {flag}, 0;"));
+        // The same for every thread of the block: the barriers below are
+        // reached by all of it or none.
+        self.line(format!("@!{last} bra {done};"));
+        self.line("membar.gl;");
+        self.line(format!("mov.{ty} {acc}, {init};"));
+        self.line(format!("mov.u64 {j}, {};", b.tid));
+        self.line(format!("setp.ge.u64 {more}, {j}, {};", b.slices));
+        self.line(format!("@{more} bra $L_partials_end{n};"));
+        self.label(&format!("$L_partials{n}"));
+        self.line(format!("mad.lo.u64 {addr}, {j}, 4, {partials};"));
+        let other = self.of(d);
+        self.line(format!("ld.global.cg.{ty} {other}, [{addr}];"));
+        self.fold(op, d, acc, other);
+        self.line(format!("add.u64 {j}, {j}, {BLOCK};"));
+        self.line(format!("setp.lt.u64 {more}, {j}, {};", b.slices));
+        self.line(format!("@{more} bra $L_partials{n};"));
+        self.label(&format!("$L_partials_end{n}"));
+        self.fold_warp(op, d, acc);
+        // Thread 0 read the warps' slots before the last barrier.
+        self.line(format!("@{lane0} st.shared.{ty} [{at}], {acc};"));
+        self.line("bar.sync 0;");
+        self.line(format!("@!{thread0} bra {done};"));
+        self.fold_block_warps(op, d, acc);
+        self.line(format!("st.global.u32 [{counter}], 0;"));
+        self.line(format!("mov.pred {}, {thread0};", b.stores));
+        self.label(&done);
     }
 
     /// `offset + Σ stride · var` as an s64 register.
@@ -1080,4 +1301,36 @@ enum AddrOf {
 
 fn saturate_i32(v: f64) -> i32 {
     if v.is_nan() { 0 } else { v.clamp(i32::MIN as f64, i32::MAX as f64) as i32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lpac_ir::kernel::{Reduction, Typed};
+
+    fn sum_kernel(domain: &[usize], reduce: &[usize]) -> LoopKernel {
+        LoopKernel {
+            name: "sum".into(),
+            domain: domain.to_vec(),
+            reduce: reduce.to_vec(),
+            exprs: vec![Typed { expr: Expr::Accumulated, dtype: DType::F32 }],
+            reduction: Some(Reduction { op: ReduceOp::Sum, value: ExprId(0) }),
+            outputs: vec![],
+            nodes: vec![],
+        }
+    }
+
+    #[test]
+    fn few_outputs_with_long_reductions_use_blocks() {
+        // The embedding gradient's sum of squares: 4,096 blocks of ~6,000.
+        assert_eq!(block_reduce_shape(&sum_kernel(&[], &[32001, 768])), Some((4096, 6001)));
+        // A few long rows: the blocks shared out, at most MAX_BLOCKS in all.
+        let (slices, len) = block_reduce_shape(&sum_kernel(&[5], &[200_000])).unwrap();
+        assert!(5 * slices <= MAX_BLOCKS && slices * len >= 200_000 && (slices - 1) * len < 200_000);
+        // Short reductions, or many outputs: a warp per output.
+        assert_eq!(block_reduce_shape(&sum_kernel(&[], &[1000])), None);
+        assert_eq!(block_reduce_shape(&sum_kernel(&[4096], &[100_000])), None);
+        // One slice when blocks would get less than a slice's worth.
+        assert_eq!(block_reduce_shape(&sum_kernel(&[3], &[3000])), Some((1, 3000)));
+    }
 }

@@ -96,9 +96,21 @@ pub struct PtxKernel {
     /// …then one `.u64` stream key per `random` key used: the runtime
     /// passes `lpac_ir::random::dropout_key(seed, step, key)`.
     pub stream_keys: Vec<u64>,
+    /// …then, when not 0, a `.u64` pointer to the runtime's scratch area of
+    /// at least this many bytes, zeroed once when the program is loaded
+    /// (block-level reductions keep counters and partial results there and
+    /// leave the counters 0)…
+    pub scratch_bytes: usize,
     /// …then, when set, a `.u64` pointer to a `u32` error cell the runtime
     /// zeroes before the step and checks after it (an index out of range).
     pub error_flag: bool,
+}
+
+impl PtxKernel {
+    /// How many `.u64` parameters the function takes.
+    pub fn param_count(&self) -> usize {
+        self.args.len() + self.stream_keys.len() + usize::from(self.scratch_bytes > 0) + usize::from(self.error_flag)
+    }
 }
 
 /// Every emitted function, and the kernels left to the runtime or not
@@ -130,6 +142,7 @@ impl PtxProgram {
                         .iter()
                         .map(|b| format!("b{b}"))
                         .chain(k.stream_keys.iter().map(|key| format!("stream_key({key})")))
+                        .chain((k.scratch_bytes > 0).then(|| format!("scratch({} bytes)", k.scratch_bytes)))
                         .chain(k.error_flag.then(|| "error_cell".to_string()))
                         .collect::<Vec<_>>(),
                 })
@@ -204,7 +217,7 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
         }
     }
     for k in &out.kernels {
-        let bytes = 8 * (k.args.len() + k.stream_keys.len() + usize::from(k.error_flag));
+        let bytes = 8 * k.param_count();
         if bytes > PARAM_BYTES {
             return Err(PtxError {
                 kernel: k.entry.clone(),

@@ -72,6 +72,7 @@ fn function(
         shared_bytes: 0,
         args: buffers.iter().map(|b| b.0).collect(),
         stream_keys: vec![],
+        scratch_bytes: 0,
         error_flag: true,
     }
 }

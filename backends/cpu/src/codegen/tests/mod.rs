@@ -433,6 +433,51 @@ fn unflatten(mut flat: usize, shape: &[usize], out: &mut Vec<i64>) {
 /// Runs the kernel's semantics over flat domain indices `begin..end`,
 /// writing the outputs into `bufs`.
 #[allow(clippy::too_many_arguments)]
+/// The generated code's summation order for the reduce values `values`
+/// (row-major over `dims`): each iteration of an outer reduce loop sums into
+/// fresh accumulators that are then folded into its parent's, lane by lane;
+/// the innermost loop sums each full chunk of `SUM_CHUNK` (when longer than
+/// that) into fresh ones folded likewise, and the rest — four lanes by index
+/// mod 4 up to the last multiple of 4 (with `Order::Lanes`), then a scalar
+/// tail — straight into its own.
+fn sum_group(values: &[V], dims: &[usize], op: ReduceOp, d: DType, order: Order) -> ([V; 4], V) {
+    let fold = |into: &mut ([V; 4], V), from: ([V; 4], V)| {
+        for (a, b) in into.0.iter_mut().zip(from.0) {
+            *a = reduce_op(op, *a, b);
+        }
+        into.1 = reduce_op(op, into.1, from.1);
+    };
+    let mut group = ([identity(op, d); 4], identity(op, d));
+    if dims.len() > 1 {
+        let inner: usize = dims[1..].iter().product();
+        for i in 0..dims[0] {
+            fold(&mut group, sum_group(&values[i * inner..(i + 1) * inner], &dims[1..], op, d, order));
+        }
+        return group;
+    }
+    let extent = dims.first().copied().unwrap_or(values.len());
+    let chunk = crate::codegen::emit::SUM_CHUNK as usize;
+    let full = if extent > chunk { extent / chunk } else { 0 };
+    let add = |g: &mut ([V; 4], V), i: usize, vec_end: usize| {
+        if order == Order::Lanes && i < vec_end {
+            g.0[i % 4] = reduce_op(op, g.0[i % 4], values[i]);
+        } else {
+            g.1 = reduce_op(op, g.1, values[i]);
+        }
+    };
+    for c in 0..full {
+        let mut fresh = ([identity(op, d); 4], identity(op, d));
+        for i in c * chunk..(c + 1) * chunk {
+            add(&mut fresh, i, extent);
+        }
+        fold(&mut group, fresh);
+    }
+    for i in full * chunk..extent {
+        add(&mut group, i, extent - extent % 4);
+    }
+    group
+}
+
 pub(crate) fn eval(
     k: &LoopKernel,
     bufs: &mut [Host],
@@ -451,22 +496,15 @@ pub(crate) fn eval(
         unflatten(flat, &k.domain, &mut point);
         let acc = k.reduction.as_ref().map(|r| {
             let d = k.exprs[r.value.index()].dtype;
-            let mut lanes = [identity(r.op, d); 4];
-            let mut acc = identity(r.op, d);
-            let last = *k.reduce.last().unwrap();
-            let vec_end = last - last % 4;
-            for ri in 0..red_total {
-                let mut p = point.clone();
-                unflatten(ri, &k.reduce, &mut p);
-                let mut memo = vec![None; k.exprs.len()];
-                let v = ctx.ev(r.value.index(), &p, None, &mut memo);
-                let inner = *p.last().unwrap() as usize;
-                if order == Order::Lanes && inner < vec_end {
-                    lanes[inner % 4] = reduce_op(r.op, lanes[inner % 4], v);
-                } else {
-                    acc = reduce_op(r.op, acc, v);
-                }
-            }
+            let values: Vec<V> = (0..red_total)
+                .map(|ri| {
+                    let mut p = point.clone();
+                    unflatten(ri, &k.reduce, &mut p);
+                    let mut memo = vec![None; k.exprs.len()];
+                    ctx.ev(r.value.index(), &p, None, &mut memo)
+                })
+                .collect();
+            let (lanes, acc) = sum_group(&values, &k.reduce, r.op, d, order);
             if order == Order::Lanes {
                 let h = reduce_op(r.op, reduce_op(r.op, lanes[0], lanes[1]), reduce_op(r.op, lanes[2], lanes[3]));
                 reduce_op(r.op, h, acc)
@@ -540,9 +578,8 @@ pub(crate) fn check_with(kb: &Kb, inputs: &[Host], seed: u64, step: u64) -> Vect
             assert_eq!(c.vectorization, Vectorization::Scalar);
         }
         let order = if c.vectorization == Vectorization::Reduce { Order::Lanes } else { Order::Sequential };
-        // The lanes order follows the simplified reduce axes.
-        let reference =
-            if order == Order::Lanes { crate::codegen::axes::simplify(&kb.kernel) } else { kb.kernel.clone() };
+        // The summation order follows the loops of the simplified axes.
+        let reference = crate::codegen::axes::simplify(&kb.kernel);
         let mut want = inputs.to_vec();
         eval(&reference, &mut want, 0, total, seed, step, fma, order);
         let mut got = inputs.to_vec();

@@ -209,3 +209,34 @@ fn domain_vectorised_reduction_with_random_and_load_if() {
     kb.output(acc);
     assert_eq!(check(&kb, &mut rng), Vectorization::Domain);
 }
+
+#[test]
+fn long_sums_run_in_chunks_and_stay_accurate() {
+    // Longer than SUM_CHUNK: whole chunks into fresh accumulators, exactly in
+    // the evaluator's order, with and without a tail.
+    let mut rng = Rng::new(24);
+    for &e in &[1025, 2048, 3 * 1024 + 7] {
+        for op in [ReduceOp::Sum, ReduceOp::Max] {
+            check(&row_reduction(op, 2, &[e]), &mut rng);
+        }
+    }
+    // A million same-signed terms: one running f32 total drifts from the
+    // exact (f64) sum; chunked, the error stays at a few ulp.
+    let e = 1 << 20;
+    let mut kb = Kb::new(&[1], &[e]);
+    let x = kb.buffer(F, &[e]);
+    let xe = kb.load(x, 0, &[0, 1]);
+    let acc = kb.reduce(ReduceOp::Sum, xe);
+    kb.output(acc);
+    let data: Vec<f32> = (0..e).map(|_| rng.range(0.0, 1.0) as f32).collect();
+    let exact: f64 = data.iter().map(|&v| f64::from(v)).sum();
+    let running = data.iter().fold(0.0f32, |a, &v| a + v);
+    let mut cg = codegen(true);
+    let c = cg.compile(&kb.program, &kb.kernel).unwrap();
+    let mut bufs = vec![Host::F(data), Host::F(vec![0.0])];
+    run_kernel(&c, &mut bufs, 0, 1, 0, 0);
+    let Host::F(got) = &bufs[1] else { panic!() };
+    let rel = |v: f32| (f64::from(v) - exact).abs() / exact;
+    assert!(rel(got[0]) < 1e-6, "chunked sum off by {:e} (one running total: {:e})", rel(got[0]), rel(running));
+    assert!(rel(got[0]) < rel(running), "{:e} vs {:e}", rel(got[0]), rel(running));
+}
