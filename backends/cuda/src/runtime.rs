@@ -106,7 +106,7 @@ impl Drop for CudaExecutor {
     fn drop(&mut self) {
         let Some(profile) = &self.profile else { return };
         let mut rows: Vec<_> = profile.iter().collect();
-        rows.sort_by(|a, b| b.1.1.cmp(&a.1.1));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1.1));
         let total: f64 = rows.iter().map(|r| r.1.1.as_secs_f64()).sum();
         eprintln!("GPU time by kernel (each waited for; {:.1} ms in all):", total * 1e3);
         for (name, (runs, time)) in rows.iter().take(40) {

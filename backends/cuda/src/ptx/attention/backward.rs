@@ -1,0 +1,474 @@
+//! The backward kernels (see the module documentation): up to three
+//! functions, every probability recomputed from the forward pass's
+//! log-sum-exp.
+//!
+//! - body 0, dq, a thread per query row `i` (its `q_i` and `dout_i` in
+//!   registers, `D_i = dout_i · out_i` computed once), over tiles of keys
+//!   and values in shared memory: `p = exp(q_i·k_j·scale − lse_i)`,
+//!   `ds = p (dout_i·v_j − D_i) · scale`, `dq_i += ds · k_j`;
+//! - body 1, dv, a thread per key row `j` (`k_j` in registers), over tiles
+//!   of queries, dout and the log-sum-exp: `dv_j += p · dout_i`;
+//! - body 2, dk, a thread per key row `j` (`k_j`, `v_j` in registers), over
+//!   tiles of queries, dout, out (for `D_i`, computed per tile by the block)
+//!   and the log-sum-exp: `dk_j += ds · q_i`.
+//!
+//! A causal dq block stops at its last query row's keys; a causal dv/dk
+//! block starts at its first key row's queries.
+
+use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program};
+
+use super::super::{Arch, Module, PtxError, PtxKernel};
+use super::{Ptx, ROWS, SHARED_LIMIT, TILE, Tile, batch_offset, element_address, exp, imm, load_params, load_tile};
+
+pub(in crate::ptx) fn backward(
+    program: &Program,
+    a: &AttentionKernel,
+    kernel: usize,
+    arch: Arch,
+) -> Result<Vec<PtxKernel>, PtxError> {
+    let _ = program;
+    let err = |m: String| PtxError { kernel: format!("k{kernel}"), message: m };
+    let AttentionPass::Backward { out, dout, dq, dk, dv } = &a.pass else {
+        return Err(err("not a backward attention kernel".into()));
+    };
+    let Some(lse) = a.lse else {
+        return Err(err("attention backward without the forward kernel's log-sum-exp (not emitted)".into()));
+    };
+    if a.d > 128 || a.dv > 128 {
+        return Err(err(format!("head dimensions d = {}, dv = {}: at most 128 are emitted", a.d, a.dv)));
+    }
+    let ops = Operands { out, dout, lse };
+    let mut functions = Vec::new();
+    for (role, grad) in [(Role::Dq, dq), (Role::Dv, dv), (Role::Dk, dk)] {
+        if let Some(g) = grad {
+            let f = match role {
+                Role::Dq => query_rows(a, kernel, arch, &ops, g),
+                _ => key_rows(a, kernel, arch, role, &ops, g),
+            };
+            functions.push(f.map_err(&err)?);
+        }
+    }
+    Ok(functions)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Dq,
+    Dv,
+    Dk,
+}
+
+impl Role {
+    fn body(self) -> usize {
+        match self {
+            Role::Dq => 0,
+            Role::Dv => 1,
+            Role::Dk => 2,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Role::Dq => "dq",
+            Role::Dv => "dv",
+            Role::Dk => "dk",
+        }
+    }
+}
+
+/// The forward pass's results the backward reads.
+struct Operands<'a> {
+    out: &'a Operand,
+    dout: &'a Operand,
+    lse: BufferId,
+}
+
+/// Parameter names, in order (the runtime passes the buffers likewise).
+const PARAMS: [&str; 7] = ["q", "k", "v", "out", "dout", "lse", "grad"];
+
+/// Registers holding row `row` of an operand, zero where `valid` is false.
+fn load_row(p: &mut Ptx, (base, off): (&str, &str), row: &str, o: &Operand, n: usize, valid: &str) -> Vec<String> {
+    let addr = element_address(p, base, off, row, o, 0);
+    (0..n)
+        .map(|c| {
+            let r = p.f();
+            p.line(format!("mov.f32 {r}, {};", imm(0.0)));
+            p.line(format!("@{valid} ld.global.f32 {r}, [{addr}+{}];", c as i64 * o.col_stride * 4));
+            r
+        })
+        .collect()
+}
+
+/// `Σ_c x_c · shared[row + c]` (`row` a shared byte address).
+fn dot_shared(p: &mut Ptx, x: &[String], row: &str) -> String {
+    let s = p.f();
+    p.line(format!("mov.f32 {s}, {};", imm(0.0)));
+    for (c, xc) in x.iter().enumerate() {
+        let e = p.f();
+        p.line(format!("ld.shared.f32 {e}, [{row}+{}];", c * 4));
+        p.line(format!("fma.rn.f32 {s}, {xc}, {e}, {s};"));
+    }
+    s
+}
+
+/// `acc_c += a · shared[row + c]`.
+fn axpy_shared(p: &mut Ptx, acc: &[String], a: &str, row: &str) {
+    for (c, r) in acc.iter().enumerate() {
+        let e = p.f();
+        p.line(format!("ld.shared.f32 {e}, [{row}+{}];", c * 4));
+        p.line(format!("fma.rn.f32 {r}, {a}, {e}, {r};"));
+    }
+}
+
+/// `ds = p · (dp − D) · scale`.
+fn score_gradient(p: &mut Ptx, prob: &str, dp: &str, dd: &str, scale: f64) -> String {
+    let (diff, ds) = (p.f(), p.f());
+    p.line(format!("sub.rn.f32 {diff}, {dp}, {dd};"));
+    p.line(format!("mul.rn.f32 {ds}, {prob}, {diff};"));
+    p.line(format!("mul.rn.f32 {ds}, {ds}, {};", imm(scale)));
+    ds
+}
+
+/// The block's batch index and its first row: `(b, first row, this
+/// thread's row, t)` as u64 registers, rows `ROWS` a block.
+fn block_rows(p: &mut Ptx, blocks: u64) -> (String, String, String, String) {
+    let (ctaid, tid) = (p.r32(), p.r32());
+    p.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
+    p.line(format!("mov.u32 {tid}, %tid.x;"));
+    let (cta, b, blk, first, me, t) = (p.r64(), p.r64(), p.r64(), p.r64(), p.r64(), p.r64());
+    p.line(format!("cvt.u64.u32 {cta}, {ctaid};"));
+    p.line(format!("div.u64 {b}, {cta}, {blocks};"));
+    p.line(format!("rem.u64 {blk}, {cta}, {blocks};"));
+    p.line(format!("mul.lo.u64 {first}, {blk}, {ROWS};"));
+    p.line(format!("cvt.u64.u32 {t}, {tid};"));
+    p.line(format!("add.u64 {me}, {first}, {t};"));
+    (b, first, me, t)
+}
+
+/// Stores `acc` as row `row` of `grad` when `valid`.
+fn store_row(p: &mut Ptx, (base, off): (&str, &str), row: &str, grad: &Operand, acc: &[String], valid: &str) {
+    let gaddr = element_address(p, base, off, row, grad, 0);
+    for (c, r) in acc.iter().enumerate() {
+        p.line(format!("@{valid} st.global.f32 [{gaddr}+{}], {r};", c as i64 * grad.col_stride * 4));
+    }
+}
+
+/// Checks the shared memory a function needs.
+fn shared_fits(bytes: usize, what: &str, a: &AttentionKernel) -> Result<(), String> {
+    if bytes > SHARED_LIMIT {
+        return Err(format!(
+            "attention backward ({what}) with d = {}, dv = {} needs {bytes} bytes of shared memory per block, more than \
+             the {SHARED_LIMIT} a block may use",
+            a.d, a.dv
+        ));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    a: &AttentionKernel,
+    kernel: usize,
+    arch: Arch,
+    role: Role,
+    p: Ptx,
+    grid: u32,
+    shared: &[String],
+    shared_bytes: usize,
+    ops: &Operands,
+    grad: &Operand,
+) -> PtxKernel {
+    let (name, body) = (role.name(), role.body());
+    let entry = format!("k{kernel}_{body}_attention_{name}");
+    let (rows, over) = match role {
+        Role::Dq => ("query", "keys and values"),
+        Role::Dv => ("key", "queries, dout and lse"),
+        Role::Dk => ("key", "queries, dout, out and lse"),
+    };
+    let comment = [
+        format!(
+            "kernel k{kernel} body {body}: attention backward, {name}; batch {:?}, tq {} tk {} d {} dv {}, causal {}",
+            a.batch, a.tq, a.tk, a.d, a.dv, a.causal
+        ),
+        format!("graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")),
+        format!(
+            "launch: grid {grid} x block {ROWS}, a thread per {rows} row; {shared_bytes} bytes of static shared memory \
+             (tiles of {TILE} rows of {over})"
+        ),
+    ];
+    let params: Vec<String> = PARAMS.iter().map(|n| n.to_string()).collect();
+    let ptx =
+        Module { comment: &comment, arch, entry: &entry, params: &params, shared, regs: &p.banks(), body: &p.code }
+            .text();
+    let args =
+        vec![a.q.buffer.0, a.k.buffer.0, a.v.buffer.0, ops.out.buffer.0, ops.dout.buffer.0, ops.lse.0, grad.buffer.0];
+    PtxKernel {
+        entry,
+        kernel,
+        body,
+        ptx,
+        grid,
+        block: ROWS,
+        shared_bytes: 0,
+        args,
+        stream_keys: vec![],
+        scratch_bytes: 0,
+        error_flag: false,
+    }
+}
+
+/// dq: a thread per query row, key and value tiles in shared memory.
+fn query_rows(
+    a: &AttentionKernel,
+    kernel: usize,
+    arch: Arch,
+    ops: &Operands,
+    grad: &Operand,
+) -> Result<PtxKernel, String> {
+    let (d, dv) = (a.d, a.dv);
+    let shared_bytes = TILE * (d + dv) * 4;
+    shared_fits(shared_bytes, "dq", a)?;
+    let nb: u64 = a.batch.iter().map(|&x| x as u64).product();
+    let blocks = (a.tq as u64).div_ceil(u64::from(ROWS));
+    let grid = (nb * blocks).clamp(1, u64::from(u32::MAX)) as u32;
+    let mut p = Ptx { code: String::new(), counts: [0; 4] };
+    let bases = load_params(&mut p, &PARAMS);
+    let (b, first, i, t) = block_rows(&mut p, blocks);
+    let valid = p.pred();
+    p.line(format!("setp.lt.u64 {valid}, {i}, {};", a.tq));
+    let operands = [&a.q, &a.k, &a.v, ops.out, ops.dout];
+    let offs: Vec<String> = operands.iter().map(|o| batch_offset(&mut p, &b, &a.batch, o)).collect();
+    let goff = batch_offset(&mut p, &b, &a.batch, grad);
+    // Fixed per thread: q_i, dout_i, D_i = dout_i · out_i, lse_i.
+    let q_i = load_row(&mut p, (&bases[0], &offs[0]), &i, &a.q, d, &valid);
+    let do_i = load_row(&mut p, (&bases[4], &offs[4]), &i, ops.dout, dv, &valid);
+    let out_i = load_row(&mut p, (&bases[3], &offs[3]), &i, ops.out, dv, &valid);
+    let dd = p.f();
+    p.line(format!("mov.f32 {dd}, {};", imm(0.0)));
+    for (x, y) in do_i.iter().zip(&out_i) {
+        p.line(format!("fma.rn.f32 {dd}, {x}, {y}, {dd};"));
+    }
+    let (lrow, laddr, lse_i) = (p.r64(), p.r64(), p.f());
+    p.line(format!("mov.f32 {lse_i}, {};", imm(0.0)));
+    p.line(format!("mad.lo.u64 {lrow}, {b}, {}, {i};", a.tq));
+    p.line(format!("mad.lo.u64 {laddr}, {lrow}, 4, {};", bases[5]));
+    p.line(format!("@{valid} ld.global.f32 {lse_i}, [{laddr}];"));
+    let minus_lse = neg(&mut p, &lse_i);
+    let acc: Vec<String> = (0..d).map(|_| p.f()).collect();
+    for r in &acc {
+        p.line(format!("mov.f32 {r}, {};", imm(0.0)));
+    }
+    // Keys this block needs: all, or (causal) up to its last row.
+    let kend = p.r64();
+    if a.causal {
+        p.line(format!("add.u64 {kend}, {first}, {ROWS};"));
+        p.line(format!("min.u64 {kend}, {kend}, {};", a.tk));
+    } else {
+        p.line(format!("mov.u64 {kend}, {};", a.tk));
+    }
+    let (ks, vs, j0, more) = (p.r64(), p.r64(), p.r64(), p.pred());
+    p.line(format!("mov.u64 {ks}, Ks;"));
+    p.line(format!("mov.u64 {vs}, Vs;"));
+    p.line(format!("mov.u64 {j0}, 0;"));
+    p.label("$L_tile");
+    p.line(format!("setp.ge.u64 {more}, {j0}, {kend};"));
+    p.line(format!("@{more} bra $L_tiles_done;"));
+    for (which, o, width, shared) in [(1usize, &a.k, d, &ks), (2usize, &a.v, dv, &vs)] {
+        let tile =
+            Tile { o, base: &bases[which], off: &offs[which], row0: &j0, limit: a.tk, rows: TILE, width, shared };
+        load_tile(&mut p, &tile, &t, &format!("$L_load{which}"));
+    }
+    p.line("bar.sync 0;");
+    let (jj, j, count, stop, skip) = (p.r64(), p.r64(), p.r64(), p.pred(), p.pred());
+    p.line(format!("sub.u64 {count}, {kend}, {j0};"));
+    p.line(format!("min.u64 {count}, {count}, {TILE};"));
+    p.line(format!("mov.u64 {jj}, 0;"));
+    p.label("$L_key");
+    p.line(format!("setp.ge.u64 {stop}, {jj}, {count};"));
+    p.line(format!("@{stop} bra $L_keys_done;"));
+    p.line(format!("add.u64 {j}, {j0}, {jj};"));
+    if a.causal {
+        p.line(format!("setp.gt.u64 {skip}, {j}, {i};"));
+        p.line(format!("or.pred {skip}, {skip}, !{valid};"));
+    } else {
+        p.line(format!("not.pred {skip}, {valid};"));
+    }
+    p.line(format!("@{skip} bra $L_key_next;"));
+    let (krow, vrow) = (p.r64(), p.r64());
+    p.line(format!("mad.lo.u64 {krow}, {jj}, {}, {ks};", d * 4));
+    p.line(format!("mad.lo.u64 {vrow}, {jj}, {}, {vs};", dv * 4));
+    let s = dot_shared(&mut p, &q_i, &krow);
+    let shifted = p.f();
+    p.line(format!("fma.rn.f32 {shifted}, {s}, {}, {minus_lse};", imm(a.scale)));
+    let prob = exp(&mut p, &shifted);
+    let dp = dot_shared(&mut p, &do_i, &vrow);
+    let ds = score_gradient(&mut p, &prob, &dp, &dd, a.scale);
+    axpy_shared(&mut p, &acc, &ds, &krow);
+    p.label("$L_key_next");
+    p.line(format!("add.u64 {jj}, {jj}, 1;"));
+    p.line("bra.uni $L_key;");
+    p.label("$L_keys_done");
+    p.line("bar.sync 0;");
+    p.line(format!("add.u64 {j0}, {j0}, {TILE};"));
+    p.line("bra.uni $L_tile;");
+    p.label("$L_tiles_done");
+    store_row(&mut p, (&bases[6], &goff), &i, grad, &acc, &valid);
+    p.line("ret;");
+    let shared =
+        [format!(".shared .align 16 .f32 Ks[{}]", TILE * d), format!(".shared .align 16 .f32 Vs[{}]", TILE * dv)];
+    Ok(finish(a, kernel, arch, Role::Dq, p, grid, &shared, shared_bytes, ops, grad))
+}
+
+/// `−x` in a fresh register.
+fn neg(p: &mut Ptx, x: &str) -> String {
+    let r = p.f();
+    p.line(format!("neg.f32 {r}, {x};"));
+    r
+}
+
+/// dv or dk: a thread per key row, tiles of queries, dout, the
+/// log-sum-exp (and for dk, out, to form `D_i`) in shared memory.
+fn key_rows(
+    a: &AttentionKernel,
+    kernel: usize,
+    arch: Arch,
+    role: Role,
+    ops: &Operands,
+    grad: &Operand,
+) -> Result<PtxKernel, String> {
+    let (d, dv) = (a.d, a.dv);
+    let dk = role == Role::Dk;
+    // Qs, DOs and Ls (and for dk Os and Dd).
+    let shared_bytes = TILE * (d + dv + 1) * 4 + if dk { TILE * (dv + 1) * 4 } else { 0 };
+    shared_fits(shared_bytes, role.name(), a)?;
+    let nb: u64 = a.batch.iter().map(|&x| x as u64).product();
+    let blocks = (a.tk as u64).div_ceil(u64::from(ROWS));
+    let grid = (nb * blocks).clamp(1, u64::from(u32::MAX)) as u32;
+    let mut p = Ptx { code: String::new(), counts: [0; 4] };
+    let bases = load_params(&mut p, &PARAMS);
+    let (b, first, j, t) = block_rows(&mut p, blocks);
+    let valid = p.pred();
+    p.line(format!("setp.lt.u64 {valid}, {j}, {};", a.tk));
+    let operands = [&a.q, &a.k, &a.v, ops.out, ops.dout];
+    let offs: Vec<String> = operands.iter().map(|o| batch_offset(&mut p, &b, &a.batch, o)).collect();
+    let goff = batch_offset(&mut p, &b, &a.batch, grad);
+    let k_j = load_row(&mut p, (&bases[1], &offs[1]), &j, &a.k, d, &valid);
+    let v_j = if dk { load_row(&mut p, (&bases[2], &offs[2]), &j, &a.v, dv, &valid) } else { Vec::new() };
+    let acc: Vec<String> = (0..if dk { d } else { dv }).map(|_| p.f()).collect();
+    for r in &acc {
+        p.line(format!("mov.f32 {r}, {};", imm(0.0)));
+    }
+    let (qs, dos, ls, os, dds) = (p.r64(), p.r64(), p.r64(), p.r64(), p.r64());
+    p.line(format!("mov.u64 {qs}, Qs;"));
+    p.line(format!("mov.u64 {dos}, DOs;"));
+    p.line(format!("mov.u64 {ls}, Ls;"));
+    if dk {
+        p.line(format!("mov.u64 {os}, Os;"));
+        p.line(format!("mov.u64 {dds}, Dd;"));
+    }
+    // Queries this block needs: all, or (causal) from its first key row on.
+    let (i0, more) = (p.r64(), p.pred());
+    if a.causal {
+        p.line(format!("mov.u64 {i0}, {first};"));
+    } else {
+        p.line(format!("mov.u64 {i0}, 0;"));
+    }
+    let lse_row0 = p.r64();
+    p.line(format!("mul.lo.u64 {lse_row0}, {b}, {};", a.tq));
+    p.label("$L_tile");
+    p.line(format!("setp.ge.u64 {more}, {i0}, {};", a.tq));
+    p.line(format!("@{more} bra $L_tiles_done;"));
+    let mut tiles = vec![(0usize, &a.q, d, &qs), (4, ops.dout, dv, &dos)];
+    if dk {
+        tiles.push((3, ops.out, dv, &os));
+    }
+    for (which, o, width, shared) in tiles {
+        let tile =
+            Tile { o, base: &bases[which], off: &offs[which], row0: &i0, limit: a.tq, rows: TILE, width, shared };
+        load_tile(&mut p, &tile, &t, &format!("$L_load{which}"));
+    }
+    // The tile's log-sum-exp values: a thread each.
+    let (lt, lrow, laddr, lv, lin, sa) = (p.pred(), p.r64(), p.r64(), p.f(), p.pred(), p.r64());
+    p.line(format!("setp.lt.u64 {lt}, {t}, {TILE};"));
+    p.line(format!("add.u64 {lrow}, {i0}, {t};"));
+    p.line(format!("setp.lt.u64 {lin}, {lrow}, {};", a.tq));
+    p.line(format!("and.pred {lin}, {lin}, {lt};"));
+    p.line(format!("add.u64 {lrow}, {lrow}, {lse_row0};"));
+    p.line(format!("mad.lo.u64 {laddr}, {lrow}, 4, {};", bases[5]));
+    p.line(format!("mov.f32 {lv}, {};", imm(0.0)));
+    p.line(format!("@{lin} ld.global.f32 {lv}, [{laddr}];"));
+    p.line(format!("mad.lo.u64 {sa}, {t}, 4, {ls};"));
+    p.line(format!("@{lt} st.shared.f32 [{sa}], {lv};"));
+    p.line("bar.sync 0;");
+    if dk {
+        // D_i = dout_i · out_i for the tile's rows: a thread each.
+        let (drow, orow, dsum) = (p.r64(), p.r64(), p.f());
+        p.line(format!("@!{lt} bra $L_delta_done;"));
+        p.line(format!("mad.lo.u64 {drow}, {t}, {}, {dos};", dv * 4));
+        p.line(format!("mad.lo.u64 {orow}, {t}, {}, {os};", dv * 4));
+        p.line(format!("mov.f32 {dsum}, {};", imm(0.0)));
+        for c in 0..dv {
+            let (x, y) = (p.f(), p.f());
+            p.line(format!("ld.shared.f32 {x}, [{drow}+{}];", c * 4));
+            p.line(format!("ld.shared.f32 {y}, [{orow}+{}];", c * 4));
+            p.line(format!("fma.rn.f32 {dsum}, {x}, {y}, {dsum};"));
+        }
+        p.line(format!("mad.lo.u64 {sa}, {t}, 4, {dds};"));
+        p.line(format!("st.shared.f32 [{sa}], {dsum};"));
+        p.label("$L_delta_done");
+        p.line("bar.sync 0;");
+    }
+    let (ii, i, count, stop, skip) = (p.r64(), p.r64(), p.r64(), p.pred(), p.pred());
+    p.line(format!("sub.u64 {count}, {}, {i0};", a.tq));
+    p.line(format!("min.u64 {count}, {count}, {TILE};"));
+    p.line(format!("mov.u64 {ii}, 0;"));
+    p.label("$L_query");
+    p.line(format!("setp.ge.u64 {stop}, {ii}, {count};"));
+    p.line(format!("@{stop} bra $L_queries_done;"));
+    p.line(format!("add.u64 {i}, {i0}, {ii};"));
+    if a.causal {
+        p.line(format!("setp.lt.u64 {skip}, {i}, {j};"));
+        p.line(format!("or.pred {skip}, {skip}, !{valid};"));
+    } else {
+        p.line(format!("not.pred {skip}, {valid};"));
+    }
+    p.line(format!("@{skip} bra $L_query_next;"));
+    let (qrow, dorow, lat, lse_i) = (p.r64(), p.r64(), p.r64(), p.f());
+    p.line(format!("mad.lo.u64 {qrow}, {ii}, {}, {qs};", d * 4));
+    p.line(format!("mad.lo.u64 {dorow}, {ii}, {}, {dos};", dv * 4));
+    p.line(format!("mad.lo.u64 {lat}, {ii}, 4, {ls};"));
+    p.line(format!("ld.shared.f32 {lse_i}, [{lat}];"));
+    let s = dot_shared(&mut p, &k_j, &qrow);
+    let (minus_lse, shifted) = (neg(&mut p, &lse_i), p.f());
+    p.line(format!("fma.rn.f32 {shifted}, {s}, {}, {minus_lse};", imm(a.scale)));
+    let prob = exp(&mut p, &shifted);
+    if dk {
+        let (dat, dd) = (p.r64(), p.f());
+        p.line(format!("mad.lo.u64 {dat}, {ii}, 4, {dds};"));
+        p.line(format!("ld.shared.f32 {dd}, [{dat}];"));
+        let dp = dot_shared(&mut p, &v_j, &dorow);
+        let ds = score_gradient(&mut p, &prob, &dp, &dd, a.scale);
+        axpy_shared(&mut p, &acc, &ds, &qrow);
+    } else {
+        axpy_shared(&mut p, &acc, &prob, &dorow);
+    }
+    p.label("$L_query_next");
+    p.line(format!("add.u64 {ii}, {ii}, 1;"));
+    p.line("bra.uni $L_query;");
+    p.label("$L_queries_done");
+    p.line("bar.sync 0;");
+    p.line(format!("add.u64 {i0}, {i0}, {TILE};"));
+    p.line("bra.uni $L_tile;");
+    p.label("$L_tiles_done");
+    store_row(&mut p, (&bases[6], &goff), &j, grad, &acc, &valid);
+    p.line("ret;");
+    let mut shared = vec![
+        format!(".shared .align 16 .f32 Qs[{}]", TILE * d),
+        format!(".shared .align 16 .f32 DOs[{}]", TILE * dv),
+        format!(".shared .align 16 .f32 Ls[{TILE}]"),
+    ];
+    if dk {
+        shared.push(format!(".shared .align 16 .f32 Os[{}]", TILE * dv));
+        shared.push(format!(".shared .align 16 .f32 Dd[{TILE}]"));
+    }
+    Ok(finish(a, kernel, arch, role, p, grid, &shared, shared_bytes, ops, grad))
+}

@@ -1,0 +1,223 @@
+//! The forward kernel (see the module documentation).
+
+use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
+
+use super::super::{Arch, Module, PtxError, PtxKernel};
+use super::{Ptx, ROWS, SHARED_LIMIT, TILE, Tile, batch_offset, element_address, imm, load_params, load_tile};
+
+pub(in crate::ptx) fn forward(
+    program: &Program,
+    a: &AttentionKernel,
+    kernel: usize,
+    arch: Arch,
+) -> Result<PtxKernel, PtxError> {
+    let entry = format!("k{kernel}_0_attention");
+    let err = |m: String| PtxError { kernel: entry.clone(), message: m };
+    let AttentionPass::Forward { out } = &a.pass else { return Err(err("not a forward attention kernel".into())) };
+    let (d, dv) = (a.d, a.dv);
+    let shared = TILE * (d + dv) * 4;
+    if shared > SHARED_LIMIT {
+        return Err(err(format!(
+            "head dimensions d = {d}, dv = {dv} need {shared} bytes of shared memory per block, more than the {SHARED_LIMIT} a \
+             block may use"
+        )));
+    }
+    if d > 128 || dv > 128 {
+        return Err(err(format!(
+            "head dimensions d = {d}, dv = {dv}: at most 128 are emitted (a row lives in registers)"
+        )));
+    }
+    let _ = program;
+    let nb: u64 = a.batch.iter().map(|&x| x as u64).product();
+    let qblocks = (a.tq as u64).div_ceil(u64::from(ROWS));
+    let grid = (nb * qblocks).clamp(1, u64::from(u32::MAX)) as u32;
+    let mut p = Ptx { code: String::new(), counts: [0; 4] };
+
+    // Bases.
+    let names = ["q", "k", "v", "out"];
+    let bases = load_params(&mut p, &names);
+    let lse_base = a.lse.map(|_| {
+        let (raw, base) = (p.r64(), p.r64());
+        p.line(format!("ld.param.u64 {raw}, [lse];"));
+        p.line(format!("cvta.to.global.u64 {base}, {raw};"));
+        base
+    });
+    // Which batch index and query rows this block has.
+    let (ctaid, tid) = (p.r32(), p.r32());
+    p.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
+    p.line(format!("mov.u32 {tid}, %tid.x;"));
+    let (cta, b, qb, i, t) = (p.r64(), p.r64(), p.r64(), p.r64(), p.r64());
+    p.line(format!("cvt.u64.u32 {cta}, {ctaid};"));
+    p.line(format!("div.u64 {b}, {cta}, {qblocks};"));
+    p.line(format!("rem.u64 {qb}, {cta}, {qblocks};"));
+    p.line(format!("cvt.u64.u32 {t}, {tid};"));
+    p.line(format!("mad.lo.u64 {i}, {qb}, {ROWS}, {t};"));
+    let valid = p.pred();
+    p.line(format!("setp.lt.u64 {valid}, {i}, {};", a.tq));
+    let offs: Vec<String> = [&a.q, &a.k, &a.v, out].iter().map(|o| batch_offset(&mut p, &b, &a.batch, o)).collect();
+    // The query row in registers (zero for rows past the end).
+    let qreg: Vec<String> = (0..d).map(|_| p.f()).collect();
+    for (c, r) in qreg.iter().enumerate() {
+        p.line(format!("mov.f32 {r}, {};", imm(0.0)));
+        let addr = element_address(&mut p, &bases[0], &offs[0], &i, &a.q, c);
+        p.line(format!("@{valid} ld.global.f32 {r}, [{addr}];"));
+    }
+    let (m, l) = (p.f(), p.f());
+    p.line(format!("mov.f32 {m}, {};", imm(f64::NEG_INFINITY)));
+    p.line(format!("mov.f32 {l}, {};", imm(0.0)));
+    let acc: Vec<String> = (0..dv).map(|_| p.f()).collect();
+    for r in &acc {
+        p.line(format!("mov.f32 {r}, {};", imm(0.0)));
+    }
+    // Keys this block needs: all, or (causal) up to its last row.
+    let kend = p.r64();
+    if a.causal {
+        p.line(format!("mad.lo.u64 {kend}, {qb}, {ROWS}, {ROWS};"));
+        p.line(format!("min.u64 {kend}, {kend}, {};", a.tk));
+    } else {
+        p.line(format!("mov.u64 {kend}, {};", a.tk));
+    }
+    let (ks, vs) = (p.r64(), p.r64());
+    p.line(format!("mov.u64 {ks}, Ks;"));
+    p.line(format!("mov.u64 {vs}, Vs;"));
+    let j0 = p.r64();
+    p.line(format!("mov.u64 {j0}, 0;"));
+    let more = p.pred();
+    p.label("$L_tile");
+    p.line(format!("setp.ge.u64 {more}, {j0}, {kend};"));
+    p.line(format!("@{more} bra $L_tiles_done;"));
+    // Cooperative load of the K and V tiles (rows past tk are zero).
+    for (which, o, width, sbase) in [(1usize, &a.k, d, &ks), (2usize, &a.v, dv, &vs)] {
+        let tile = Tile {
+            o,
+            base: &bases[which],
+            off: &offs[which],
+            row0: &j0,
+            limit: a.tk,
+            rows: TILE,
+            width,
+            shared: sbase,
+        };
+        load_tile(&mut p, &tile, &t, &format!("$L_load{which}"));
+    }
+    p.line("bar.sync 0;");
+    // This thread's keys in the tile: up to min(TILE, kend − j0), and
+    // (causal) up to its own row.
+    let (jj, j, count) = (p.r64(), p.r64(), p.r64());
+    p.line(format!("sub.u64 {count}, {kend}, {j0};"));
+    p.line(format!("min.u64 {count}, {count}, {TILE};"));
+    p.line(format!("mov.u64 {jj}, 0;"));
+    p.label("$L_key");
+    let (stop, skip) = (p.pred(), p.pred());
+    p.line(format!("setp.ge.u64 {stop}, {jj}, {count};"));
+    p.line(format!("@{stop} bra $L_keys_done;"));
+    p.line(format!("add.u64 {j}, {j0}, {jj};"));
+    p.line(format!("setp.gt.u64 {skip}, {j}, {i};"));
+    if !a.causal {
+        p.line(format!("setp.ne.u64 {skip}, {j}, {j};"));
+    }
+    let invalid = p.pred();
+    p.line(format!("not.pred {invalid}, {valid};"));
+    p.line(format!("or.pred {skip}, {skip}, {invalid};"));
+    p.line(format!("@{skip} bra $L_key_next;"));
+    // s = q · k_j · scale
+    let (krow, vrow) = (p.r64(), p.r64());
+    p.line(format!("mad.lo.u64 {krow}, {jj}, {}, {ks};", d * 4));
+    p.line(format!("mad.lo.u64 {vrow}, {jj}, {}, {vs};", dv * 4));
+    let s = p.f();
+    p.line(format!("mov.f32 {s}, {};", imm(0.0)));
+    for (c, qc) in qreg.iter().enumerate() {
+        let kc = p.f();
+        p.line(format!("ld.shared.f32 {kc}, [{krow}+{}];", c * 4));
+        p.line(format!("fma.rn.f32 {s}, {qc}, {kc}, {s};"));
+    }
+    p.line(format!("mul.rn.f32 {s}, {s}, {};", imm(a.scale)));
+    // online softmax
+    let (mn, corr, pj, t1) = (p.f(), p.f(), p.f(), p.f());
+    p.line(format!("max.f32 {mn}, {m}, {s};"));
+    p.line(format!("sub.rn.f32 {t1}, {m}, {mn};"));
+    p.line(format!("mul.rn.f32 {t1}, {t1}, {};", imm(std::f64::consts::LOG2_E)));
+    p.line(format!("ex2.approx.f32 {corr}, {t1};"));
+    p.line(format!("sub.rn.f32 {t1}, {s}, {mn};"));
+    p.line(format!("mul.rn.f32 {t1}, {t1}, {};", imm(std::f64::consts::LOG2_E)));
+    p.line(format!("ex2.approx.f32 {pj}, {t1};"));
+    p.line(format!("fma.rn.f32 {l}, {l}, {corr}, {pj};"));
+    p.line(format!("mov.f32 {m}, {mn};"));
+    for (c, o) in acc.iter().enumerate() {
+        let vc = p.f();
+        p.line(format!("ld.shared.f32 {vc}, [{vrow}+{}];", c * 4));
+        p.line(format!("mul.rn.f32 {o}, {o}, {corr};"));
+        p.line(format!("fma.rn.f32 {o}, {pj}, {vc}, {o};"));
+    }
+    p.label("$L_key_next");
+    p.line(format!("add.u64 {jj}, {jj}, 1;"));
+    p.line("bra.uni $L_key;");
+    p.label("$L_keys_done");
+    p.line("bar.sync 0;");
+    p.line(format!("add.u64 {j0}, {j0}, {TILE};"));
+    p.line("bra.uni $L_tile;");
+    p.label("$L_tiles_done");
+    // out = acc / l; lse = m + ln l
+    p.line(format!("@!{valid} bra $L_done;"));
+    let inv = p.f();
+    p.line(format!("rcp.rn.f32 {inv}, {l};"));
+    for (c, o) in acc.iter().enumerate() {
+        let addr = element_address(&mut p, &bases[3], &offs[3], &i, out, c);
+        let v = p.f();
+        p.line(format!("mul.rn.f32 {v}, {o}, {inv};"));
+        p.line(format!("st.global.f32 [{addr}], {v};"));
+    }
+    if let Some(lb) = &lse_base {
+        let (lg, value, row, addr) = (p.f(), p.f(), p.r64(), p.r64());
+        p.line(format!("lg2.approx.f32 {lg}, {l};"));
+        p.line(format!("fma.rn.f32 {value}, {lg}, {}, {m};", imm(std::f64::consts::LN_2)));
+        p.line(format!("mad.lo.u64 {row}, {b}, {}, {i};", a.tq));
+        p.line(format!("mad.lo.u64 {addr}, {row}, 4, {lb};"));
+        p.line(format!("st.global.f32 [{addr}], {value};"));
+    }
+    p.label("$L_done");
+    p.line("ret;");
+
+    let comment = [
+        format!(
+            "kernel k{kernel}: attention forward, batch {:?}, tq {} tk {} d {d} dv {dv}, scale {:?}, causal {}",
+            a.batch, a.tq, a.tk, a.scale, a.causal
+        ),
+        format!("graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")),
+        format!(
+            "launch: grid {grid} x block {ROWS} (a block per {ROWS} query rows of a batch index); {shared} bytes of \
+             static shared memory (K and V tiles of {TILE} rows)"
+        ),
+    ];
+    let mut params: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    if a.lse.is_some() {
+        params.push("lse".into());
+    }
+    let shared_decls =
+        [format!(".shared .align 16 .f32 Ks[{}]", TILE * d), format!(".shared .align 16 .f32 Vs[{}]", TILE * dv)];
+    let ptx = Module {
+        comment: &comment,
+        arch,
+        entry: &entry,
+        params: &params,
+        shared: &shared_decls,
+        regs: &p.banks(),
+        body: &p.code,
+    }
+    .text();
+    let mut args = vec![a.q.buffer.0, a.k.buffer.0, a.v.buffer.0, out.buffer.0];
+    args.extend(a.lse.map(|l| l.0));
+    Ok(PtxKernel {
+        entry,
+        kernel,
+        body: 0,
+        ptx,
+        grid,
+        block: ROWS,
+        shared_bytes: 0,
+        args,
+        stream_keys: vec![],
+        scratch_bytes: 0,
+        error_flag: false,
+    })
+}

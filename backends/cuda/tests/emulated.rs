@@ -1,0 +1,170 @@
+//! The emitted PTX run by an emulator (tests/emulator) on the CPU and
+//! compared with the reference interpreter in f64: the GPU kernels'
+//! arithmetic, indexing, tiling and synchronisation checked on machines with
+//! no GPU (`lpac device-check` does the same on a real one).
+//!
+//! Products are not emitted (cuBLAS runs them), so the graphs here have
+//! none: attention forward and backward across tiles and blocks, causal and
+//! not; reductions with few outputs (blocks per output, the last combining
+//! them) and many (a warp each); a softmax and layer norm (rows kernels);
+//! an optimiser-like multi kernel.
+
+mod emulator;
+
+use std::collections::BTreeMap;
+
+use emulator::{Function, Memory, launch};
+use lpac_cuda::{Arch, emit_program};
+use lpac_ir::interp::{Precision, RunContext, Tensor};
+use lpac_ir::kernel::{BufferKind, Kernel};
+use lpac_ir::{BinaryOp, DType, Graph, NodeId, Op, Origin, ReduceOp, TensorType, UnaryOp};
+
+fn f32t(shape: &[usize]) -> TensorType {
+    TensorType::new(DType::F32, shape.to_vec())
+}
+
+struct G(Graph);
+
+impl G {
+    fn add(&mut self, op: Op, inputs: Vec<NodeId>, ty: Option<TensorType>) -> NodeId {
+        self.0.add(op, inputs, ty, Origin::default()).unwrap()
+    }
+    fn input(&mut self, name: &str, shape: &[usize]) -> NodeId {
+        self.add(Op::Input { name: name.into() }, vec![], Some(f32t(shape)))
+    }
+    fn reduce(&mut self, op: ReduceOp, axes: &[usize], a: NodeId) -> NodeId {
+        self.add(Op::Reduce { op, axes: axes.to_vec() }, vec![a], None)
+    }
+}
+
+/// Uniform in [-1, 1), from a seed.
+fn random_inputs(graph: &Graph, seed: u64) -> BTreeMap<String, Tensor> {
+    graph
+        .inputs()
+        .enumerate()
+        .map(|(n, (id, name))| {
+            let ty = graph.ty(id);
+            let key = lpac_ir::random::param_key(seed, name) ^ n as u64;
+            let data = (0..ty.numel() as u64).map(|i| (lpac_ir::random::uniform(key, i) * 2.0 - 1.0) as f32).collect();
+            (name.to_string(), Tensor::from_f32(ty.shape.clone(), data))
+        })
+        .collect()
+}
+
+/// Fuses `graph`, emits its PTX for sm_90 and runs every kernel on the
+/// emulator; the outputs by name.
+fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<f32>> {
+    let program = lpac_passes::fuse::fuse(graph).unwrap();
+    let emitted = emit_program(&program, Arch::Sm90, Some(graph)).unwrap();
+    let n = program.buffers.len();
+    let scratch = emitted.kernels.iter().map(|k| k.scratch_bytes).max().unwrap_or(0).max(4);
+    let mut buffers: Vec<Vec<u8>> = program.buffers.iter().map(|b| vec![0xFF; b.ty.size_bytes().max(1)]).collect();
+    buffers.push(vec![0; scratch]);
+    buffers.push(vec![0; 4]);
+    let mut mem = Memory { buffers };
+    for (i, b) in program.buffers.iter().enumerate() {
+        if let BufferKind::Input(name) = &b.kind {
+            let data: Vec<u8> = inputs[name].to_f64_vec().iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+            mem.buffers[i] = data;
+        }
+    }
+    for (i, kernel) in program.kernels.iter().enumerate() {
+        assert!(!matches!(kernel, Kernel::Gemm(_)), "k{i} is a matrix product: cuBLAS runs those, the emulator cannot");
+        for k in emitted.kernels.iter().filter(|k| k.kernel == i) {
+            let f = Function::parse(&k.ptx).unwrap_or_else(|e| panic!("{}: {e}", k.entry));
+            let mut args: Vec<u64> = k.args.iter().map(|&b| Memory::address(b as usize)).collect();
+            args.extend(k.stream_keys.iter().map(|&key| lpac_ir::random::dropout_key(3, 1, key)));
+            if k.scratch_bytes > 0 {
+                args.push(Memory::address(n));
+            }
+            if k.error_flag {
+                args.push(Memory::address(n + 1));
+            }
+            launch(&f, k.grid, k.block, &args, &mut mem).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    program
+        .outputs
+        .iter()
+        .map(|(name, b)| {
+            let bytes = &mem.buffers[b.index()];
+            (name.clone(), bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        })
+        .collect()
+}
+
+/// Every output within `tolerance` (‖got − want‖ / ‖want‖) of the f64
+/// interpreter; NaN fails.
+fn check(name: &str, graph: &Graph, tolerance: f64) {
+    let inputs = random_inputs(graph, 11);
+    let got = run_emulated(graph, &inputs);
+    let ctx = RunContext { seed: 3, step: 1 };
+    let want = lpac_ir::interp::run(graph, Precision::F64, &inputs, &BTreeMap::new(), ctx).unwrap();
+    for (out, w) in want {
+        let w = w.to_f64_vec();
+        let g = &got[&out];
+        assert_eq!(g.len(), w.len(), "{name} {out}");
+        assert!(g.iter().all(|x| x.is_finite()), "{name} {out}: not finite (unwritten or NaN)");
+        let diff: f64 = g.iter().zip(&w).map(|(a, b)| (f64::from(*a) - b).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = w.iter().map(|b| b * b).sum::<f64>().sqrt().max(1e-30);
+        let rel = diff / norm;
+        println!("{name} {out}: relative error {rel:.2e}");
+        assert!(rel <= tolerance, "{name} {out}: relative error {rel:e} > {tolerance:e}");
+    }
+}
+
+#[test]
+fn attention_forward_and_backward_across_tiles_and_blocks() {
+    // 130 rows: two blocks of query (and key) rows, the second partial, and
+    // five tiles of 32, the last partial.
+    for causal in [true, false] {
+        let mut g = G(Graph::new("attention"));
+        let shape = [1, 2, 130, 8];
+        let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
+        let out = g.add(Op::Attention { scale: 0.35, causal }, vec![q, k, v], None);
+        g.0.add_output("out", out);
+        for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let grad = g.add(Op::AttentionGrad { scale: 0.35, causal, wrt }, vec![q, k, v, out, dy], None);
+            g.0.add_output(*name, grad);
+        }
+        check(if causal { "causal attention" } else { "attention" }, &g.0, 1e-5);
+    }
+}
+
+#[test]
+fn reductions_with_few_and_many_outputs() {
+    let mut g = G(Graph::new("reductions"));
+    // Few outputs, long reductions: blocks per output (several slices).
+    let x = g.input("x", &[40, 300]);
+    let x2 = g.add(Op::Binary(BinaryOp::Mul), vec![x, x], None);
+    let total = g.reduce(ReduceOp::Sum, &[0, 1], x2);
+    let y = g.input("y", &[3, 5000]);
+    let rows = g.reduce(ReduceOp::Sum, &[1], y);
+    let maxes = g.reduce(ReduceOp::Max, &[1], y);
+    // Many short rows: a warp each.
+    let z = g.input("z", &[3000, 20]);
+    let short = g.reduce(ReduceOp::Sum, &[1], z);
+    for (name, n) in [("total", total), ("rows", rows), ("max", maxes), ("short", short)] {
+        g.0.add_output(name, n);
+    }
+    check("reductions", &g.0, 1e-6);
+}
+
+#[test]
+fn softmax_and_an_elementwise_chain() {
+    let mut g = G(Graph::new("softmax"));
+    let shape = [3, 10, 70];
+    let x = g.input("x", &shape);
+    let m = g.reduce(ReduceOp::Max, &[2], x);
+    let mb = g.add(Op::Broadcast { dims: vec![0, 1] }, vec![m], Some(f32t(&shape)));
+    let d = g.add(Op::Binary(BinaryOp::Sub), vec![x, mb], None);
+    let e = g.add(Op::Unary(UnaryOp::Exp), vec![d], None);
+    let s = g.reduce(ReduceOp::Sum, &[2], e);
+    let sb = g.add(Op::Broadcast { dims: vec![0, 1] }, vec![s], Some(f32t(&shape)));
+    let p = g.add(Op::Binary(BinaryOp::Div), vec![e, sb], None);
+    let t = g.add(Op::Unary(UnaryOp::Tanh), vec![x], None);
+    let y = g.add(Op::Binary(BinaryOp::Mul), vec![p, t], None);
+    g.0.add_output("p", p);
+    g.0.add_output("y", y);
+    check("softmax", &g.0, 1e-5);
+}
