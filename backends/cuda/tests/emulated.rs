@@ -37,7 +37,7 @@ impl G {
     }
 }
 
-/// Uniform in [-1, 1), from a seed.
+/// Uniform in [-1, 1) (integers: in 0..50), from a seed.
 fn random_inputs(graph: &Graph, seed: u64) -> BTreeMap<String, Tensor> {
     graph
         .inputs()
@@ -45,8 +45,13 @@ fn random_inputs(graph: &Graph, seed: u64) -> BTreeMap<String, Tensor> {
         .map(|(n, (id, name))| {
             let ty = graph.ty(id);
             let key = lpac_ir::random::param_key(seed, name) ^ n as u64;
-            let data = (0..ty.numel() as u64).map(|i| (lpac_ir::random::uniform(key, i) * 2.0 - 1.0) as f32).collect();
-            (name.to_string(), Tensor::from_f32(ty.shape.clone(), data))
+            let uniform = (0..ty.numel() as u64).map(|i| lpac_ir::random::uniform(key, i));
+            let t = if ty.dtype == DType::I32 {
+                Tensor::from_i32(ty.shape.clone(), uniform.map(|u| (u * 50.0) as i32).collect())
+            } else {
+                Tensor::from_f32(ty.shape.clone(), uniform.map(|u| (u * 2.0 - 1.0) as f32).collect())
+            };
+            (name.to_string(), t)
         })
         .collect()
 }
@@ -64,8 +69,12 @@ fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> BTreeMap<St
     let mut mem = Memory { buffers };
     for (i, b) in program.buffers.iter().enumerate() {
         if let BufferKind::Input(name) = &b.kind {
-            let data: Vec<u8> = inputs[name].to_f64_vec().iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
-            mem.buffers[i] = data;
+            let values = inputs[name].to_f64_vec();
+            mem.buffers[i] = if b.ty.dtype == DType::I32 {
+                values.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect()
+            } else {
+                values.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()
+            };
         }
     }
     for (i, kernel) in program.kernels.iter().enumerate() {
@@ -167,4 +176,31 @@ fn softmax_and_an_elementwise_chain() {
     g.0.add_output("p", p);
     g.0.add_output("y", y);
     check("softmax", &g.0, 1e-5);
+}
+
+#[test]
+fn updates_of_many_tensors_gather_scatter_and_random_numbers() {
+    // Sixty elementwise updates of different sizes: one fused multi kernel,
+    // each element dispatched to its member by a binary search.
+    let mut g = G(Graph::new("multi"));
+    for i in 0..60usize {
+        let n = 1 + (i * 37) % 300;
+        let (x, m) = (g.input(&format!("x{i}"), &[n]), g.input(&format!("m{i}"), &[n]));
+        let nine = g.add(Op::Const { value: 0.9 }, vec![], Some(f32t(&[n])));
+        let decayed = g.add(Op::Binary(BinaryOp::Mul), vec![m, nine], None);
+        let m2 = g.add(Op::Binary(BinaryOp::Add), vec![decayed, x], None);
+        g.0.add_output(format!("m{i}"), m2);
+    }
+    check("multi", &g.0, 1e-6);
+    // Gather and scatter-add of rows; uniform random numbers (Philox).
+    let mut g = G(Graph::new("rows"));
+    let table = g.input("table", &[50, 33]);
+    let idx = g.add(Op::Input { name: "idx".into() }, vec![], Some(TensorType::new(DType::I32, vec![7, 9])));
+    let rows = g.add(Op::Gather, vec![table, idx], None);
+    let back = g.add(Op::ScatterAdd, vec![idx, rows], Some(f32t(&[50, 33])));
+    let u = g.add(Op::RandomUniform { key: 12345 }, vec![], Some(f32t(&[1000, 3])));
+    g.0.add_output("rows", rows);
+    g.0.add_output("back", back);
+    g.0.add_output("u", u);
+    check("gather, scatter-add, random", &g.0, 1e-6);
 }

@@ -198,6 +198,9 @@ fn parse_arg(a: &str, regs: &mut HashMap<String, usize>, shared: &HashMap<String
     if let Some(hex) = a.strip_prefix("0f") {
         return u32::from_str_radix(hex, 16).map(|b| Arg::Imm(u64::from(b))).map_err(|_| format!("`{a}`"));
     }
+    if let Some(hex) = a.strip_prefix("0x") {
+        return u64::from_str_radix(hex, 16).map(Arg::Imm).map_err(|_| format!("`{a}`"));
+    }
     if let Ok(v) = a.parse::<i64>() {
         return Ok(Arg::Imm(v as u64));
     }
