@@ -9,8 +9,8 @@
 # model twice (dense, LPA). STEPS (default 200), BATCH (llama, default 16) and MODES
 # (default eager,compile) size it.
 #
-# What it does today (the CUDA backend's first run; docs/backends.md says
-# what is emitted):
+# What it does (docs/backends.md says what is emitted; docs/gpu.md holds the
+# results of each run):
 #   1. the GPU and driver (nvidia-smi);
 #   2. `lpac device-check`: every kernel kind (elementwise, reductions, rows
 #      kernels, the multi kernel, products, attention forward and backward,
@@ -24,7 +24,11 @@
 #      all) and both devices' tokens/s.
 #   4. the 130M Setting-2 model (models/llama.lpa) dense and LPA r=128: lpac's
 #      tokens/s on the GPU next to PyTorch eager and torch.compile
-#      (bench/gpu/llama_torch.py) on the same GPU.
+#      (bench/gpu/llama_torch.py) on the same GPU;
+#   5. where lpac's GPU time goes: the dense 130M step with every kernel
+#      timed (LPAC_CUDA_PROFILE=1).
+# A failing device-check reruns each case alone (--case N) with every launch
+# synchronised (LPAC_CUDA_SYNC=1), so a fault names its kernel.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LPAC=${LPAC:-target/release/lpac}
