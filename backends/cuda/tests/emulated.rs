@@ -204,3 +204,23 @@ fn updates_of_many_tensors_gather_scatter_and_random_numbers() {
     g.0.add_output("u", u);
     check("gather, scatter-add, random", &g.0, 1e-6);
 }
+
+#[test]
+fn attention_with_head_dimension_128_uses_smaller_tiles_where_needed() {
+    // dk's tiles of 32 rows (q, dout, out: 3 × 128 columns) would need 49 KiB
+    // of shared memory; it takes 16 rows at a time instead.
+    let mut g = G(Graph::new("attention128"));
+    let shape = [1, 1, 40, 128];
+    let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
+    let out = g.add(Op::Attention { scale: 0.088, causal: true }, vec![q, k, v], None);
+    g.0.add_output("out", out);
+    for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        let grad = g.add(Op::AttentionGrad { scale: 0.088, causal: true, wrt }, vec![q, k, v, out, dy], None);
+        g.0.add_output(*name, grad);
+    }
+    let program = lpac_passes::fuse::fuse(&g.0).unwrap();
+    let emitted = emit_program(&program, Arch::Sm90, Some(&g.0)).unwrap();
+    let dk = emitted.kernels.iter().find(|k| k.entry.ends_with("attention_dk")).unwrap();
+    assert!(dk.ptx.contains("tiles of 16 rows"), "{}", dk.ptx.lines().take(5).collect::<Vec<_>>().join("\n"));
+    check("attention, head dimension 128", &g.0, 1e-5);
+}

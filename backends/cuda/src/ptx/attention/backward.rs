@@ -152,16 +152,20 @@ fn store_row(p: &mut Ptx, (base, off): (&str, &str), row: &str, grad: &Operand, 
     }
 }
 
-/// Checks the shared memory a function needs.
-fn shared_fits(bytes: usize, what: &str, a: &AttentionKernel) -> Result<(), String> {
-    if bytes > SHARED_LIMIT {
-        return Err(format!(
-            "attention backward ({what}) with d = {}, dv = {} needs {bytes} bytes of shared memory per block, more than \
-             the {SHARED_LIMIT} a block may use",
-            a.d, a.dv
-        ));
-    }
-    Ok(())
+/// Rows per tile: 32, or fewer where a block's tiles (`per_row` bytes a
+/// tile row) would not fit in the shared memory a block may use (head
+/// dimensions of 128 in dk need 16).
+fn tile_rows(per_row: usize, what: &str, a: &AttentionKernel) -> Result<usize, String> {
+    [TILE, TILE / 2, TILE / 4].into_iter().find(|rows| rows * per_row <= SHARED_LIMIT).ok_or_else(|| {
+        format!(
+            "attention backward ({what}) with d = {}, dv = {} needs {} bytes of shared memory per block even with \
+             tiles of {} rows, more than the {SHARED_LIMIT} a block may use",
+            a.d,
+            a.dv,
+            TILE / 4 * per_row,
+            TILE / 4
+        )
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -171,7 +175,7 @@ fn finish(
     arch: Arch,
     role: Role,
     p: Ptx,
-    grid: u32,
+    (grid, tile): (u32, usize),
     shared: &[String],
     shared_bytes: usize,
     ops: &Operands,
@@ -192,7 +196,7 @@ fn finish(
         format!("graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")),
         format!(
             "launch: grid {grid} x block {ROWS}, a thread per {rows} row; {shared_bytes} bytes of static shared memory \
-             (tiles of {TILE} rows of {over})"
+             (tiles of {tile} rows of {over})"
         ),
     ];
     let params: Vec<String> = PARAMS.iter().map(|n| n.to_string()).collect();
@@ -225,8 +229,8 @@ fn query_rows(
     grad: &Operand,
 ) -> Result<PtxKernel, String> {
     let (d, dv) = (a.d, a.dv);
-    let shared_bytes = TILE * (d + dv) * 4;
-    shared_fits(shared_bytes, "dq", a)?;
+    let tile = tile_rows((d + dv) * 4, "dq", a)?;
+    let shared_bytes = tile * (d + dv) * 4;
     let nb: u64 = a.batch.iter().map(|&x| x as u64).product();
     let blocks = (a.tq as u64).div_ceil(u64::from(ROWS));
     let grid = (nb * blocks).clamp(1, u64::from(u32::MAX)) as u32;
@@ -274,13 +278,13 @@ fn query_rows(
     p.line(format!("@{more} bra $L_tiles_done;"));
     for (which, o, width, shared) in [(1usize, &a.k, d, &ks), (2usize, &a.v, dv, &vs)] {
         let tile =
-            Tile { o, base: &bases[which], off: &offs[which], row0: &j0, limit: a.tk, rows: TILE, width, shared };
+            Tile { o, base: &bases[which], off: &offs[which], row0: &j0, limit: a.tk, rows: tile, width, shared };
         load_tile(&mut p, &tile, &t, &format!("$L_load{which}"));
     }
     p.line("bar.sync 0;");
     let (jj, j, count, stop, skip) = (p.r64(), p.r64(), p.r64(), p.pred(), p.pred());
     p.line(format!("sub.u64 {count}, {kend}, {j0};"));
-    p.line(format!("min.u64 {count}, {count}, {TILE};"));
+    p.line(format!("min.u64 {count}, {count}, {tile};"));
     p.line(format!("mov.u64 {jj}, 0;"));
     p.label("$L_key");
     p.line(format!("setp.ge.u64 {stop}, {jj}, {count};"));
@@ -308,14 +312,14 @@ fn query_rows(
     p.line("bra.uni $L_key;");
     p.label("$L_keys_done");
     p.line("bar.sync 0;");
-    p.line(format!("add.u64 {j0}, {j0}, {TILE};"));
+    p.line(format!("add.u64 {j0}, {j0}, {tile};"));
     p.line("bra.uni $L_tile;");
     p.label("$L_tiles_done");
     store_row(&mut p, (&bases[6], &goff), &i, grad, &acc, &valid);
     p.line("ret;");
     let shared =
-        [format!(".shared .align 16 .f32 Ks[{}]", TILE * d), format!(".shared .align 16 .f32 Vs[{}]", TILE * dv)];
-    Ok(finish(a, kernel, arch, Role::Dq, p, grid, &shared, shared_bytes, ops, grad))
+        [format!(".shared .align 16 .f32 Ks[{}]", tile * d), format!(".shared .align 16 .f32 Vs[{}]", tile * dv)];
+    Ok(finish(a, kernel, arch, Role::Dq, p, (grid, tile), &shared, shared_bytes, ops, grad))
 }
 
 /// `−x` in a fresh register.
@@ -338,8 +342,9 @@ fn key_rows(
     let (d, dv) = (a.d, a.dv);
     let dk = role == Role::Dk;
     // Qs, DOs and Ls (and for dk Os and Dd).
-    let shared_bytes = TILE * (d + dv + 1) * 4 + if dk { TILE * (dv + 1) * 4 } else { 0 };
-    shared_fits(shared_bytes, role.name(), a)?;
+    let per_row = (d + dv + 1) * 4 + if dk { (dv + 1) * 4 } else { 0 };
+    let tile = tile_rows(per_row, role.name(), a)?;
+    let shared_bytes = tile * per_row;
     let nb: u64 = a.batch.iter().map(|&x| x as u64).product();
     let blocks = (a.tk as u64).div_ceil(u64::from(ROWS));
     let grid = (nb * blocks).clamp(1, u64::from(u32::MAX)) as u32;
@@ -383,12 +388,12 @@ fn key_rows(
     }
     for (which, o, width, shared) in tiles {
         let tile =
-            Tile { o, base: &bases[which], off: &offs[which], row0: &i0, limit: a.tq, rows: TILE, width, shared };
+            Tile { o, base: &bases[which], off: &offs[which], row0: &i0, limit: a.tq, rows: tile, width, shared };
         load_tile(&mut p, &tile, &t, &format!("$L_load{which}"));
     }
     // The tile's log-sum-exp values: a thread each.
     let (lt, lrow, laddr, lv, lin, sa) = (p.pred(), p.r64(), p.r64(), p.f(), p.pred(), p.r64());
-    p.line(format!("setp.lt.u64 {lt}, {t}, {TILE};"));
+    p.line(format!("setp.lt.u64 {lt}, {t}, {tile};"));
     p.line(format!("add.u64 {lrow}, {i0}, {t};"));
     p.line(format!("setp.lt.u64 {lin}, {lrow}, {};", a.tq));
     p.line(format!("and.pred {lin}, {lin}, {lt};"));
@@ -419,7 +424,7 @@ fn key_rows(
     }
     let (ii, i, count, stop, skip) = (p.r64(), p.r64(), p.r64(), p.pred(), p.pred());
     p.line(format!("sub.u64 {count}, {}, {i0};", a.tq));
-    p.line(format!("min.u64 {count}, {count}, {TILE};"));
+    p.line(format!("min.u64 {count}, {count}, {tile};"));
     p.line(format!("mov.u64 {ii}, 0;"));
     p.label("$L_query");
     p.line(format!("setp.ge.u64 {stop}, {ii}, {count};"));
@@ -456,19 +461,19 @@ fn key_rows(
     p.line("bra.uni $L_query;");
     p.label("$L_queries_done");
     p.line("bar.sync 0;");
-    p.line(format!("add.u64 {i0}, {i0}, {TILE};"));
+    p.line(format!("add.u64 {i0}, {i0}, {tile};"));
     p.line("bra.uni $L_tile;");
     p.label("$L_tiles_done");
     store_row(&mut p, (&bases[6], &goff), &j, grad, &acc, &valid);
     p.line("ret;");
     let mut shared = vec![
-        format!(".shared .align 16 .f32 Qs[{}]", TILE * d),
-        format!(".shared .align 16 .f32 DOs[{}]", TILE * dv),
-        format!(".shared .align 16 .f32 Ls[{TILE}]"),
+        format!(".shared .align 16 .f32 Qs[{}]", tile * d),
+        format!(".shared .align 16 .f32 DOs[{}]", tile * dv),
+        format!(".shared .align 16 .f32 Ls[{tile}]"),
     ];
     if dk {
-        shared.push(format!(".shared .align 16 .f32 Os[{}]", TILE * dv));
-        shared.push(format!(".shared .align 16 .f32 Dd[{TILE}]"));
+        shared.push(format!(".shared .align 16 .f32 Os[{}]", tile * dv));
+        shared.push(format!(".shared .align 16 .f32 Dd[{tile}]"));
     }
-    Ok(finish(a, kernel, arch, role, p, grid, &shared, shared_bytes, ops, grad))
+    Ok(finish(a, kernel, arch, role, p, (grid, tile), &shared, shared_bytes, ops, grad))
 }
