@@ -224,3 +224,34 @@ fn attention_with_head_dimension_128_uses_smaller_tiles_where_needed() {
     assert!(dk.ptx.contains("tiles of 16 rows"), "{}", dk.ptx.lines().take(5).collect::<Vec<_>>().join("\n"));
     check("attention, head dimension 128", &g.0, 1e-5);
 }
+
+#[test]
+fn elementwise_kernels_four_elements_at_a_time() {
+    // x + bias (broadcast) then · transpose(y): the own-position load and
+    // the store as 16-byte accesses, the broadcast and the transpose one
+    // element at a time.
+    let mut g = G(Graph::new("quads"));
+    let x = g.input("x", &[12, 20]);
+    let bias = g.input("bias", &[20]);
+    let y = g.input("y", &[20, 12]);
+    let b = g.add(Op::Broadcast { dims: vec![1] }, vec![bias], Some(f32t(&[12, 20])));
+    let s = g.add(Op::Binary(BinaryOp::Add), vec![x, b], None);
+    let yt = g.add(Op::Permute { perm: vec![1, 0] }, vec![y], None);
+    let z = g.add(Op::Binary(BinaryOp::Mul), vec![s, yt], None);
+    let e = g.add(Op::Unary(UnaryOp::Exp), vec![z], None);
+    g.0.add_output("z", z);
+    g.0.add_output("e", e);
+    let program = lpac_passes::fuse::fuse(&g.0).unwrap();
+    let emitted = emit_program(&program, Arch::Sm90, Some(&g.0)).unwrap();
+    assert!(emitted.kernels.iter().any(|k| k.ptx.contains("ld.global.v4.f32") && k.ptx.contains("st.global.v4.f32")));
+    check("four at a time", &g.0, 1e-6);
+    // 3 × 7 elements: not a multiple of four, one at a time.
+    let mut g = G(Graph::new("singles"));
+    let x = g.input("x", &[3, 7]);
+    let e = g.add(Op::Unary(UnaryOp::Exp), vec![x], None);
+    g.0.add_output("e", e);
+    let program = lpac_passes::fuse::fuse(&g.0).unwrap();
+    let emitted = emit_program(&program, Arch::Sm90, Some(&g.0)).unwrap();
+    assert!(emitted.kernels.iter().all(|k| !k.ptx.contains(".v4.")));
+    check("one at a time", &g.0, 1e-6);
+}

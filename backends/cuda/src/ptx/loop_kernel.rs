@@ -73,6 +73,11 @@ pub(super) fn emit(
              reducing up to {len} values; the last to finish combines them in order"
         );
         (grid, launch)
+    } else if let Some(loads) = vector_loads(program, k) {
+        em.function_quads(&loads)?;
+        let grid = (total / 4).div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+        let how = "four consecutive elements a thread (16-byte loads and stores), grid-stride";
+        (grid, format!("launch: grid {grid} x block {BLOCK}, {how} over {total} elements"))
     } else {
         em.function()?;
         // A reducing kernel uses a warp (32 threads) per output element.
@@ -302,6 +307,39 @@ fn block_reduce_shape(k: &LoopKernel) -> Option<(u64, u64)> {
     let wanted = count.div_ceil(SLICE).min((MAX_BLOCKS / outputs).max(1));
     let len = count.div_ceil(wanted);
     Some((count.div_ceil(len), len))
+}
+
+/// For an elementwise kernel whose elements come four at a time with
+/// 16-byte accesses: the loads that read the element's own position (the
+/// domain's row-major layout, offset a multiple of 4), which become one
+/// `ld.global.v4` per four elements; other loads (broadcasts, transposes)
+/// stay one per element. `None` when the kernel does not qualify: a
+/// reduction, a domain not a multiple of 4 long, or a value that is not 4
+/// bytes wide (bool) among the outputs. Buffers start 64-byte aligned (the
+/// memory plan, cudaMalloc), so a multiple-of-4 element offset is aligned.
+fn vector_loads(program: &Program, k: &LoopKernel) -> Option<Vec<usize>> {
+    let total: u64 = k.domain.iter().map(|&d| d as u64).product();
+    if k.reduction.is_some() || total == 0 || !total.is_multiple_of(4) {
+        return None;
+    }
+    let wide = |d: DType| matches!(d, DType::F32 | DType::I32);
+    if k.outputs.iter().any(|(b, e)| !wide(k.exprs[e.index()].dtype) || program.buffers.get(b.index()).is_none()) {
+        return None;
+    }
+    let contiguous = lpac_ir::types::strides(&k.domain);
+    let own_position = |m: &IndexMap| {
+        m.offset % 4 == 0
+            && m.strides.len() == k.domain.len()
+            && m.strides.iter().zip(&contiguous).all(|(&s, &c)| s == c as i64)
+    };
+    Some(
+        k.exprs
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(&t.expr, Expr::Load { index, .. } if own_position(index) && wide(t.dtype)))
+            .map(|(e, _)| e)
+            .collect(),
+    )
 }
 
 fn f32_imm(v: f64) -> String {
@@ -558,6 +596,67 @@ impl<'a> Em<'a> {
         self.line(format!("@{done} bra $L_done;"));
         self.element(i)?;
         self.line(format!("add.u64 {i}, {i}, {stride};"));
+        self.line("bra.uni $L_element;");
+        self.label("$L_done");
+        self.line("ret;");
+        Ok(())
+    }
+
+    /// An elementwise kernel four elements at a time ([`vector_loads`]):
+    /// the loads at the element's own position as one 16-byte load each,
+    /// the expressions for each of the four elements, each output as one
+    /// 16-byte store.
+    fn function_quads(&mut self, vector: &[usize]) -> R<()> {
+        let k = self.k;
+        let total: u64 = k.domain.iter().map(|&d| d as u64).product();
+        let (quad, stride) = self.prologue(false);
+        let (done, first, flat) = (self.reg(0), self.reg(3), self.reg(3));
+        self.label("$L_element");
+        self.line(format!("setp.ge.u64 {done}, {quad}, {};", total / 4));
+        self.line(format!("@{done} bra $L_done;"));
+        self.line(format!("shl.b64 {first}, {quad}, 2;"));
+        let mut lanes: BTreeMap<usize, [Reg; 4]> = BTreeMap::new();
+        // The same position of the same buffer is loaded once.
+        let mut loaded: BTreeMap<(BufferId, i64), [Reg; 4]> = BTreeMap::new();
+        for &e in vector {
+            if !self.needed[e] {
+                continue;
+            }
+            let Expr::Load { buffer, index } = &k.exprs[e].expr else { continue };
+            if let Some(regs) = loaded.get(&(*buffer, index.offset)) {
+                lanes.insert(e, *regs);
+                continue;
+            }
+            let d = k.exprs[e].dtype;
+            let regs = [self.of(d), self.of(d), self.of(d), self.of(d)];
+            let at = self.reg(3);
+            self.line(format!("add.s64 {at}, {first}, {};", index.offset));
+            let addr = self.address(*buffer, AddrOf::Flat(at), d)?;
+            let ty = if d == DType::F32 { "f32" } else { "s32" };
+            self.line(format!("ld.global.v4.{ty} {{{}, {}, {}, {}}}, [{addr}];", regs[0], regs[1], regs[2], regs[3]));
+            loaded.insert((*buffer, index.offset), regs);
+            lanes.insert(e, regs);
+        }
+        let mut results: Vec<Vec<Reg>> = vec![Vec::new(); k.outputs.len()];
+        for lane in 0..4 {
+            self.line(format!("add.u64 {flat}, {first}, {lane};"));
+            self.coordinates(flat, 0, &k.domain.clone())?;
+            for (&e, regs) in &lanes {
+                self.vals[e] = Some(regs[lane]);
+            }
+            for (o, &(_, e)) in k.outputs.iter().enumerate() {
+                let v = self.value(e.index())?;
+                results[o].push(v);
+            }
+            self.vals.iter_mut().for_each(|v| *v = None);
+        }
+        for (&(b, e), regs) in k.outputs.iter().zip(&results) {
+            let d = k.exprs[e.index()].dtype;
+            let addr = self.address(b, AddrOf::Flat(first), d)?;
+            let ty = if d == DType::F32 { "f32" } else { "s32" };
+            self.line(format!("st.global.v4.{ty} [{addr}], {{{}, {}, {}, {}}};", regs[0], regs[1], regs[2], regs[3]));
+        }
+        self.line(format!("add.u64 {quad}, {quad}, {stride};"));
         self.line("bra.uni $L_element;");
         self.label("$L_done");
         self.line("ret;");

@@ -43,6 +43,8 @@ enum Arg {
     Special(&'static str),
     Label(String),
     Param(String),
+    /// `{%f1, %f2, %f3, %f4}` of a vector load or store.
+    Regs(Vec<usize>),
 }
 
 #[derive(Clone, Debug)]
@@ -151,8 +153,8 @@ fn split_operands(s: &str) -> Vec<&str> {
     let (mut depth, mut start) = (0, 0);
     for (i, c) in s.char_indices() {
         match c {
-            '[' => depth += 1,
-            ']' => depth -= 1,
+            '[' | '{' => depth += 1,
+            ']' | '}' => depth -= 1,
             ',' if depth == 0 => {
                 out.push(&s[start..i]);
                 start = i + 1;
@@ -167,6 +169,14 @@ fn split_operands(s: &str) -> Vec<&str> {
 }
 
 fn parse_arg(a: &str, regs: &mut HashMap<String, usize>, shared: &HashMap<String, usize>) -> Result<Arg, String> {
+    if let Some(inner) = a.strip_prefix('{').and_then(|x| x.strip_suffix('}')) {
+        let mut out = Vec::new();
+        for r in inner.split(',') {
+            let n = regs.len();
+            out.push(*regs.entry(r.trim().to_string()).or_insert(n));
+        }
+        return Ok(Arg::Regs(out));
+    }
     if let Some(inner) = a.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
         let (base, off) = match inner.find(['+']) {
             Some(i) => (&inner[..i], inner[i + 1..].parse::<i64>().map_err(|_| format!("address `{a}`"))?),
@@ -605,6 +615,9 @@ fn memory_op(
         Ty::U8 => 1,
         _ => 4,
     };
+    if op.iter().any(|o| o == "v4") {
+        return vector_op(ctx, inst, th, tid, mem, size);
+    }
     let mem_arg = if op[0] == "st" { &inst.args[0] } else { &inst.args[1] };
     let Arg::Mem(base, off) = mem_arg else { return Err("no address".into()) };
     let addr = (val(ctx, th, tid, base)? as i64 + off) as u64;
@@ -645,6 +658,29 @@ fn memory_op(
             if let Arg::Reg(d) = inst.args[0] {
                 th.regs[d] = old;
             }
+        }
+    }
+    Ok(())
+}
+
+/// `ld.global.v4` / `st.global.v4`: four elements at a 16-byte aligned address.
+fn vector_op(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, mem: &mut Memory, size: usize) -> Result<(), String> {
+    let load = inst.op[0] == "ld";
+    let (regs, at) = if load { (&inst.args[0], &inst.args[1]) } else { (&inst.args[1], &inst.args[0]) };
+    let (Arg::Regs(regs), Arg::Mem(base, off)) = (regs, at) else { return Err("vector operands".into()) };
+    let addr = (val(ctx, th, tid, base)? as i64 + off) as u64;
+    if addr % 16 != 0 {
+        return Err(format!("a 16-byte access at {addr:#x}, not 16-byte aligned"));
+    }
+    let bytes = mem.at(addr, 4 * size)?;
+    for (l, &r) in regs.iter().enumerate() {
+        let lane = &mut bytes[l * size..(l + 1) * size];
+        if load {
+            let mut raw = [0u8; 8];
+            raw[..size].copy_from_slice(lane);
+            th.regs[r] = u64::from_le_bytes(raw);
+        } else {
+            lane.copy_from_slice(&th.regs[r].to_le_bytes()[..size]);
         }
     }
     Ok(())
