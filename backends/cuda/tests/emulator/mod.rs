@@ -669,7 +669,7 @@ fn vector_op(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, mem: &mut Memory
     let (regs, at) = if load { (&inst.args[0], &inst.args[1]) } else { (&inst.args[1], &inst.args[0]) };
     let (Arg::Regs(regs), Arg::Mem(base, off)) = (regs, at) else { return Err("vector operands".into()) };
     let addr = (val(ctx, th, tid, base)? as i64 + off) as u64;
-    if addr % 16 != 0 {
+    if !addr.is_multiple_of(16) {
         return Err(format!("a 16-byte access at {addr:#x}, not 16-byte aligned"));
     }
     let bytes = mem.at(addr, 4 * size)?;
