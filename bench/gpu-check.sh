@@ -25,7 +25,9 @@
 #   4. the 130M Setting-2 model (models/llama.lpa) dense and LPA r=128: lpac's
 #      tokens/s on the GPU next to PyTorch eager and torch.compile
 #      (bench/gpu/llama_torch.py) on the same GPU;
-#   5. where lpac's GPU time goes: the dense 130M step with every kernel
+#   5. mixed precision: the dense 130M step with --precision bf16 against
+#      PyTorch's autocast;
+#   6. where lpac's GPU time goes: the dense 130M step with every kernel
 #      timed (LPAC_CUDA_PROFILE=1).
 # A failing device-check reruns each case alone (--case N) with every launch
 # synchronised (LPAC_CUDA_SYNC=1), so a fault names its kernel.
@@ -138,6 +140,23 @@ PY
   timeout 400 python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes "${MODES:-eager,compile}" ${lowrank:+--lowrank $lowrank} 2>&1 \
     | tee -a "$OUT/summary.txt"
 done
+log "== mixed precision (--precision bf16): the 130M dense step, lpac against PyTorch autocast (eager)"
+rm -rf "$OUT/llama-bf16"
+timeout 300 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
+  --precision bf16 --out "$OUT/llama-bf16" > "$OUT/llama-bf16.log" 2>&1
+log "lpac dense bf16: exit $?; $(tail -1 "$OUT/llama-bf16.log")"
+python3 - "$OUT/llama-bf16/metrics.jsonl" <<'PY' | tee -a "$OUT/summary.txt"
+import json, sys, statistics
+try:
+    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    t = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
+    print(f"lpac bf16 median tokens/s {statistics.median(t):.0f} over {len(t)} steps; losses {[round(r['loss'], 3) for r in rows]}" if t else "no timed steps")
+except OSError:
+    print("no metrics (see llama-bf16.log)")
+PY
+timeout 200 python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes eager --precision bf16 2>&1 \
+  | grep framework | tee -a "$OUT/summary.txt"
+
 log "== where lpac's GPU time goes: llama dense, 3 steps, each kernel waited for and timed (LPAC_CUDA_PROFILE=1)"
 LPAC_CUDA_PROFILE=1 timeout 200 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 3 --device cuda \
   --eval-every 0 --out "$OUT/llama-profile" 2>&1 | grep -A32 "GPU time by kernel" | head -33 | tee -a "$OUT/summary.txt"

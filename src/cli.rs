@@ -298,9 +298,14 @@ pub struct TrainArgs {
     #[arg(long, value_name = "CHECKPOINT", requires = "lowrank")]
     pub init_from: Option<PathBuf>,
     /// Where to run: `cpu` (compiled kernels), `interp` (the reference
-    /// interpreter: slow, simple, the oracle), `cuda` (not built yet).
+    /// interpreter: slow, simple, the oracle), `cuda` (an NVIDIA GPU).
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: crate::train::device::Device,
+    /// The matrix products' arithmetic: `f32`, or `bf16` (bf16 operands and
+    /// results, f32 accumulation; f32 master weights and everything else;
+    /// --device cuda or interp).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: crate::train::device::Precision,
     /// One JSON object per log line on standard output instead of a progress bar.
     #[arg(long)]
     pub json: bool,
@@ -373,6 +378,10 @@ pub struct KernelsArgs {
     /// nvidia-cuda-nvcc-cu12`, or `LPAC_PTXAS=/path/to/ptxas`).
     #[arg(long)]
     pub ptxas_report: bool,
+    /// The training step's products: `f32`, or `bf16` (mixed precision;
+    /// for `--target ptx`: the CPU backend computes in f32).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: crate::train::device::Precision,
     /// The forward pass only, instead of the whole training step.
     #[arg(long)]
     pub forward: bool,

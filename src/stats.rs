@@ -39,7 +39,9 @@ impl StepMemory {
     /// Lowers the training step of `forward` (autodiff, AdamW, the default
     /// optimisations, fusion) and plans its memory.
     pub fn of(forward: &Graph) -> Result<StepMemory, String> {
-        let step = crate::train::graphs::step_of(forward.clone(), Kind::AdamW, true).map_err(|e| e.render())?;
+        let step =
+            crate::train::graphs::step_of(forward.clone(), Kind::AdamW, true, crate::train::device::Precision::F32)
+                .map_err(|e| e.render())?;
         let program = lpac_passes::fuse::fuse(&step).map_err(|e| e.to_string())?;
         let plan = lpac_cpu::plan_memory(&program);
         let resident = program

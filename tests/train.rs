@@ -425,3 +425,31 @@ fn a_non_finite_gradient_is_named_by_its_parameter() {
     let t = text(&o);
     assert!(t.contains("training stopped at step 1") && t.contains("gradient of `emb.weight` is not finite"), "{t}");
 }
+
+#[test]
+fn mixed_precision_trains_on_the_interpreter_and_is_refused_on_the_cpu_backend() {
+    let dir = temp("bf16");
+    // The CPU backend computes in f32: refused before anything is written.
+    let o = train(&dir, "cpu", &["--steps", "2", "--precision", "bf16"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("--precision bf16 needs --device cuda"), "{}", text(&o));
+    assert!(!dir.join("cpu").exists());
+    // The interpreter runs the bf16 step (the reference for the GPU's): the
+    // loss is finite, falls, differs from f32's, and the run records it.
+    let common = ["--steps", "6", "--lr", "3e-3", "--eval-every", "0", "--device", "interp"];
+    let mut bf16 = common.to_vec();
+    bf16.extend(["--precision", "bf16"]);
+    let o = train(&dir, "bf16", &bf16);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = train(&dir, "f32", &common);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let (b, f): (Vec<f64>, Vec<f64>) = (
+        losses(&dir.join("bf16")).into_iter().map(f64::from_bits).collect(),
+        losses(&dir.join("f32")).into_iter().map(f64::from_bits).collect(),
+    );
+    assert!(b.iter().all(|l| l.is_finite()) && b[5] < b[0], "{b:?}");
+    assert!(b != f && (b[0] - f[0]).abs() < 0.05 * f[0], "bf16 {b:?} against f32 {f:?}");
+    let config = std::fs::read_to_string(dir.join("bf16/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["precision"], "bf16");
+}

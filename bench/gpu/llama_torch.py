@@ -7,7 +7,7 @@ causal softmax attention, mean cross-entropy, AdamW (lr 1e-3, betas 0.9/0.95, ep
 decay) with global clipping at 1.0, f32. --lowrank R factors Q, K, V and O into two linears
 d -> R -> d (LPA). Prints one JSON line per mode: median step seconds and tokens/s.
 
-    python3 bench/gpu/llama_torch.py --batch 16 --seq 256 [--lowrank 128] [--modes eager,compile]
+    python3 bench/gpu/llama_torch.py --batch 16 --seq 256 [--lowrank 128] [--modes eager,compile] [--precision bf16]
 """
 
 import argparse
@@ -95,7 +95,10 @@ def time_mode(mode, args):
         torch.cuda.synchronize()
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(tokens, targets)
+        # --precision bf16: autocast, as lpac's `precision` pass (products in
+        # bf16, f32 master weights and optimiser).
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = loss_fn(tokens, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -104,7 +107,8 @@ def time_mode(mode, args):
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
     params = sum(p.numel() for p in model.parameters())
-    return {"framework": f"torch-{mode}", "lowrank": args.lowrank, "params": params, "batch": args.batch,
+    return {"framework": f"torch-{mode}", "precision": args.precision, "lowrank": args.lowrank, "params": params,
+            "batch": args.batch,
             "seq": args.seq, "median_step_s": median, "tokens_per_s": args.batch * args.seq / median,
             "loss": float(loss)}
 
@@ -117,6 +121,7 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--modes", default="eager,compile")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device for PyTorch")

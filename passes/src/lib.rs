@@ -19,6 +19,7 @@ pub mod lowrank;
 pub mod manager;
 pub mod optimizer;
 pub mod pass;
+pub mod precision;
 pub mod registry;
 pub mod simplify;
 pub mod structure;

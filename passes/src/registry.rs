@@ -71,6 +71,7 @@ pub fn all() -> Vec<PassInfo> {
     vec![
         info(&Lowrank { rank: 1, target: Target::Attention }, LOWRANK_OPTIONS),
         info(&crate::attention::FuseAttention, &[]),
+        info(&crate::precision::Precision, crate::precision::OPTIONS),
         info(&crate::autodiff::Autodiff, &[]),
         info(&crate::optimizer::Optimizer::default(), crate::optimizer::OPTIONS),
         info(&crate::simplify::Simplify::default(), crate::simplify::OPTIONS),
@@ -154,6 +155,7 @@ pub fn create(spec: &PassSpec) -> Result<Box<dyn Pass>, String> {
     Ok(match spec.name.as_str() {
         "lowrank" => Box::new(lowrank_from(spec)?),
         "attention" => Box::new(crate::attention::FuseAttention),
+        "precision" => Box::new(crate::precision::Precision::from_options(&spec.options)?),
         "autodiff" => Box::new(crate::autodiff::Autodiff),
         "simplify" => Box::new(crate::simplify::Simplify::from_options(&spec.options)?),
         "optimizer" => Box::new(crate::optimizer::Optimizer::from_options(&spec.options)?),

@@ -25,6 +25,9 @@ struct Case {
     name: &'static str,
     graph: Graph,
     tolerance: f64,
+    /// What the GPU is compared with: the CPU backend, or (bf16, which the
+    /// CPU backend does not compute) the interpreter.
+    reference: Device,
 }
 
 fn f32t(shape: &[usize]) -> TensorType {
@@ -72,7 +75,12 @@ fn cases() -> Vec<Case> {
     let s = g.un(UnaryOp::Sin, x);
     let a = g.bin(BinaryOp::Add, t, e);
     let y = g.bin(BinaryOp::Mul, a, s);
-    cases.push(Case { name: "elementwise (tanh, exp, sin)", graph: g.out("y", y).0, tolerance: 1e-5 });
+    cases.push(Case {
+        name: "elementwise (tanh, exp, sin)",
+        graph: g.out("y", y).0,
+        tolerance: 1e-5,
+        reference: Device::Cpu,
+    });
     // Row and column reductions.
     let mut g = new();
     let x = g.input("x", &[2048, 96]);
@@ -83,6 +91,7 @@ fn cases() -> Vec<Case> {
         name: "reductions (rows, columns, max)",
         graph: g.out("rows", rows).out("cols", cols).out("max", maxes).0,
         tolerance: 1e-5,
+        reference: Device::Cpu,
     });
     // Few outputs, long reductions: blocks per output, their partial results
     // combined by the last block (a gradient norm's sum of squares).
@@ -97,6 +106,7 @@ fn cases() -> Vec<Case> {
         name: "long reductions (blocks per output)",
         graph: g.out("total", total).out("rows", long_rows).out("max", long_max).0,
         tolerance: 1e-5,
+        reference: Device::Cpu,
     });
     // Softmax then layer norm: rows kernels.
     let mut g = new();
@@ -124,6 +134,7 @@ fn cases() -> Vec<Case> {
         name: "softmax and layer norm (rows kernels)",
         graph: g.out("p", p).out("y", y).0,
         tolerance: 1e-4,
+        reference: Device::Cpu,
     });
     // An optimiser-like update of tensors of different sizes: one multi kernel.
     let mut g = new();
@@ -137,7 +148,12 @@ fn cases() -> Vec<Case> {
         let p2 = g.bin(BinaryOp::Sub, p, step);
         g = g.out(&format!("m{i}"), m2).out(&format!("p{i}"), p2);
     }
-    cases.push(Case { name: "parameter updates (one multi kernel)", graph: g.0, tolerance: 1e-6 });
+    cases.push(Case {
+        name: "parameter updates (one multi kernel)",
+        graph: g.0,
+        tolerance: 1e-6,
+        reference: Device::Cpu,
+    });
     // Products: batched, and by rows with epilogues and a chain.
     let mut g = new();
     let x = g.input("x", &[4, 300, 64]);
@@ -149,7 +165,28 @@ fn cases() -> Vec<Case> {
     let h = g.bin(BinaryOp::Add, h, bb);
     let h = g.un(UnaryOp::Tanh, h);
     let y = g.add(Op::MatMul, vec![h, w2], None);
-    cases.push(Case { name: "matrix products (cuBLAS, by rows)", graph: g.out("y", y).0, tolerance: 1e-4 });
+    cases.push(Case {
+        name: "matrix products (cuBLAS, by rows)",
+        graph: g.out("y", y).0,
+        tolerance: 1e-4,
+        reference: Device::Cpu,
+    });
+    // Mixed precision: the products of the one above in bf16 (operands and
+    // result, f32 accumulation: cublasGemmEx), against the interpreter.
+    let mut g = new();
+    let x = g.input("x", &[4, 300, 64]);
+    let w1 = g.input("w1", &[64, 128]);
+    let w2 = g.input("w2", &[128, 128]);
+    let h = g.add(Op::MatMul, vec![x, w1], None);
+    let h = g.un(UnaryOp::Tanh, h);
+    let y = g.add(Op::MatMul, vec![h, w2], None);
+    let graph = lpac_passes::manager::run_text(g.out("y", y).0, "precision").expect("the precision pass runs");
+    cases.push(Case {
+        name: "matrix products in bf16 (mixed precision)",
+        graph,
+        tolerance: 1e-3,
+        reference: Device::Interp,
+    });
     // Attention forward and backward, causal and not.
     for causal in [true, false] {
         let mut g = new();
@@ -162,7 +199,7 @@ fn cases() -> Vec<Case> {
             g = g.out(name, grad);
         }
         let name = if causal { "attention, causal (forward, dq, dk, dv)" } else { "attention (forward, dq, dk, dv)" };
-        cases.push(Case { name, graph: g.0, tolerance: 1e-4 });
+        cases.push(Case { name, graph: g.0, tolerance: 1e-4, reference: Device::Cpu });
     }
     // Gather and scatter-add.
     let mut g = new();
@@ -174,11 +211,17 @@ fn cases() -> Vec<Case> {
         name: "gather and scatter-add",
         graph: g.out("rows", rows).out("back", back).0,
         tolerance: 1e-6,
+        reference: Device::Cpu,
     });
     // Random numbers: the same stream, bit for bit.
     let mut g = new();
     let u = g.add(Op::RandomUniform { key: 12345 }, vec![], Some(f32t(&[1000, 3])));
-    cases.push(Case { name: "random numbers (Philox)", graph: g.out("u", u).0, tolerance: 0.0 });
+    cases.push(Case {
+        name: "random numbers (Philox)",
+        graph: g.out("u", u).0,
+        tolerance: 0.0,
+        reference: Device::Cpu,
+    });
     cases
 }
 
@@ -237,8 +280,8 @@ pub fn run(args: &DeviceCheckArgs) -> CliResult {
     println!("{:<44} {:<8} {:>12} {:>10}  result", "case", "output", "rel. error", "tolerance");
     for (n, case) in cases.into_iter().enumerate().filter(|(n, _)| args.case.is_none_or(|c| c == *n)) {
         let inputs = inputs(&case.graph, 100 + n as u64);
-        let mut cpu = executor(Device::Cpu, case.graph.clone())?;
-        let want = cpu.run(&inputs, &params, ctx).map_err(CliError::Message)?;
+        let mut reference = executor(case.reference, case.graph.clone())?;
+        let want = reference.run(&inputs, &params, ctx).map_err(CliError::Message)?;
         // A GPU that is absent fails every case the same way: stop at once.
         let mut gpu = executor(Device::Cuda, case.graph.clone())?;
         let got = match gpu.run(&inputs, &params, ctx) {
@@ -290,7 +333,7 @@ mod tests {
         for (n, case) in cases().into_iter().enumerate() {
             lpac_ir::verify(&case.graph).unwrap_or_else(|e| panic!("{}: {e:?}", case.name));
             let inputs = inputs(&case.graph, 100 + n as u64);
-            let mut cpu = executor(Device::Cpu, case.graph.clone()).unwrap();
+            let mut cpu = executor(case.reference, case.graph.clone()).unwrap();
             let got = cpu.run(&inputs, &BTreeMap::new(), ctx).unwrap();
             let want: BTreeMap<String, Tensor> =
                 lpac_ir::interp::run(&case.graph, lpac_ir::interp::Precision::F64, &inputs, &BTreeMap::new(), ctx)

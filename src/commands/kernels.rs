@@ -10,16 +10,21 @@ use lpac_passes::optimizer::Kind;
 use crate::cli::{KernelTarget, KernelsArgs};
 use crate::error::{CliError, CliResult};
 use crate::load::overrides;
+use crate::train::device::Precision;
 use crate::train::model_spec::ModelSpec;
 
 pub fn run(args: &KernelsArgs) -> CliResult {
     let lowrank = args.lowrank.lowrank.map(|r| (r, args.lowrank.lowrank_target.clone()));
     let spec = ModelSpec::read(&args.model.file, overrides(&args.model.set)?, lowrank)?;
-    let forward = spec.forward(&[])?;
+    if args.precision == Precision::Bf16 && (args.forward || args.target == KernelTarget::Cpu) {
+        return Err(CliError::Message(
+            "--precision bf16 is for the training step's PTX (--target ptx): the CPU backend computes in f32".into(),
+        ));
+    }
     let graph = if args.forward {
-        crate::train::graphs::optimised(forward)?
+        crate::train::graphs::optimised(spec.forward(&[])?)?
     } else {
-        crate::train::graphs::step_of(forward, Kind::AdamW, true)?
+        crate::train::graphs::step_of(spec.forward(&[])?, Kind::AdamW, true, args.precision)?
     };
     match args.target {
         KernelTarget::Cpu => {

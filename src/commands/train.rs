@@ -44,7 +44,8 @@ pub fn run(args: &TrainArgs) -> CliResult {
     let tok = tokenizer(config.tokenizer.as_deref())?;
     let corpus = load_corpus(&config.data, tok.as_ref(), DEFAULT_TEST_FRACTION).map_err(CliError::Message)?;
     check_vocab(&config.spec, &corpus, tok.as_ref())?;
-    let graph = train_graph(&config.spec, config.optimizer, config.decay_mask)?;
+    config.precision.check(config.device)?;
+    let graph = train_graph(&config.spec, config.optimizer, config.decay_mask, config.precision)?;
     let (batch, seq) = crate::train::graphs::batch_and_seq(&graph);
     check_fits(&corpus, batch, seq).map_err(CliError::Message)?;
     // Compiling the step also checks the device and that the step fits in memory.
@@ -169,6 +170,7 @@ fn new_config(args: &TrainArgs) -> Result<(RunConfig, PathBuf), CliError> {
         eval_blocks: args.eval_blocks.max(1),
         checkpoint_every: args.checkpoint_every.max(1),
         device: args.device,
+        precision: args.precision,
         stop_at: None,
     };
     Ok((config, dir))
@@ -215,6 +217,7 @@ fn resumed_config(args: &TrainArgs) -> Result<(RunConfig, PathBuf), CliError> {
     if let Some(steps) = args.steps {
         config.steps = steps;
     }
+    // The precision is the run's own (its config): a run keeps it.
     config.device = args.device;
     Ok((config, dir))
 }
@@ -249,6 +252,12 @@ pub fn config_from_json(v: &serde_json::Value) -> Result<RunConfig, String> {
         eval_blocks: u("eval_blocks")? as usize,
         checkpoint_every: u("checkpoint_every")?,
         device: crate::train::device::Device::Cpu,
+        // Runs from before the option trained in f32.
+        precision: match v["precision"].as_str() {
+            None | Some("f32") => crate::train::device::Precision::F32,
+            Some("bf16") => crate::train::device::Precision::Bf16,
+            Some(other) => return Err(format!("unknown `precision` {other:?}")),
+        },
         stop_at: None,
     })
 }

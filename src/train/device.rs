@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use lpac_ir::Graph;
-use lpac_ir::interp::{self, Precision, RunContext, Tensor};
+use lpac_ir::interp::{self, RunContext, Tensor};
 
 use crate::error::CliError;
 
@@ -17,6 +17,40 @@ pub enum Device {
     Cpu,
     /// NVIDIA GPUs (PTX through the CUDA driver).
     Cuda,
+}
+
+/// The arithmetic of the training step's matrix products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: products on bf16 operands with f32 accumulation and
+    /// a bf16 result; parameters (master weights), optimiser state, and all
+    /// other arithmetic in f32 (the `precision` pass). Needs `--device cuda`
+    /// (or `interp`, the reference).
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// `--precision bf16` runs where products have a bf16 mode.
+    pub fn check(self, device: Device) -> Result<(), CliError> {
+        if self == Precision::Bf16 && device == Device::Cpu {
+            return Err(CliError::Message(
+                "--precision bf16 needs --device cuda (or interp, the slow reference): the CPU backend computes \
+                 in f32"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Runs one graph again and again with new inputs and parameters.
@@ -65,7 +99,8 @@ impl Executor for Interpreter {
         params: &BTreeMap<String, Tensor>,
         ctx: RunContext,
     ) -> Result<BTreeMap<String, Tensor>, String> {
-        let outputs = interp::run(&self.graph, Precision::F32, inputs, params, ctx).map_err(|e| e.to_string())?;
+        let outputs =
+            interp::run(&self.graph, interp::Precision::F32, inputs, params, ctx).map_err(|e| e.to_string())?;
         Ok(outputs.into_iter().collect())
     }
 }

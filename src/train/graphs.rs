@@ -7,6 +7,7 @@ use lpac_ir::{Graph, TensorType};
 use lpac_passes::optimizer::Kind;
 use lpac_passes::registry::PassSpec;
 
+use super::device::Precision;
 use super::model_spec::{ModelSpec, run_passes};
 use crate::error::CliError;
 
@@ -21,21 +22,26 @@ fn fuse_attention() -> PassSpec {
     PassSpec::new("attention")
 }
 
-/// forward → autodiff → optimizer → simplify, cse, dce.
-pub fn train_graph(spec: &ModelSpec, kind: Kind, decay_mask: bool) -> Result<Graph, CliError> {
+/// forward → (precision →) autodiff → optimizer → simplify, cse, dce.
+pub fn train_graph(spec: &ModelSpec, kind: Kind, decay_mask: bool, precision: Precision) -> Result<Graph, CliError> {
     let forward = spec.forward(&[])?;
     check_inputs(&forward)?;
-    step_of(forward, kind, decay_mask)
+    step_of(forward, kind, decay_mask, precision)
 }
 
 /// The training step of a forward graph: its gradients, the optimiser's
 /// update, and the default optimisations — one graph.
-pub fn step_of(forward: Graph, kind: Kind, decay_mask: bool) -> Result<Graph, CliError> {
-    let mut passes = vec![
-        fuse_attention(),
+pub fn step_of(forward: Graph, kind: Kind, decay_mask: bool, precision: Precision) -> Result<Graph, CliError> {
+    let mut passes = vec![fuse_attention()];
+    if precision == Precision::Bf16 {
+        // After `attention` (its fused op keeps its products f32), before
+        // `autodiff` (so the gradients' products are bf16 too).
+        passes.push(PassSpec::new("precision").with("dtype", "bf16"));
+    }
+    passes.extend([
         PassSpec::new("autodiff"),
         PassSpec::new("optimizer").with("kind", kind.name()).with("decay_mask", decay_mask).with("keep_grads", false),
-    ];
+    ]);
     passes.extend(optimise());
     run_passes(forward, &passes)
 }

@@ -44,6 +44,7 @@ pub struct RunConfig {
     pub eval_blocks: usize,
     pub checkpoint_every: u64,
     pub device: Device,
+    pub precision: super::device::Precision,
     /// Stop (with a checkpoint) on reaching this step, as if interrupted.
     pub stop_at: Option<u64>,
 }
@@ -70,6 +71,7 @@ impl RunConfig {
             "eval_every": self.eval_every,
             "eval_blocks": self.eval_blocks,
             "checkpoint_every": self.checkpoint_every,
+            "precision": self.precision.name(),
         })
     }
 }

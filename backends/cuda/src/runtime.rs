@@ -420,43 +420,87 @@ impl CudaExecutor {
         Ok(())
     }
 
-    /// `c = a · b` by cuBLAS (column-major: `cᵀ = bᵀ · aᵀ`), batched with a
-    /// uniform stride, or one call per batch.
+    /// `c = a · b` by cuBLAS (column-major: `cᵀ = bᵀ · aᵀ`), one call per
+    /// batch: `sgemm` in f32, or — bf16 operands and result (mixed
+    /// precision) — `cublasGemmEx` with f32 accumulation.
     fn gemm(&mut self, g: &GemmKernel) -> Result<(), String> {
         let g = g.folded();
+        let dtype = |b: BufferId| self.program.buffers[b.index()].ty.dtype;
+        let bf16 = match (dtype(g.a.buffer), dtype(g.b.buffer), dtype(g.c)) {
+            (DType::F32, DType::F32, DType::F32) => false,
+            (DType::BF16, DType::BF16, DType::BF16) => true,
+            (a, b, c) => {
+                return Err(format!(
+                    "{}: a product of {} and {} into {} (cuBLAS is called for f32 or bf16 alike)",
+                    g.name,
+                    a.name(),
+                    b.name(),
+                    c.name()
+                ));
+            }
+        };
+        let size = if bf16 { 2u64 } else { 4 };
         let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
         let (op_b, ld_b) = col_major(&g.b, g.k, g.n, &g.name)?;
         let (op_a, ld_a) = col_major(&g.a, g.m, g.k, &g.name)?;
         let batches: usize = g.batch.iter().product();
         for batch in 0..batches.max(1) {
             let (a_off, b_off) = (batch_offset(&g.batch, &g.a, batch), batch_offset(&g.batch, &g.b, batch));
-            let c_off = (batch * g.m * g.n) as u64 * 4;
+            let c_off = (batch * g.m * g.n) as u64 * size;
             // Everything runs on one stream, in order: the pointers' read and
             // write markers can go as soon as the addresses are known.
-            let a_ptr = self.ptrs[g.a.buffer.index()] + a_off as u64 * 4;
-            let b_ptr = self.ptrs[g.b.buffer.index()] + b_off as u64 * 4;
+            let a_ptr = self.ptrs[g.a.buffer.index()] + a_off as u64 * size;
+            let b_ptr = self.ptrs[g.b.buffer.index()] + b_off as u64 * size;
             let c_ptr = self.ptrs[g.c.index()] + c_off;
             let (alpha, beta) = (1.0f32, 0.0f32);
+            let handle = *self.gpu.blas.handle();
             // SAFETY: the pointers address the operands' checked extents.
-            unsafe {
-                blas::sgemm(
-                    *self.gpu.blas.handle(),
-                    op_b,
-                    op_a,
-                    n,
-                    m,
-                    k,
-                    &alpha,
-                    b_ptr as *const f32,
-                    ld_b,
-                    a_ptr as *const f32,
-                    ld_a,
-                    &beta,
-                    c_ptr as *mut f32,
-                    n,
-                )
-            }
-            .map_err(|e| format!("{}: cuBLAS: {e:?}", g.name))?;
+            let done = unsafe {
+                if bf16 {
+                    use blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F;
+                    use blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT;
+                    use blas_sys::cudaDataType::CUDA_R_16BF;
+                    blas::gemm_ex(
+                        handle,
+                        op_b,
+                        op_a,
+                        n,
+                        m,
+                        k,
+                        (&alpha as *const f32).cast(),
+                        b_ptr as *const std::ffi::c_void,
+                        CUDA_R_16BF,
+                        ld_b,
+                        a_ptr as *const std::ffi::c_void,
+                        CUDA_R_16BF,
+                        ld_a,
+                        (&beta as *const f32).cast(),
+                        c_ptr as *mut std::ffi::c_void,
+                        CUDA_R_16BF,
+                        n,
+                        CUBLAS_COMPUTE_32F,
+                        CUBLAS_GEMM_DFALT,
+                    )
+                } else {
+                    blas::sgemm(
+                        handle,
+                        op_b,
+                        op_a,
+                        n,
+                        m,
+                        k,
+                        &alpha,
+                        b_ptr as *const f32,
+                        ld_b,
+                        a_ptr as *const f32,
+                        ld_a,
+                        &beta,
+                        c_ptr as *mut f32,
+                        n,
+                    )
+                }
+            };
+            done.map_err(|e| format!("{}: cuBLAS: {e:?}", g.name))?;
         }
         self.settle(&g.name)
     }
@@ -497,6 +541,7 @@ fn to_bytes(ty: &TensorType, t: &Tensor) -> Result<Vec<u8>, String> {
         DType::F32 => t.to_f64_vec().iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
         DType::I32 => t.to_f64_vec().iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
         DType::Bool => t.to_f64_vec().iter().map(|&x| u8::from(x != 0.0)).collect(),
+        DType::BF16 => t.to_f64_vec().iter().flat_map(|&x| f32_to_bf16(x as f32).to_le_bytes()).collect(),
         other => return Err(format!("buffers of dtype {} are not supported on CUDA yet", other.name())),
     })
 }
@@ -509,9 +554,27 @@ fn from_bytes(ty: &TensorType, bytes: &[u8]) -> Tensor {
             bytes.chunks_exact(4).take(n).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         ),
         DType::Bool => Tensor::from_bool(ty.shape.clone(), bytes.iter().take(n).map(|&b| b != 0).collect()),
+        DType::BF16 => Tensor::from_f32(
+            ty.shape.clone(),
+            bytes
+                .chunks_exact(2)
+                .take(n)
+                .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+                .collect(),
+        ),
         _ => Tensor::from_f32(
             ty.shape.clone(),
             bytes.chunks_exact(4).take(n).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         ),
     }
+}
+
+/// To the nearest bf16, ties to even (NaN stays NaN): the bits of `x`'s top
+/// half, as the GPU's `cvt.rn.bf16.f32`.
+fn f32_to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }

@@ -156,3 +156,29 @@ fn unsupported_architectures_are_named() {
     let e = Arch::parse("sm_70").unwrap_err();
     assert!(e.contains("sm_70") && e.contains("sm_80") && e.contains("sm_90"), "{e}");
 }
+
+#[test]
+fn a_mixed_precision_step_assembles() {
+    // bf16 loads, stores and roundings (cvt.rn.bf16.f32 needs sm_80).
+    let Some(ptxas) = require_ptxas("a_mixed_precision_step_assembles") else { return };
+    let overrides: Vec<_> = ["layers=2", "d=64", "heads=2", "ffn=128", "seq=32", "batch=4"]
+        .iter()
+        .map(|s| lpac_frontend::Override::parse(s).unwrap())
+        .collect();
+    let g = lpac_frontend::compile_file(&Path::new("../../models").join("tiny.lpa"), &overrides).unwrap().graph;
+    let pipeline = "attention,precision,autodiff,optimizer,simplify{explain=false},cse,dce";
+    let g = lpac_passes::manager::run_text(g, pipeline).unwrap();
+    let program = lpac_passes::fuse::fuse(&g).unwrap();
+    let dir = std::env::temp_dir().join(format!("lpac-ptxas-bf16-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for arch in Arch::ALL {
+        let emitted = emit_program(&program, arch, Some(&g)).unwrap();
+        assert!(emitted.kernels.iter().any(|k| k.ptx.contains("cvt.rn.bf16.f32")), "bf16 code is emitted");
+        for k in &emitted.kernels {
+            if let Err(e) = assemble(&ptxas, &k.ptx, arch, &dir, &k.entry) {
+                panic!("{} for {}: ptxas failed:\n{e}\n{}", k.entry, arch.name(), k.ptx);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -385,8 +385,10 @@ impl<'a> Em<'a> {
         let ndom = k.domain.len();
         let touches_reduce = |m: &IndexMap| m.strides.iter().skip(ndom).any(|&s| s != 0);
         for (i, t) in k.exprs.iter().enumerate() {
-            if !matches!(t.dtype, DType::F32 | DType::I32 | DType::Bool) {
-                return Err(self.err(format!("e{i} has dtype {} (f32, i32 and bool are emitted)", t.dtype.name())));
+            if !matches!(t.dtype, DType::F32 | DType::BF16 | DType::I32 | DType::Bool) {
+                return Err(
+                    self.err(format!("e{i} has dtype {} (f32, bf16, i32 and bool are emitted)", t.dtype.name()))
+                );
             }
             let operands: Vec<ExprId> = match &t.expr {
                 Expr::Unary(_, a) | Expr::Cast(a) => vec![*a],
@@ -829,6 +831,9 @@ impl<'a> Em<'a> {
         if d == DType::Bool {
             return Err(self.err("a reduction of bool values"));
         }
+        if d == DType::BF16 {
+            return Err(self.err("a reduction of bf16 values (mixed precision keeps reductions in f32)"));
+        }
         self.line(format!("mov.{ty} {acc}, {init};"));
         let count: u64 = k.reduce.iter().map(|&x| x as u64).product();
         let (lane, _) = self.lane.ok_or_else(|| self.err("a reduction outside a warp"))?;
@@ -1014,6 +1019,7 @@ impl<'a> Em<'a> {
         let base = *self.bases.get(&b).ok_or_else(|| self.err(format!("buffer b{} has no base", b.0)))?;
         let size = match d {
             DType::Bool => 1,
+            DType::BF16 => 2,
             _ => 4,
         };
         let addr = self.reg(3);
@@ -1025,6 +1031,12 @@ impl<'a> Em<'a> {
         let g = guard.map_or(String::new(), |p| format!("@{p} "));
         match d {
             DType::F32 => self.line(format!("{g}st.global.f32 [{addr}], {v};")),
+            DType::BF16 => {
+                // The value is bf16 already: the conversion is exact.
+                let h = self.reg(1);
+                self.line(format!("cvt.rn.bf16.f32 {h}, {v};"));
+                self.line(format!("{g}st.global.b16 [{addr}], {h};"));
+            }
             DType::I32 => self.line(format!("{g}st.global.s32 [{addr}], {v};")),
             _ => {
                 let h = self.reg(1);
@@ -1040,6 +1052,13 @@ impl<'a> Em<'a> {
             DType::F32 => {
                 let r = self.reg(4);
                 self.line(format!("{g}ld.global.f32 {r}, [{addr}];"));
+                r
+            }
+            DType::BF16 => {
+                let (h, r) = (self.reg(1), self.reg(4));
+                self.line(format!("mov.b16 {h}, 0;"));
+                self.line(format!("{g}ld.global.b16 {h}, [{addr}];"));
+                self.line(format!("cvt.f32.bf16 {r}, {h};"));
                 r
             }
             DType::I32 => {
@@ -1077,11 +1096,16 @@ impl<'a> Em<'a> {
             return Ok(v);
         }
         let t = self.k.exprs[e].clone();
-        let d = t.dtype;
+        // bf16 arithmetic: in f32, rounded after (loads and casts round
+        // themselves).
+        let stored = t.dtype;
+        let d = if stored == DType::BF16 { DType::F32 } else { stored };
+        let rounds = stored == DType::BF16
+            && !matches!(t.expr, Expr::Load { .. } | Expr::LoadIf { .. } | Expr::Cast(_) | Expr::Accumulated);
         let v = match &t.expr {
             Expr::Load { buffer, index } => {
-                let addr = self.address(*buffer, AddrOf::Map(index.clone()), d)?;
-                self.load(addr, d, None)
+                let addr = self.address(*buffer, AddrOf::Map(index.clone()), stored)?;
+                self.load(addr, stored, None)
             }
             Expr::LoadIf { buffer, index, bound, lo, hi, default } => {
                 let b = self.affine(bound)?;
@@ -1089,9 +1113,9 @@ impl<'a> Em<'a> {
                 self.line(format!("setp.ge.s64 {p1}, {b}, {lo};"));
                 self.line(format!("setp.lt.s64 {p2}, {b}, {hi};"));
                 self.line(format!("and.pred {p}, {p1}, {p2};"));
-                let addr = self.address(*buffer, AddrOf::Map(index.clone()), d)?;
+                let addr = self.address(*buffer, AddrOf::Map(index.clone()), stored)?;
                 let out = self.constant(*default, d);
-                let loaded = self.load(addr, d, Some(p));
+                let loaded = self.load(addr, stored, Some(p));
                 self.select_into(out, p, loaded, d);
                 out
             }
@@ -1118,7 +1142,10 @@ impl<'a> Em<'a> {
             }
             Expr::Binary(op, a, b) => {
                 let (x, y) = (self.value(a.index())?, self.value(b.index())?);
-                let od = self.k.exprs[a.index()].dtype;
+                let od = match self.k.exprs[a.index()].dtype {
+                    DType::BF16 => DType::F32,
+                    od => od,
+                };
                 self.binary(*op, x, y, od)?
             }
             Expr::Select(c, a, b) => {
@@ -1139,10 +1166,11 @@ impl<'a> Em<'a> {
             }
             Expr::Cast(a) => {
                 let x = self.value(a.index())?;
-                self.cast(x, self.k.exprs[a.index()].dtype, d)
+                self.cast(x, self.k.exprs[a.index()].dtype, stored)
             }
             Expr::Accumulated => self.acc.ok_or_else(|| self.err(format!("e{e} reads the reduction outside it")))?,
         };
+        let v = if rounds { self.round_bf16(v) } else { v };
         self.vals[e] = Some(v);
         Ok(v)
     }
@@ -1193,7 +1221,7 @@ impl<'a> Em<'a> {
     /// `out = p ? loaded : out` (the guarded load's value where in range).
     fn select_into(&mut self, out: Reg, p: Reg, loaded: Reg, d: DType) {
         match d {
-            DType::F32 => self.line(format!("selp.f32 {out}, {loaded}, {out}, {p};")),
+            DType::F32 | DType::BF16 => self.line(format!("selp.f32 {out}, {loaded}, {out}, {p};")),
             DType::I32 => self.line(format!("selp.s32 {out}, {loaded}, {out}, {p};")),
             _ => {
                 let (np, t1, t2) = (self.reg(0), self.reg(0), self.reg(0));
@@ -1209,6 +1237,15 @@ impl<'a> Em<'a> {
         if from == to {
             return x;
         }
+        // bf16 values live in f32 registers: from bf16 is from f32; to bf16
+        // is to f32, then rounded.
+        if from == DType::BF16 {
+            return self.cast(x, DType::F32, to);
+        }
+        if to == DType::BF16 {
+            let f = self.cast(x, from, DType::F32);
+            return self.round_bf16(f);
+        }
         let r = self.of(to);
         match (from, to) {
             (DType::F32, DType::I32) => self.line(format!("cvt.rzi.s32.f32 {r}, {x};")),
@@ -1219,6 +1256,14 @@ impl<'a> Em<'a> {
             (DType::F32, _) => self.line(format!("setp.neu.f32 {r}, {x}, {};", f32_imm(0.0))),
             _ => self.line(format!("setp.ne.s32 {r}, {x}, 0;")),
         }
+        r
+    }
+
+    /// `x` rounded to the nearest bf16 (ties to even), in an f32 register.
+    fn round_bf16(&mut self, x: Reg) -> Reg {
+        let (h, r) = (self.reg(1), self.reg(4));
+        self.line(format!("cvt.rn.bf16.f32 {h}, {x};"));
+        self.line(format!("cvt.f32.bf16 {r}, {h};"));
         r
     }
 

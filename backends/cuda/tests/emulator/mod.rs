@@ -32,6 +32,7 @@ enum Ty {
     U16,
     U8,
     Pred,
+    Bf16,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +67,7 @@ fn ty_of(s: &str) -> Option<Ty> {
         "u16" | "b16" => Ty::U16,
         "u8" => Ty::U8,
         "pred" => Ty::Pred,
+        "bf16" => Ty::Bf16,
         _ => return None,
     })
 }
@@ -405,8 +407,23 @@ fn int(t: Ty, bits: u64) -> i128 {
         Ty::U16 => i128::from(bits as u16),
         Ty::U8 => i128::from(bits as u8),
         Ty::Pred => i128::from(bits != 0),
-        Ty::F32 => unreachable!(),
+        Ty::F32 | Ty::Bf16 => unreachable!(),
     }
+}
+
+/// A bf16 (the top half of an f32) as f32: exact.
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits(u32::from(h) << 16)
+}
+
+/// `cvt.rn.bf16.f32`: to the nearest bf16, ties to even; NaN stays NaN.
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    let round = 0x7FFF + ((b >> 16) & 1);
+    (b.wrapping_add(round) >> 16) as u16
 }
 
 fn wrap(t: Ty, v: i128) -> u64 {
@@ -416,7 +433,7 @@ fn wrap(t: Ty, v: i128) -> u64 {
         Ty::U16 => u64::from(v as u16),
         Ty::U8 => u64::from(v as u8),
         Ty::Pred => u64::from(v != 0),
-        Ty::F32 => unreachable!(),
+        Ty::F32 | Ty::Bf16 => unreachable!(),
     }
 }
 
@@ -567,6 +584,8 @@ fn convert(op: &[String], bits: u64) -> Result<u64, String> {
     let from = ty_of(&op[op.len() - 1]).ok_or("cvt type")?;
     let rounding = if op.len() == 4 { op[1].as_str() } else { "" };
     Ok(match (to, from) {
+        (Ty::F32, Ty::Bf16) => fb(bf16_to_f32(bits as u16)),
+        (Ty::Bf16, Ty::F32) => u64::from(f32_to_bf16(fl(bits))),
         (Ty::F32, Ty::F32) => {
             let x = fl(bits);
             fb(match rounding {
