@@ -39,6 +39,10 @@ pub enum Command {
     /// Train a model on a text corpus (the bundled Shakespeare by default),
     /// writing a run folder with metrics, a loss plot and checkpoints.
     Train(Box<TrainArgs>),
+    /// Test the paper's claim on your model: train the dense model and its
+    /// low-rank variants (attention, FFN, all) on the same data, seed and
+    /// budget, one after another, and write a report (table, JSON, plots).
+    Compare(Box<CompareArgs>),
     /// Test perplexity of a checkpoint on the held-out split of a corpus.
     Eval(EvalArgs),
     /// The kernels of a training step (or forward pass): kernel IR, generated
@@ -306,9 +310,59 @@ pub struct TrainArgs {
     /// --device cuda or interp).
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: crate::train::device::Precision,
+    /// Stop once the training steps have taken this many seconds (evaluations
+    /// and checkpoints not counted), then evaluate as at the end; the
+    /// learning-rate schedule still spans --steps.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_budget: Option<f64>,
     /// One JSON object per log line on standard output instead of a progress bar.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CompareArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The ranks r of the low-rank variants, e.g. `--lowrank 32,64,128`: one
+    /// variant per rank and target.
+    #[arg(long, value_name = "R1,R2,...", value_delimiter = ',', required = true)]
+    pub lowrank: Vec<usize>,
+    /// What the variants factor: `attention` (Q, K, V, O: LPA), `ffn`, `all`
+    /// (every 2-D weight but embeddings), comma-separated.
+    #[arg(long, value_name = "T1,T2,...", value_delimiter = ',', default_value = "attention,ffn")]
+    pub targets: Vec<String>,
+    /// Choose the FFN variants' ranks so that each removes about as many
+    /// parameters as the attention variant of the same position in --lowrank
+    /// (the paper's fair ablation).
+    #[arg(long)]
+    pub match_params: bool,
+    /// Steps per variant (the same token budget for all). Default 300.
+    #[arg(long, conflicts_with = "time_budget")]
+    pub steps: Option<u64>,
+    /// Instead of --steps: the same wall-clock budget of training steps per
+    /// variant, in seconds (constant learning rate after warm-up).
+    #[arg(long, value_name = "SECONDS")]
+    pub time_budget: Option<f64>,
+    /// A UTF-8 text file to train on (default: the bundled corpus).
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Seed for every variant's initialisation, batches and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Peak learning rate for every variant (default: `lpac train`'s).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Sequences per step (the model's `batch`).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// The report folder (default runs/compare-<model>): report.md,
+    /// report.json, loss plots, and a run folder per variant.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Where to train: `cpu`, `cuda` or `interp`.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: crate::train::device::Device,
 }
 
 #[derive(Args)]

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         Command::Passes => commands::passes::run(),
         Command::Explain(args) => commands::explain::run(&args),
         Command::Train(args) => commands::train::run(&args),
+        Command::Compare(args) => commands::compare::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Kernels(args) => commands::kernels::run(&args),
         Command::Sample(args) => commands::sample::run(&args),

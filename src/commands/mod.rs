@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod compare;
 pub mod device_check;
 pub mod eval;
 pub mod explain;

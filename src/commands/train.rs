@@ -37,6 +37,42 @@ pub fn tokenizer(path: Option<&Path>) -> Result<Box<dyn Tokenizer>, CliError> {
 }
 
 pub fn run(args: &TrainArgs) -> CliResult {
+    let (ending, dir) = run_with(args, None)?;
+    match ending {
+        Ending::Finished { test } => {
+            if args.json {
+                let json =
+                    serde_json::json!({"test_loss": test.loss, "test_ppl": test.perplexity(), "blocks": test.blocks});
+                println!("{json}");
+            } else {
+                println!(
+                    "test perplexity {:.3} (loss {:.4}) over {} held-out blocks of {} tokens; run folder {}",
+                    test.perplexity(),
+                    test.loss,
+                    test.blocks,
+                    test.seq,
+                    dir.display()
+                );
+            }
+        }
+        Ending::Interrupted { step } => {
+            eprintln!("interrupted at step {step}: checkpoint saved; continue with --resume --out {}", dir.display());
+        }
+        Ending::Stopped { step } => {
+            eprintln!(
+                "stopped at step {step} (--stop-at): checkpoint saved; continue with --resume --out {}",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A training run as `lpac train` does it, reporting to `reporter` (or to
+/// the default: a progress bar, plain lines or JSON); how it ended and the
+/// run folder. `time_budget`: stop once the steps have taken that many
+/// seconds (`lpac compare --time-budget`).
+pub fn run_with(args: &TrainArgs, reporter: Option<&mut dyn Reporter>) -> Result<(Ending, PathBuf), CliError> {
     let (mut config, dir) = if args.resume { resumed_config(args)? } else { new_config(args)? };
     config.stop_at = args.stop_at;
     // Everything is checked before the run folder is touched, so a refused
@@ -67,12 +103,16 @@ pub fn run(args: &TrainArgs) -> CliResult {
     };
     ctrlc_handler();
     let start = state.step;
-    let mut reporter: Box<dyn Reporter> = if args.json {
+    let mut default: Box<dyn Reporter> = if args.json {
         Box::new(JsonLines)
     } else if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         Box::new(Bar::new(start, config.steps))
     } else {
         Box::new(PlainLines { started: std::time::Instant::now(), first_step: start })
+    };
+    let reporter: &mut dyn Reporter = match reporter {
+        Some(r) => r,
+        None => default.as_mut(),
     };
     reporter.message(&format!(
         "training `{}` ({} parameters) for {} steps on {} ({} + {} tokens), run folder {}",
@@ -84,39 +124,13 @@ pub fn run(args: &TrainArgs) -> CliResult {
         corpus.test.len(),
         dir.display()
     ));
-    let mut trainer = Trainer { config, dir: dir.clone(), corpus, reporter: reporter.as_mut() };
+    let mut trainer = Trainer { config, dir: dir.clone(), corpus, reporter };
     if start == 0 {
         // A checkpoint exists from the start: a run that fails at step 1 keeps one.
         trainer.save(&state)?;
     }
-    match trainer.run(&graph, exec, state, metrics)? {
-        Ending::Finished { test } => {
-            if args.json {
-                let json =
-                    serde_json::json!({"test_loss": test.loss, "test_ppl": test.perplexity(), "blocks": test.blocks});
-                println!("{json}");
-            } else {
-                println!(
-                    "test perplexity {:.3} (loss {:.4}) over {} held-out blocks of {} tokens; run folder {}",
-                    test.perplexity(),
-                    test.loss,
-                    test.blocks,
-                    test.seq,
-                    dir.display()
-                );
-            }
-        }
-        Ending::Interrupted { step } => {
-            eprintln!("interrupted at step {step}: checkpoint saved; continue with --resume --out {}", dir.display());
-        }
-        Ending::Stopped { step } => {
-            eprintln!(
-                "stopped at step {step} (--stop-at): checkpoint saved; continue with --resume --out {}",
-                dir.display()
-            );
-        }
-    }
-    Ok(())
+    let ending = trainer.run(&graph, exec, state, metrics)?;
+    Ok((ending, dir))
 }
 
 fn new_config(args: &TrainArgs) -> Result<(RunConfig, PathBuf), CliError> {
@@ -171,6 +185,7 @@ fn new_config(args: &TrainArgs) -> Result<(RunConfig, PathBuf), CliError> {
         checkpoint_every: args.checkpoint_every.max(1),
         device: args.device,
         precision: args.precision,
+        time_budget: args.time_budget,
         stop_at: None,
     };
     Ok((config, dir))
@@ -258,6 +273,7 @@ pub fn config_from_json(v: &serde_json::Value) -> Result<RunConfig, String> {
             Some("bf16") => crate::train::device::Precision::Bf16,
             Some(other) => return Err(format!("unknown `precision` {other:?}")),
         },
+        time_budget: v["time_budget"].as_f64(),
         stop_at: None,
     })
 }

@@ -45,6 +45,9 @@ pub struct RunConfig {
     pub checkpoint_every: u64,
     pub device: Device,
     pub precision: super::device::Precision,
+    /// Stop once the steps have taken this many seconds (evaluations and
+    /// checkpoints not counted), then evaluate as at the end.
+    pub time_budget: Option<f64>,
     /// Stop (with a checkpoint) on reaching this step, as if interrupted.
     pub stop_at: Option<u64>,
 }
@@ -72,6 +75,7 @@ impl RunConfig {
             "eval_blocks": self.eval_blocks,
             "checkpoint_every": self.checkpoint_every,
             "precision": self.precision.name(),
+            "time_budget": self.time_budget,
         })
     }
 }
@@ -134,7 +138,11 @@ impl Trainer<'_> {
             r.load(&state.params, &state.optimizer).map_err(CliError::Message)?;
         }
         let mut stale = false;
+        let mut trained_s = 0.0;
         while state.step < self.config.steps {
+            if self.config.time_budget.is_some_and(|budget| trained_s >= budget) {
+                break;
+            }
             if INTERRUPTED.load(Ordering::SeqCst) {
                 sync(exec.as_mut(), &mut state, &mut stale)?;
                 self.save(&state)?;
@@ -180,6 +188,7 @@ impl Trainer<'_> {
                 }
             };
             state.step = step;
+            trained_s += seconds;
             let checkpoint_due = step.is_multiple_of(self.config.checkpoint_every);
             let eval_due = self.config.eval_every > 0 && step.is_multiple_of(self.config.eval_every);
             if checkpoint_due || eval_due {
