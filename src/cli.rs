@@ -328,8 +328,8 @@ pub struct CompareArgs {
     /// variant per rank and target.
     #[arg(long, value_name = "R1,R2,...", value_delimiter = ',', required = true)]
     pub lowrank: Vec<usize>,
-    /// What the variants factor: `attention` (Q, K, V, O: LPA), `ffn`, `all`
-    /// (every 2-D weight but embeddings), comma-separated.
+    /// What the variants factor: `attention` (Q, K, V, O: LPA), `ffn` (the
+    /// feed-forward matrices), `all` (both), comma-separated.
     #[arg(long, value_name = "T1,T2,...", value_delimiter = ',', default_value = "attention,ffn")]
     pub targets: Vec<String>,
     /// Choose the FFN variants' ranks so that each removes about as many

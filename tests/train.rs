@@ -453,3 +453,16 @@ fn mixed_precision_trains_on_the_interpreter_and_is_refused_on_the_cpu_backend()
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["precision"], "bf16");
 }
+
+#[test]
+fn a_time_budget_stops_training_then_evaluates() {
+    let dir = temp("budget");
+    let o = train(&dir, "run", &["--steps", "100000", "--time-budget", "1", "--eval-every", "0"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let steps = losses(&dir.join("run")).len();
+    assert!((1..100_000).contains(&steps), "{steps} steps in a second");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("test_ppl"), "{}", text(&o));
+    let o = train(&dir, "zero", &["--steps", "5", "--time-budget", "0"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--time-budget 0 must be a positive number"), "{}", text(&o));
+}

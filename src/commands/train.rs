@@ -169,6 +169,11 @@ fn new_config(args: &TrainArgs) -> Result<(RunConfig, PathBuf), CliError> {
     if !(args.lr.is_finite() && args.lr > 0.0) {
         return Err(CliError::Message(format!("--lr {} must be a positive number", args.lr)));
     }
+    if let Some(b) = args.time_budget
+        && !(b.is_finite() && b > 0.0)
+    {
+        return Err(CliError::Message(format!("--time-budget {b} must be a positive number of seconds")));
+    }
     let config = RunConfig {
         spec,
         data: args.data.clone().unwrap_or_else(default_data),

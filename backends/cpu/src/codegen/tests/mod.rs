@@ -478,6 +478,7 @@ fn sum_group(values: &[V], dims: &[usize], op: ReduceOp, d: DType, order: Order)
     group
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn eval(
     k: &LoopKernel,
     bufs: &mut [Host],
