@@ -18,7 +18,9 @@
 use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program};
 
 use super::super::{Arch, Module, PtxError, PtxKernel};
-use super::{Ptx, ROWS, SHARED_LIMIT, TILE, Tile, batch_offset, element_address, exp, imm, load_params, load_tile};
+use super::{
+    Ptx, ROWS, SHARED_LIMIT, TILE, Tile, batch_offset, element_address, exp, imm, load_params, load_tile, zeroed,
+};
 
 pub(in crate::ptx) fn backward(
     program: &Program,
@@ -257,10 +259,7 @@ fn query_rows(
     p.line(format!("mad.lo.u64 {laddr}, {lrow}, 4, {};", bases[5]));
     p.line(format!("@{valid} ld.global.f32 {lse_i}, [{laddr}];"));
     let minus_lse = neg(&mut p, &lse_i);
-    let acc: Vec<String> = (0..d).map(|_| p.f()).collect();
-    for r in &acc {
-        p.line(format!("mov.f32 {r}, {};", imm(0.0)));
-    }
+    let acc = zeroed(&mut p, d);
     // Keys this block needs: all, or (causal) up to its last row.
     let kend = p.r64();
     if a.causal {
@@ -358,10 +357,7 @@ fn key_rows(
     let goff = batch_offset(&mut p, &b, &a.batch, grad);
     let k_j = load_row(&mut p, (&bases[1], &offs[1]), &j, &a.k, d, &valid);
     let v_j = if dk { load_row(&mut p, (&bases[2], &offs[2]), &j, &a.v, dv, &valid) } else { Vec::new() };
-    let acc: Vec<String> = (0..if dk { d } else { dv }).map(|_| p.f()).collect();
-    for r in &acc {
-        p.line(format!("mov.f32 {r}, {};", imm(0.0)));
-    }
+    let acc = zeroed(&mut p, if dk { d } else { dv });
     let (qs, dos, ls, os, dds) = (p.r64(), p.r64(), p.r64(), p.r64(), p.r64());
     p.line(format!("mov.u64 {qs}, Qs;"));
     p.line(format!("mov.u64 {dos}, DOs;"));

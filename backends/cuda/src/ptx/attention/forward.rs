@@ -3,7 +3,7 @@
 use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
 
 use super::super::{Arch, Module, PtxError, PtxKernel};
-use super::{Ptx, ROWS, SHARED_LIMIT, TILE, Tile, batch_offset, element_address, imm, load_params, load_tile};
+use super::{Ptx, ROWS, SHARED_LIMIT, TILE, Tile, batch_offset, element_address, imm, load_params, load_tile, zeroed};
 
 pub(in crate::ptx) fn forward(
     program: &Program,
@@ -65,10 +65,7 @@ pub(in crate::ptx) fn forward(
     let (m, l) = (p.f(), p.f());
     p.line(format!("mov.f32 {m}, {};", imm(f64::NEG_INFINITY)));
     p.line(format!("mov.f32 {l}, {};", imm(0.0)));
-    let acc: Vec<String> = (0..dv).map(|_| p.f()).collect();
-    for r in &acc {
-        p.line(format!("mov.f32 {r}, {};", imm(0.0)));
-    }
+    let acc = zeroed(&mut p, dv);
     // Keys this block needs: all, or (causal) up to its last row.
     let kend = p.r64();
     if a.causal {

@@ -113,6 +113,17 @@ pub(super) fn exp(p: &mut Ptx, x: &str) -> String {
     r
 }
 
+/// `n` f32 registers set to zero: a row's accumulators.
+pub(super) fn zeroed(p: &mut Ptx, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            let r = p.f();
+            p.line(format!("mov.f32 {r}, {};", imm(0.0)));
+            r
+        })
+        .collect()
+}
+
 /// Loads the parameters `names` (global addresses).
 pub(super) fn load_params(p: &mut Ptx, names: &[&str]) -> Vec<String> {
     names
