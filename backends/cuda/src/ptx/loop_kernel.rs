@@ -200,18 +200,11 @@ fn finish(
     ];
     let ptx = Module { comment, arch, entry: &entry, params: &params, shared: &em.shared, regs: &regs, body: &em.code }
         .text();
+    let args = em.args.iter().map(|b| b.0).collect();
     PtxKernel {
-        entry,
-        kernel,
-        body,
-        ptx,
-        grid,
-        block: BLOCK,
-        shared_bytes: 0,
-        args: em.args.iter().map(|b| b.0).collect(),
         stream_keys: em.keys.clone(),
         scratch_bytes: em.scratch_bytes,
-        error_flag: false,
+        ..PtxKernel::new(entry, (kernel, body), ptx, (grid, BLOCK), args)
     }
 }
 

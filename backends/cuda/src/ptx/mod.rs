@@ -107,6 +107,31 @@ pub struct PtxKernel {
 }
 
 impl PtxKernel {
+    /// A function taking only buffer addresses (no stream keys, scratch
+    /// area or error cell: set those fields after where needed), with no
+    /// dynamic shared memory.
+    pub(crate) fn new(
+        entry: String,
+        (kernel, body): (usize, usize),
+        ptx: String,
+        (grid, block): (u32, u32),
+        args: Vec<u32>,
+    ) -> PtxKernel {
+        PtxKernel {
+            entry,
+            kernel,
+            body,
+            ptx,
+            grid,
+            block,
+            shared_bytes: 0,
+            args,
+            stream_keys: vec![],
+            scratch_bytes: 0,
+            error_flag: false,
+        }
+    }
+
     /// How many `.u64` parameters the function takes.
     pub fn param_count(&self) -> usize {
         self.args.len() + self.stream_keys.len() + usize::from(self.scratch_bytes > 0) + usize::from(self.error_flag)

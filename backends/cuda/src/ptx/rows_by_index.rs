@@ -62,19 +62,9 @@ fn function(
     let ptx =
         Module { comment: &[comment], arch, entry: &entry, params: &params, shared: &[], regs: &regs, body: &code }
             .text();
-    PtxKernel {
-        entry,
-        kernel,
-        body: 0,
-        ptx,
-        grid: threads.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32,
-        block: BLOCK,
-        shared_bytes: 0,
-        args: buffers.iter().map(|b| b.0).collect(),
-        stream_keys: vec![],
-        scratch_bytes: 0,
-        error_flag: true,
-    }
+    let grid = threads.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+    let args = buffers.iter().map(|b| b.0).collect();
+    PtxKernel { error_flag: true, ..PtxKernel::new(entry, (kernel, 0), ptx, (grid, BLOCK), args) }
 }
 
 pub(super) fn gather(

@@ -207,19 +207,7 @@ fn finish(
             .text();
     let args =
         vec![a.q.buffer.0, a.k.buffer.0, a.v.buffer.0, ops.out.buffer.0, ops.dout.buffer.0, ops.lse.0, grad.buffer.0];
-    PtxKernel {
-        entry,
-        kernel,
-        body,
-        ptx,
-        grid,
-        block: ROWS,
-        shared_bytes: 0,
-        args,
-        stream_keys: vec![],
-        scratch_bytes: 0,
-        error_flag: false,
-    }
+    PtxKernel::new(entry, (kernel, body), ptx, (grid, ROWS), args)
 }
 
 /// dq: a thread per query row, key and value tiles in shared memory.

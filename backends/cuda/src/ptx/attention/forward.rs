@@ -204,17 +204,5 @@ pub(in crate::ptx) fn forward(
     .text();
     let mut args = vec![a.q.buffer.0, a.k.buffer.0, a.v.buffer.0, out.buffer.0];
     args.extend(a.lse.map(|l| l.0));
-    Ok(PtxKernel {
-        entry,
-        kernel,
-        body: 0,
-        ptx,
-        grid,
-        block: ROWS,
-        shared_bytes: 0,
-        args,
-        stream_keys: vec![],
-        scratch_bytes: 0,
-        error_flag: false,
-    })
+    Ok(PtxKernel::new(entry, (kernel, 0), ptx, (grid, ROWS), args))
 }
