@@ -136,6 +136,23 @@ fn cases() -> Vec<Case> {
         tolerance: 1e-4,
         reference: Device::Cpu,
     });
+    // A softmax over rows as long as a vocabulary: a block per row.
+    let mut g = new();
+    let shape = [4, 16, 5000];
+    let x = g.input("x", &shape);
+    let m = g.reduce(ReduceOp::Max, &[2], x);
+    let mb = g.bcast(m, &[0, 1], &shape);
+    let d = g.bin(BinaryOp::Sub, x, mb);
+    let e = g.un(UnaryOp::Exp, d);
+    let s = g.reduce(ReduceOp::Sum, &[2], e);
+    let sb = g.bcast(s, &[0, 1], &shape);
+    let p = g.bin(BinaryOp::Div, e, sb);
+    cases.push(Case {
+        name: "softmax over long rows (a block per row)",
+        graph: g.out("p", p).0,
+        tolerance: 1e-4,
+        reference: Device::Cpu,
+    });
     // An optimiser-like update of tensors of different sizes: one multi kernel.
     let mut g = new();
     for (i, n) in [3usize, 300, 20_000, 70_000, 5].into_iter().enumerate() {
@@ -207,9 +224,13 @@ fn cases() -> Vec<Case> {
     let idx = g.add(Op::Input { name: "idx".into() }, vec![], Some(TensorType::new(DType::I32, vec![7, 9])));
     let rows = g.add(Op::Gather, vec![table, idx], None);
     let back = g.add(Op::ScatterAdd, vec![idx, rows], Some(f32t(&[50, 33])));
+    // Many indices (several chunks of a block) into rows wider than a block.
+    let many = g.add(Op::Input { name: "many".into() }, vec![], Some(TensorType::new(DType::I32, vec![4, 300])));
+    let src = g.input("src", &[4, 300, 700]);
+    let sums = g.add(Op::ScatterAdd, vec![many, src], Some(f32t(&[50, 700])));
     cases.push(Case {
         name: "gather and scatter-add",
-        graph: g.out("rows", rows).out("back", back).0,
+        graph: g.out("rows", rows).out("back", back).out("sums", sums).0,
         tolerance: 1e-6,
         reference: Device::Cpu,
     });

@@ -231,10 +231,9 @@ fn reductions_with_few_and_many_outputs() {
     check("reductions", &g.0, 1e-6);
 }
 
-#[test]
-fn softmax_and_an_elementwise_chain() {
+/// A softmax over the last axis of `shape`, multiplied by `tanh(x)`.
+fn softmax_graph(shape: [usize; 3]) -> Graph {
     let mut g = G(Graph::new("softmax"));
-    let shape = [3, 10, 70];
     let x = g.input("x", &shape);
     let m = g.reduce(ReduceOp::Max, &[2], x);
     let mb = g.add(Op::Broadcast { dims: vec![0, 1] }, vec![m], Some(f32t(&shape)));
@@ -247,7 +246,29 @@ fn softmax_and_an_elementwise_chain() {
     let y = g.add(Op::Binary(BinaryOp::Mul), vec![p, t], None);
     g.0.add_output("p", p);
     g.0.add_output("y", y);
-    check("softmax", &g.0, 1e-5);
+    g.0
+}
+
+#[test]
+fn softmax_and_an_elementwise_chain() {
+    check("softmax", &softmax_graph([3, 10, 70]), 1e-5);
+}
+
+#[test]
+fn rows_kernels_with_long_rows_take_a_block_per_row() {
+    // Rows of 5,000 (a vocabulary's logits): a block per row, its
+    // reductions combined across warps; and 12 rows of 2,100 (too few rows
+    // for a warp each).
+    for shape in [[1, 2, 5000], [2, 6, 2100]] {
+        let graph = softmax_graph(shape);
+        let program = lpac_passes::fuse::fuse(&graph).unwrap();
+        let emitted = emit_program(&program, Arch::Sm90, Some(&graph)).unwrap();
+        assert!(
+            emitted.kernels.iter().any(|k| k.ptx.contains("a block per row")),
+            "{shape:?}: no rows kernel with a block per row"
+        );
+        check(&format!("softmax {shape:?}"), &graph, 1e-5);
+    }
 }
 
 #[test]
@@ -275,6 +296,31 @@ fn updates_of_many_tensors_gather_scatter_and_random_numbers() {
     g.0.add_output("back", back);
     g.0.add_output("u", u);
     check("gather, scatter-add, random", &g.0, 1e-6);
+    // A scatter-add over several chunks of indices (600: 256, 256 and 88)
+    // into rows longer than a block (300 columns), most rows hit several
+    // times.
+    let mut g = G(Graph::new("scatter"));
+    let idx = g.add(Op::Input { name: "idx".into() }, vec![], Some(TensorType::new(DType::I32, vec![3, 200])));
+    let src = g.input("src", &[3, 200, 300]);
+    let back = g.add(Op::ScatterAdd, vec![idx, src], Some(f32t(&[50, 300])));
+    g.0.add_output("back", back);
+    check("scatter-add, long", &g.0, 1e-6);
+}
+
+#[test]
+fn attention_with_a_head_dimension_not_a_multiple_of_four() {
+    // Rows of 6 floats are read from shared memory one at a time (no
+    // 16-byte loads), with one partial sum per dot product.
+    let mut g = G(Graph::new("attention6"));
+    let shape = [2, 1, 70, 6];
+    let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
+    let out = g.add(Op::Attention { scale: 0.4, causal: true }, vec![q, k, v], None);
+    g.0.add_output("out", out);
+    for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        let grad = g.add(Op::AttentionGrad { scale: 0.4, causal: true, wrt }, vec![q, k, v, out, dy], None);
+        g.0.add_output(*name, grad);
+    }
+    check("attention, head dimension 6", &g.0, 1e-5);
 }
 
 #[test]

@@ -144,8 +144,27 @@ fn emit_fused_parts(
     Ok(())
 }
 
-/// A rows kernel's stages (all loop kernels) as one function, a warp per
-/// row (see [`Em::rows`]).
+/// A row reduction at least this long takes a whole block (a cross-entropy
+/// over a 32,000-word vocabulary: 1,000 loads a lane for a warp, 125 for a
+/// block)…
+const BLOCK_ROW_MIN: u64 = 4096;
+
+/// Whether a rows kernel runs a block per row rather than a warp: when its
+/// longest reduction is at least [`BLOCK_ROW_MIN`], or when there are too
+/// few rows to fill the GPU a warp each and the reductions are long enough
+/// to share among a block ([`BLOCK_REDUCE_OUTPUTS`], [`BLOCK_REDUCE_MIN`]).
+fn rows_take_blocks(nrows: u64, stages: &[LoopKernel]) -> bool {
+    let longest = stages
+        .iter()
+        .filter(|st| st.reduction.is_some())
+        .map(|st| st.reduce.iter().map(|&d| d as u64).product::<u64>())
+        .max()
+        .unwrap_or(0);
+    longest >= BLOCK_ROW_MIN || (nrows < BLOCK_REDUCE_OUTPUTS && longest >= BLOCK_REDUCE_MIN)
+}
+
+/// A rows kernel's stages (all loop kernels) as one function, a warp or a
+/// block per row (see [`Em::rows`]).
 pub(super) fn emit_rows(
     program: &Program,
     rows: &[usize],
@@ -158,11 +177,15 @@ pub(super) fn emit_rows(
     let entry = format!("k{kernel}_rows_{}", sanitize(name));
     let first = stages.first().ok_or_else(|| PtxError { kernel: entry.clone(), message: "no stages".into() })?;
     let mut em = Em::new(program, first, &entry)?;
-    em.rows(rows, stages)?;
     let nrows: u64 = rows.iter().map(|&d| d as u64).product();
-    let grid = nrows.saturating_mul(32).div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
-    let mut comment =
-        vec![format!("kernel k{kernel}: {} stages over rows {rows:?}, a warp per row ({name})", stages.len())];
+    let block_per_row = rows_take_blocks(nrows, stages);
+    em.rows(rows, stages, block_per_row)?;
+    let (grid, per) = if block_per_row {
+        (nrows.clamp(1, 65_535) as u32, "a block per row")
+    } else {
+        (nrows.saturating_mul(32).div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32, "a warp per row")
+    };
+    let mut comment = vec![format!("kernel k{kernel}: {} stages over rows {rows:?}, {per} ({name})", stages.len())];
     for (j, st) in stages.iter().enumerate() {
         comment.push(format!(
             "  stage {j}: {:?} domain {:?} reduce {:?}; graph nodes: {}",
@@ -694,13 +717,24 @@ impl<'a> Em<'a> {
     /// stage (one value per row) with the warp's lanes and shuffles, an
     /// elementwise stage with the lanes taking the row's elements in turn —
     /// with `bar.warp.sync` between stages so each sees what the last wrote.
-    fn rows(&mut self, rows: &[usize], stages: &'a [LoopKernel]) -> R<()> {
+    ///
+    /// With `block_per_row` ([`rows_take_blocks`]) the same with a block: a
+    /// row's reductions over all its threads, combined across warps in
+    /// shared memory as a one-slice [`BlockReduce`] (thread 0 stores), its
+    /// elementwise stages a thread per element in turn, and `bar.sync`
+    /// between stages — which also keeps a stage's use of the warps'
+    /// shared slots apart from the next stage's.
+    fn rows(&mut self, rows: &[usize], stages: &'a [LoopKernel], block_per_row: bool) -> R<()> {
         for st in &stages[1..] {
             self.select_kernel(st)?;
         }
         let nrows: u64 = rows.iter().map(|&d| d as u64).product();
-        let (row, stride) = self.prologue(true);
+        let (row, stride) = if block_per_row { self.block_rows_prologue() } else { self.prologue(true) };
         let (lane, _) = self.lane.ok_or_else(|| self.err("rows without lanes"))?;
+        let (first, step, sync) = match self.block {
+            Some(b) => (b.tid, BLOCK, "bar.sync 0;"),
+            None => (lane, 32, "bar.warp.sync -1;"),
+        };
         let (done, more, x, flat) = (self.reg(0), self.reg(0), self.reg(3), self.reg(3));
         self.label("$L_row");
         self.line(format!("setp.ge.u64 {done}, {row}, {nrows};"));
@@ -714,26 +748,65 @@ impl<'a> Em<'a> {
                 }
                 self.element(row)?;
             } else {
-                // Lanes take elements lane, lane + 32, … of the row.
+                // Lanes take elements lane, lane + 32, … of the row (threads:
+                // tid, tid + BLOCK, …).
                 let n = self.next_label();
-                self.line(format!("mov.u64 {x}, {lane};"));
+                self.line(format!("mov.u64 {x}, {first};"));
                 self.line(format!("setp.ge.u64 {more}, {x}, {per_row};"));
                 self.line(format!("@{more} bra $L_stage_end{n};"));
                 self.label(&format!("$L_stage{n}"));
                 self.line(format!("mad.lo.u64 {flat}, {row}, {per_row}, {x};"));
                 self.element(flat)?;
-                self.line(format!("add.u64 {x}, {x}, 32;"));
+                self.line(format!("add.u64 {x}, {x}, {step};"));
                 self.line(format!("setp.lt.u64 {more}, {x}, {per_row};"));
                 self.line(format!("@{more} bra $L_stage{n};"));
                 self.label(&format!("$L_stage_end{n}"));
             }
-            self.line("bar.warp.sync -1;");
+            self.line(sync);
         }
         self.line(format!("add.u64 {row}, {row}, {stride};"));
         self.line("bra.uni $L_row;");
         self.label("$L_done");
         self.line("ret;");
         Ok(())
+    }
+
+    /// The prologue of a block-per-row rows kernel: block `b` takes rows
+    /// `b`, `b + grid`, …; every reduction is a one-slice [`BlockReduce`]
+    /// over the block's threads. The row and the grid's stride in blocks.
+    fn block_rows_prologue(&mut self) -> (Reg, Reg) {
+        self.load_params();
+        let (ctaid, nctaid, tid32, lane32) = (self.reg(2), self.reg(2), self.reg(2), self.reg(2));
+        let (row, stride, tid, lane, zero, unused) =
+            (self.reg(3), self.reg(3), self.reg(3), self.reg(3), self.reg(3), self.reg(3));
+        let (lane0, stores) = (self.reg(0), self.reg(0));
+        self.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
+        self.line(format!("mov.u32 {nctaid}, %nctaid.x;"));
+        self.line(format!("mov.u32 {tid32}, %tid.x;"));
+        self.line(format!("cvt.u64.u32 {row}, {ctaid};"));
+        self.line(format!("cvt.u64.u32 {stride}, {nctaid};"));
+        self.line(format!("cvt.u64.u32 {tid}, {tid32};"));
+        self.line(format!("and.b32 {lane32}, {tid32}, 31;"));
+        self.line(format!("cvt.u64.u32 {lane}, {lane32};"));
+        self.line(format!("setp.eq.u32 {lane0}, {lane32}, 0;"));
+        self.line(format!("mov.u64 {zero}, 0;"));
+        self.lane = Some((lane, lane0));
+        // One slice as long as any reduction (`min` with each stage's count
+        // bounds it): no scratch area, no counters.
+        let (outputs, len) = (1, u64::MAX >> 8);
+        self.block = Some(BlockReduce {
+            slices: 1,
+            len,
+            outputs,
+            output: row,
+            slice: zero,
+            tid,
+            tid32,
+            scratch: unused,
+            stores,
+        });
+        self.shared.push(format!(".shared .align 4 .b8 lpac_warps[{}]", 4 * (BLOCK / 32)));
+        (row, stride)
     }
 
     /// Several elementwise kernels in one grid-stride loop over their

@@ -4,11 +4,21 @@
 //!   element (grid-stride). An index outside `0..n` writes 0 and sets the
 //!   error cell (`err`, a `u32` the runtime clears before and checks after
 //!   the step), so a bad token id is reported, never read out of bounds.
-//! - **scatter-add** `out = 0; out[idx[j], c] += src[j, c]`: one thread per
-//!   column `c`, which zeroes its column and then adds the rows in index
-//!   order — the same additions in the same order as the CPU backend and
-//!   the interpreter (no atomics, so the result does not depend on
-//!   scheduling). Bad indices are skipped and reported as for gather.
+//! - **scatter-add** `out = 0; out[idx[j], c] += src[j, c]`: a block per
+//!   output row `r` (grid-stride over rows). The block zeroes its row, then
+//!   reads the indices [`BLOCK`] at a time; each warp's matches (`idx[j] ==
+//!   r`) become a ballot mask in shared memory, and the block walks the
+//!   masks in order, every thread adding `src[j, c]` into the columns it
+//!   owns. So each output element gets the same additions in the same order
+//!   (increasing `j`) as on the CPU backend and in the interpreter, with no
+//!   atomics: the result does not depend on scheduling. An embedding's
+//!   gradient (32,001 rows from 4,096 tokens) is then 32,001 blocks that
+//!   each scan 16 KB of indices from cache, instead of one thread per
+//!   column adding 4,096 rows one after another. The masks alternate
+//!   between two shared arrays, so one barrier per chunk suffices: a thread
+//!   cannot write a chunk's masks before every thread has passed the
+//!   previous chunk's barrier, after it read the masks before those. Bad
+//!   indices are skipped and reported as for gather.
 
 use lpac_ir::kernel::{BufferId, Program};
 use lpac_ir::types::DType;
@@ -43,7 +53,7 @@ fn function(
     comment: String,
     buffers: [BufferId; 3],
     body: &str,
-    threads: u64,
+    (shared, grid): (&[String], u32),
 ) -> PtxKernel {
     let mut code = String::new();
     for (r, b) in buffers.iter().enumerate() {
@@ -58,11 +68,9 @@ fn function(
     code.push_str(body);
     let mut params: Vec<String> = buffers.iter().map(|b| format!("b{}", b.0)).collect();
     params.push("err".into());
-    let regs = [(".pred", "%p", 4), (".b32", "%r", 8), (".b64", "%rd", 24), (".f32", "%f", 4)];
+    let regs = [(".pred", "%p", 4), (".b32", "%r", 16), (".b64", "%rd", 24), (".f32", "%f", 4)];
     let ptx =
-        Module { comment: &[comment], arch, entry: &entry, params: &params, shared: &[], regs: &regs, body: &code }
-            .text();
-    let grid = threads.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+        Module { comment: &[comment], arch, entry: &entry, params: &params, shared, regs: &regs, body: &code }.text();
     let args = buffers.iter().map(|b| b.0).collect();
     PtxKernel { error_flag: true, ..PtxKernel::new(entry, (kernel, 0), ptx, (grid, BLOCK), args) }
 }
@@ -90,7 +98,8 @@ pub(super) fn gather(
          $L_done:\n\tret;\n"
     );
     let comment = format!("kernel k{kernel}: gather of rows of {row} from a table of {n} rows, {total} elements");
-    Ok(function(entry, kernel, arch, comment, [table, indices, out], &body, total))
+    let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+    Ok(function(entry, kernel, arch, comment, [table, indices, out], &body, (&[], grid)))
 }
 
 pub(super) fn scatter_add(
@@ -102,26 +111,67 @@ pub(super) fn scatter_add(
     let entry = format!("k{kernel}_0_scatter_add");
     let (n, row) = shapes(program, &entry, out, indices)?;
     let count = program.buffer(indices).ty.numel() as u64;
-    let body = format!(
-        "$L_column:\n\tsetp.ge.u64 %p0, %rd4, {row};\n\t@%p0 bra $L_done;\n\
-         \tmov.u64 %rd7, 0;\n\
-         $L_zero:\n\tsetp.ge.u64 %p0, %rd7, {n};\n\t@%p0 bra $L_add_start;\n\
-         \tmad.lo.u64 %rd8, %rd7, {row}, %rd4;\n\tmad.lo.u64 %rd9, %rd8, 4, %rd2;\n\
-         \tst.global.f32 [%rd9], 0f00000000;\n\tadd.u64 %rd7, %rd7, 1;\n\tbra.uni $L_zero;\n\
-         $L_add_start:\n\tmov.u64 %rd7, 0;\n\
-         $L_add:\n\tsetp.ge.u64 %p0, %rd7, {count};\n\t@%p0 bra $L_next;\n\
-         \tmad.lo.u64 %rd10, %rd7, 4, %rd0;\n\tld.global.s32 %r4, [%rd10];\n\
-         \tsetp.lt.s32 %p1, %r4, 0;\n\tsetp.ge.or.s32 %p1, %r4, {n}, %p1;\n\
-         \t@%p1 st.global.u32 [%rd3], 1;\n\t@%p1 bra $L_skip;\n\
-         \tmad.lo.u64 %rd11, %rd7, {row}, %rd4;\n\tmad.lo.u64 %rd12, %rd11, 4, %rd1;\n\tld.global.f32 %f0, [%rd12];\n\
-         \tcvt.s64.s32 %rd13, %r4;\n\tmad.lo.s64 %rd14, %rd13, {row}, %rd4;\n\tmad.lo.s64 %rd15, %rd14, 4, %rd2;\n\
-         \tld.global.f32 %f1, [%rd15];\n\tadd.rn.f32 %f1, %f1, %f0;\n\tst.global.f32 [%rd15], %f1;\n\
-         $L_skip:\n\tadd.u64 %rd7, %rd7, 1;\n\tbra.uni $L_add;\n\
-         $L_next:\n\tadd.u64 %rd4, %rd4, %rd6;\n\tbra.uni $L_column;\n\
+    let warps = BLOCK / 32;
+    let mut body = format!(
+        "\tcvt.u64.u32 %rd7, %r0;\n\tcvt.u64.u32 %rd8, %r3;\n\tcvt.u64.u32 %rd9, %r2;\n\
+         \tand.b32 %r4, %r2, 31;\n\tsetp.eq.u32 %p3, %r4, 0;\n\tshr.u32 %r5, %r2, 5;\n\
+         \tmul.wide.u32 %rd20, %r5, 4;\n\tmov.u64 %rd21, Masks;\n\tadd.u64 %rd20, %rd20, %rd21;\n\
+         \tmov.u32 %r14, 0;\n\
+         $L_row:\n\tsetp.ge.u64 %p0, %rd7, {n};\n\t@%p0 bra $L_done;\n\
+         \tmad.lo.u64 %rd10, %rd7, {row_bytes}, %rd2;\n\tcvt.u32.u64 %r7, %rd7;\n\tmov.u64 %rd11, %rd9;\n\
+         $L_zero:\n\tsetp.ge.u64 %p0, %rd11, {row};\n\t@%p0 bra $L_zeroed;\n\
+         \tmad.lo.u64 %rd12, %rd11, 4, %rd10;\n\tst.global.f32 [%rd12], 0f00000000;\n\
+         \tadd.u64 %rd11, %rd11, {BLOCK};\n\tbra.uni $L_zero;\n\
+         $L_zeroed:\n\tmov.u64 %rd13, 0;\n\
+         $L_chunk:\n\tsetp.ge.u64 %p0, %rd13, {count};\n\t@%p0 bra $L_next_row;\n\
+         \tadd.u64 %rd14, %rd13, %rd9;\n\tsetp.lt.u64 %p1, %rd14, {count};\n\tmov.u32 %r6, -1;\n\
+         \tmad.lo.u64 %rd15, %rd14, 4, %rd0;\n\t@%p1 ld.global.s32 %r6, [%rd15];\n\
+         \tsetp.lt.s32 %p2, %r6, 0;\n\tsetp.ge.or.s32 %p2, %r6, {n}, %p2;\n\tand.pred %p2, %p2, %p1;\n\
+         \t@%p2 st.global.u32 [%rd3], 1;\n\
+         \tsetp.eq.s32 %p2, %r6, %r7;\n\tvote.sync.ballot.b32 %r8, %p2, -1;\n\
+         \tmul.wide.u32 %rd22, %r14, {mask_bytes};\n\tadd.u64 %rd22, %rd22, %rd20;\n\
+         \t@%p3 st.shared.u32 [%rd22], %r8;\n\tbar.sync 0;\n\
+         \tmul.wide.u32 %rd23, %r14, {mask_bytes};\n\tadd.u64 %rd23, %rd23, %rd21;\n\
+         \txor.b32 %r14, %r14, 1;\n\tmov.u32 %r9, 0;\n",
+        row_bytes = row * 4,
+        mask_bytes = warps * 4,
+    );
+    // Any match in the chunk? (the same answer in every thread: the branch
+    // is uniform)
+    for w in 0..warps {
+        body.push_str(&format!("\tld.shared.u32 %r10, [%rd23+{}];\n\tor.b32 %r9, %r9, %r10;\n", w * 4));
+    }
+    body.push_str("\tsetp.eq.u32 %p0, %r9, 0;\n\t@%p0 bra $L_chunk_next;\n");
+    // Each warp's matches in order: the lowest set bit first.
+    for w in 0..warps {
+        body.push_str(&format!(
+            "\tld.shared.u32 %r11, [%rd23+{at}];\n\
+             $L_bits{w}:\n\tsetp.eq.u32 %p0, %r11, 0;\n\t@%p0 bra $L_bits_done{w};\n\
+             \tneg.s32 %r12, %r11;\n\tand.b32 %r12, %r12, %r11;\n\txor.b32 %r11, %r11, %r12;\n\
+             \tsub.u32 %r13, %r12, 1;\n\tpopc.b32 %r13, %r13;\n\
+             \tcvt.u64.u32 %rd16, %r13;\n\tadd.u64 %rd16, %rd16, %rd13;\n\tadd.u64 %rd16, %rd16, {first};\n\
+             \tmad.lo.u64 %rd17, %rd16, {row_bytes}, %rd1;\n\tmov.u64 %rd11, %rd9;\n\
+             $L_add{w}:\n\tsetp.ge.u64 %p0, %rd11, {row};\n\t@%p0 bra $L_bits{w};\n\
+             \tmad.lo.u64 %rd12, %rd11, 4, %rd17;\n\tld.global.f32 %f0, [%rd12];\n\
+             \tmad.lo.u64 %rd18, %rd11, 4, %rd10;\n\tld.global.f32 %f1, [%rd18];\n\
+             \tadd.rn.f32 %f1, %f1, %f0;\n\tst.global.f32 [%rd18], %f1;\n\
+             \tadd.u64 %rd11, %rd11, {BLOCK};\n\tbra.uni $L_add{w};\n\
+             $L_bits_done{w}:\n",
+            at = w * 4,
+            first = w * 32,
+            row_bytes = row * 4,
+        ));
+    }
+    body.push_str(&format!(
+        "$L_chunk_next:\n\tadd.u64 %rd13, %rd13, {BLOCK};\n\tbra.uni $L_chunk;\n\
+         $L_next_row:\n\tadd.u64 %rd7, %rd7, %rd8;\n\tbra.uni $L_row;\n\
          $L_done:\n\tret;\n"
-    );
+    ));
     let comment = format!(
-        "kernel k{kernel}: scatter-add of {count} rows of {row} into {n} rows; one thread per column, rows in index order"
+        "kernel k{kernel}: scatter-add of {count} rows of {row} into {n} rows; a block per output row, the indices \
+         scanned {BLOCK} at a time (a ballot per warp), matches added in index order"
     );
-    Ok(function(entry, kernel, arch, comment, [indices, src, out], &body, row as u64))
+    let shared = [format!(".shared .align 4 .b32 Masks[{}]", 2 * warps)];
+    let grid = (n as u64).clamp(1, 65_535) as u32;
+    Ok(function(entry, kernel, arch, comment, [indices, src, out], &body, (&shared, grid)))
 }

@@ -246,6 +246,7 @@ enum Wait {
     Bar,
     Warp,
     Shfl,
+    Vote,
     Done,
 }
 
@@ -287,6 +288,9 @@ pub fn launch(f: &Function, grid: u32, block: u32, args: &[u64], mem: &mut Memor
                 if all(Wait::Shfl) {
                     shuffle(f, &mut threads, &live)?;
                     progressed = true;
+                } else if all(Wait::Vote) {
+                    ballot(f, &mut threads, &live)?;
+                    progressed = true;
                 } else if all(Wait::Warp) {
                     for &l in &live {
                         threads[l].pc += 1;
@@ -327,6 +331,23 @@ fn shuffle(f: &Function, threads: &mut [Thread], live: &[usize]) -> Result<(), S
     Ok(())
 }
 
+/// `vote.sync.ballot.b32 d, p, -1`: every lane gets the mask of the lanes
+/// whose predicate is true.
+fn ballot(f: &Function, threads: &mut [Thread], live: &[usize]) -> Result<(), String> {
+    let inst = &f.insts[threads[live[0]].pc];
+    let (Arg::Reg(d), Arg::Reg(p)) = (&inst.args[0], &inst.args[1]) else { return Err(format!("`{}`", inst.text)) };
+    if inst.op.get(2).map(String::as_str) != Some("ballot") {
+        return Err(format!("`{}`: only ballot votes are emulated", inst.text));
+    }
+    let mask = live.iter().filter(|&&l| threads[l].regs[*p] != 0).fold(0u64, |m, &l| m | 1 << (l % 32));
+    for &l in live {
+        threads[l].regs[*d] = mask;
+        threads[l].pc += 1;
+        threads[l].wait = Wait::No;
+    }
+    Ok(())
+}
+
 struct Ctx<'a> {
     f: &'a Function,
     params: &'a HashMap<&'a str, u64>,
@@ -357,6 +378,10 @@ fn run_thread(ctx: &Ctx, th: &mut Thread, tid: u32, mem: &mut Memory, shared: &m
             }
             "shfl" => {
                 th.wait = Wait::Shfl;
+                return Ok(());
+            }
+            "vote" => {
+                th.wait = Wait::Vote;
                 return Ok(());
             }
             "ret" => {
@@ -518,6 +543,7 @@ fn step(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, mem: &mut Memory, sha
             if t == Ty::Pred { u64::from(r & 1 != 0) } else { wrap(t, i128::from(r)) }
         }
         "shl" => wrap(t, int(t, v(1)?) << (v(2)? as u32)),
+        "popc" => u64::from((int(t, v(1)?) as u64).count_ones()),
         "shr" => wrap(t, int(t, v(1)?) >> (v(2)? as u32)),
         _ if t == Ty::F32 => float_op(
             op,
@@ -635,7 +661,7 @@ fn memory_op(
         _ => 4,
     };
     if op.iter().any(|o| o == "v4") {
-        return vector_op(ctx, inst, th, tid, mem, size);
+        return vector_op(ctx, inst, th, tid, if is_shared { Space::Shared(shared) } else { Space::Global(mem) }, size);
     }
     let mem_arg = if op[0] == "st" { &inst.args[0] } else { &inst.args[1] };
     let Arg::Mem(base, off) = mem_arg else { return Err("no address".into()) };
@@ -682,8 +708,15 @@ fn memory_op(
     Ok(())
 }
 
-/// `ld.global.v4` / `st.global.v4`: four elements at a 16-byte aligned address.
-fn vector_op(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, mem: &mut Memory, size: usize) -> Result<(), String> {
+/// Where a 16-byte access goes.
+enum Space<'a> {
+    Global(&'a mut Memory),
+    Shared(&'a mut [u8]),
+}
+
+/// `ld.v4` / `st.v4` (global or shared): four elements at a 16-byte aligned
+/// address.
+fn vector_op(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, space: Space, size: usize) -> Result<(), String> {
     let load = inst.op[0] == "ld";
     let (regs, at) = if load { (&inst.args[0], &inst.args[1]) } else { (&inst.args[1], &inst.args[0]) };
     let (Arg::Regs(regs), Arg::Mem(base, off)) = (regs, at) else { return Err("vector operands".into()) };
@@ -691,7 +724,13 @@ fn vector_op(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, mem: &mut Memory
     if !addr.is_multiple_of(16) {
         return Err(format!("a 16-byte access at {addr:#x}, not 16-byte aligned"));
     }
-    let bytes = mem.at(addr, 4 * size)?;
+    let bytes = match space {
+        Space::Global(mem) => mem.at(addr, 4 * size)?,
+        Space::Shared(shared) => {
+            let (a, n) = (addr as usize, shared.len());
+            shared.get_mut(a..a + 4 * size).ok_or(format!("shared address {a} past {n} bytes"))?
+        }
+    };
     for (l, &r) in regs.iter().enumerate() {
         let lane = &mut bytes[l * size..(l + 1) * size];
         if load {

@@ -19,7 +19,8 @@ use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program
 
 use super::super::{Arch, Module, PtxError, PtxKernel};
 use super::{
-    Ptx, ROWS, SHARED_LIMIT, TILE, Tile, batch_offset, element_address, exp, imm, load_params, load_tile, zeroed,
+    Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, element_address, exp, imm, load_params,
+    load_tile, zeroed,
 };
 
 pub(in crate::ptx) fn backward(
@@ -84,6 +85,10 @@ struct Operands<'a> {
     lse: BufferId,
 }
 
+/// Partial sums per dot product: two, as more spill registers in dq and
+/// dk, whose rows (q or k, dout or v, and the gradient) already fill them.
+const CHAINS: usize = 2;
+
 /// Parameter names, in order (the runtime passes the buffers likewise).
 const PARAMS: [&str; 7] = ["q", "k", "v", "out", "dout", "lse", "grad"];
 
@@ -98,27 +103,6 @@ fn load_row(p: &mut Ptx, (base, off): (&str, &str), row: &str, o: &Operand, n: u
             r
         })
         .collect()
-}
-
-/// `Σ_c x_c · shared[row + c]` (`row` a shared byte address).
-fn dot_shared(p: &mut Ptx, x: &[String], row: &str) -> String {
-    let s = p.f();
-    p.line(format!("mov.f32 {s}, {};", imm(0.0)));
-    for (c, xc) in x.iter().enumerate() {
-        let e = p.f();
-        p.line(format!("ld.shared.f32 {e}, [{row}+{}];", c * 4));
-        p.line(format!("fma.rn.f32 {s}, {xc}, {e}, {s};"));
-    }
-    s
-}
-
-/// `acc_c += a · shared[row + c]`.
-fn axpy_shared(p: &mut Ptx, acc: &[String], a: &str, row: &str) {
-    for (c, r) in acc.iter().enumerate() {
-        let e = p.f();
-        p.line(format!("ld.shared.f32 {e}, [{row}+{}];", c * 4));
-        p.line(format!("fma.rn.f32 {r}, {a}, {e}, {r};"));
-    }
 }
 
 /// `ds = p · (dp − D) · scale`.
@@ -287,13 +271,13 @@ fn query_rows(
     let (krow, vrow) = (p.r64(), p.r64());
     p.line(format!("mad.lo.u64 {krow}, {jj}, {}, {ks};", d * 4));
     p.line(format!("mad.lo.u64 {vrow}, {jj}, {}, {vs};", dv * 4));
-    let s = dot_shared(&mut p, &q_i, &krow);
+    let s = dot_shared(&mut p, &q_i, (&krow, 0), CHAINS);
     let shifted = p.f();
     p.line(format!("fma.rn.f32 {shifted}, {s}, {}, {minus_lse};", imm(a.scale)));
     let prob = exp(&mut p, &shifted);
-    let dp = dot_shared(&mut p, &do_i, &vrow);
+    let dp = dot_shared(&mut p, &do_i, (&vrow, 0), CHAINS);
     let ds = score_gradient(&mut p, &prob, &dp, &dd, a.scale);
-    axpy_shared(&mut p, &acc, &ds, &krow);
+    axpy_shared(&mut p, &acc, &ds, (&krow, 0));
     p.label("$L_key_next");
     p.line(format!("add.u64 {jj}, {jj}, 1;"));
     p.line("bra.uni $L_key;");
@@ -426,7 +410,7 @@ fn key_rows(
     p.line(format!("mad.lo.u64 {dorow}, {ii}, {}, {dos};", dv * 4));
     p.line(format!("mad.lo.u64 {lat}, {ii}, 4, {ls};"));
     p.line(format!("ld.shared.f32 {lse_i}, [{lat}];"));
-    let s = dot_shared(&mut p, &k_j, &qrow);
+    let s = dot_shared(&mut p, &k_j, (&qrow, 0), CHAINS);
     let (minus_lse, shifted) = (neg(&mut p, &lse_i), p.f());
     p.line(format!("fma.rn.f32 {shifted}, {s}, {}, {minus_lse};", imm(a.scale)));
     let prob = exp(&mut p, &shifted);
@@ -434,11 +418,11 @@ fn key_rows(
         let (dat, dd) = (p.r64(), p.f());
         p.line(format!("mad.lo.u64 {dat}, {ii}, 4, {dds};"));
         p.line(format!("ld.shared.f32 {dd}, [{dat}];"));
-        let dp = dot_shared(&mut p, &v_j, &dorow);
+        let dp = dot_shared(&mut p, &v_j, (&dorow, 0), CHAINS);
         let ds = score_gradient(&mut p, &prob, &dp, &dd, a.scale);
-        axpy_shared(&mut p, &acc, &ds, &qrow);
+        axpy_shared(&mut p, &acc, &ds, (&qrow, 0));
     } else {
-        axpy_shared(&mut p, &acc, &prob, &dorow);
+        axpy_shared(&mut p, &acc, &prob, (&dorow, 0));
     }
     p.label("$L_query_next");
     p.line(format!("add.u64 {ii}, {ii}, 1;"));

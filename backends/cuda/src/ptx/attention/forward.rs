@@ -3,7 +3,94 @@
 use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
 
 use super::super::{Arch, Module, PtxError, PtxKernel};
-use super::{Ptx, ROWS, SHARED_LIMIT, TILE, Tile, batch_offset, element_address, imm, load_params, load_tile, zeroed};
+use super::{
+    Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, element_address, exp, imm, load_params,
+    load_tile, zeroed,
+};
+
+/// Keys scored together: their scores live in registers while the running
+/// maximum, the sum and the output row are rescaled once for all of them
+/// (rather than once a key). A tile's groups run in a loop, so the unrolled
+/// body — GROUP dot products and row updates — stays small.
+const GROUP: usize = 8;
+
+/// Which keys of the tile a group has, and what decides which of them count.
+struct Group<'a> {
+    /// The group's first key within the tile.
+    first: &'a str,
+    /// Keys in this tile (a register: fewer in the last tile).
+    count: &'a str,
+    /// The tile's first key, the thread's query row, whether it exists.
+    j0: &'a str,
+    i: &'a str,
+    valid: &'a str,
+}
+
+/// One group of keys of the tile in shared memory (`ks`, `vs`: its first
+/// key's and value's rows): scores (−∞ for keys past the tile's end, after
+/// the query (causal) or of a row past the end), the group's maximum, one
+/// rescale of `l` and the output row, then `p_j = exp(s_j − m)` added to `l`
+/// and `p_j · v_j` to the row.
+fn key_group(
+    p: &mut Ptx,
+    a: &AttentionKernel,
+    g: Group,
+    qreg: &[String],
+    (ks, vs): (&str, &str),
+    (m, l): (&str, &str),
+    acc: &[String],
+) {
+    let (d, dv) = (a.d, a.dv);
+    let scores: Vec<String> = (0..GROUP)
+        .map(|u| {
+            let (ok, after, jj, j) = (p.pred(), p.pred(), p.r64(), p.r64());
+            p.line(format!("add.u64 {jj}, {}, {u};", g.first));
+            p.line(format!("setp.lt.u64 {ok}, {jj}, {};", g.count));
+            p.line(format!("and.pred {ok}, {ok}, {};", g.valid));
+            if a.causal {
+                p.line(format!("add.u64 {j}, {}, {jj};", g.j0));
+                p.line(format!("setp.gt.u64 {after}, {j}, {};", g.i));
+                p.line(format!("and.pred {ok}, {ok}, !{after};"));
+            }
+            let dot = dot_shared(p, qreg, (ks, u * d * 4), 4);
+            let s = p.f();
+            p.line(format!("mul.rn.f32 {s}, {dot}, {};", imm(a.scale)));
+            p.line(format!("selp.f32 {s}, {s}, {}, {ok};", imm(f64::NEG_INFINITY)));
+            s
+        })
+        .collect();
+    // The new running maximum; exponents are taken against 0 while it is
+    // still −∞ (no key counted yet), where every p and the rescale are 0.
+    let mut level = scores.clone();
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| {
+                let r = p.f();
+                p.line(format!("max.f32 {r}, {}, {};", pair[0], pair[1]));
+                r
+            })
+            .collect();
+    }
+    let (mn, none, base, diff) = (p.f(), p.pred(), p.f(), p.f());
+    p.line(format!("max.f32 {mn}, {m}, {};", level[0]));
+    p.line(format!("setp.eq.f32 {none}, {mn}, {};", imm(f64::NEG_INFINITY)));
+    p.line(format!("selp.f32 {base}, {}, {mn}, {none};", imm(0.0)));
+    p.line(format!("sub.rn.f32 {diff}, {m}, {base};"));
+    let corr = exp(p, &diff);
+    p.line(format!("mul.rn.f32 {l}, {l}, {corr};"));
+    for o in acc {
+        p.line(format!("mul.rn.f32 {o}, {o}, {corr};"));
+    }
+    p.line(format!("mov.f32 {m}, {mn};"));
+    for (u, s) in scores.iter().enumerate() {
+        let shifted = p.f();
+        p.line(format!("sub.rn.f32 {shifted}, {s}, {base};"));
+        let pj = exp(p, &shifted);
+        p.line(format!("add.rn.f32 {l}, {l}, {pj};"));
+        axpy_shared(p, acc, &pj, (vs, u * dv * 4));
+    }
+}
 
 pub(in crate::ptx) fn forward(
     program: &Program,
@@ -99,57 +186,22 @@ pub(in crate::ptx) fn forward(
     }
     p.line("bar.sync 0;");
     // This thread's keys in the tile: up to min(TILE, kend − j0), and
-    // (causal) up to its own row.
-    let (jj, j, count) = (p.r64(), p.r64(), p.r64());
+    // (causal) up to its own row; [`GROUP`] keys at a time.
+    let count = p.r64();
     p.line(format!("sub.u64 {count}, {kend}, {j0};"));
     p.line(format!("min.u64 {count}, {count}, {TILE};"));
-    p.line(format!("mov.u64 {jj}, 0;"));
-    p.label("$L_key");
-    let (stop, skip) = (p.pred(), p.pred());
-    p.line(format!("setp.ge.u64 {stop}, {jj}, {count};"));
-    p.line(format!("@{stop} bra $L_keys_done;"));
-    p.line(format!("add.u64 {j}, {j0}, {jj};"));
-    p.line(format!("setp.gt.u64 {skip}, {j}, {i};"));
-    if !a.causal {
-        p.line(format!("setp.ne.u64 {skip}, {j}, {j};"));
-    }
-    let invalid = p.pred();
-    p.line(format!("not.pred {invalid}, {valid};"));
-    p.line(format!("or.pred {skip}, {skip}, {invalid};"));
-    p.line(format!("@{skip} bra $L_key_next;"));
-    // s = q · k_j · scale
-    let (krow, vrow) = (p.r64(), p.r64());
-    p.line(format!("mad.lo.u64 {krow}, {jj}, {}, {ks};", d * 4));
-    p.line(format!("mad.lo.u64 {vrow}, {jj}, {}, {vs};", dv * 4));
-    let s = p.f();
-    p.line(format!("mov.f32 {s}, {};", imm(0.0)));
-    for (c, qc) in qreg.iter().enumerate() {
-        let kc = p.f();
-        p.line(format!("ld.shared.f32 {kc}, [{krow}+{}];", c * 4));
-        p.line(format!("fma.rn.f32 {s}, {qc}, {kc}, {s};"));
-    }
-    p.line(format!("mul.rn.f32 {s}, {s}, {};", imm(a.scale)));
-    // online softmax
-    let (mn, corr, pj, t1) = (p.f(), p.f(), p.f(), p.f());
-    p.line(format!("max.f32 {mn}, {m}, {s};"));
-    p.line(format!("sub.rn.f32 {t1}, {m}, {mn};"));
-    p.line(format!("mul.rn.f32 {t1}, {t1}, {};", imm(std::f64::consts::LOG2_E)));
-    p.line(format!("ex2.approx.f32 {corr}, {t1};"));
-    p.line(format!("sub.rn.f32 {t1}, {s}, {mn};"));
-    p.line(format!("mul.rn.f32 {t1}, {t1}, {};", imm(std::f64::consts::LOG2_E)));
-    p.line(format!("ex2.approx.f32 {pj}, {t1};"));
-    p.line(format!("fma.rn.f32 {l}, {l}, {corr}, {pj};"));
-    p.line(format!("mov.f32 {m}, {mn};"));
-    for (c, o) in acc.iter().enumerate() {
-        let vc = p.f();
-        p.line(format!("ld.shared.f32 {vc}, [{vrow}+{}];", c * 4));
-        p.line(format!("mul.rn.f32 {o}, {o}, {corr};"));
-        p.line(format!("fma.rn.f32 {o}, {pj}, {vc}, {o};"));
-    }
-    p.label("$L_key_next");
-    p.line(format!("add.u64 {jj}, {jj}, 1;"));
-    p.line("bra.uni $L_key;");
-    p.label("$L_keys_done");
+    let (first, past, ksg, vsg) = (p.r64(), p.pred(), p.r64(), p.r64());
+    p.line(format!("mov.u64 {first}, 0;"));
+    p.label("$L_group");
+    p.line(format!("setp.ge.u64 {past}, {first}, {count};"));
+    p.line(format!("@{past} bra $L_groups_done;"));
+    p.line(format!("mad.lo.u64 {ksg}, {first}, {}, {ks};", d * 4));
+    p.line(format!("mad.lo.u64 {vsg}, {first}, {}, {vs};", dv * 4));
+    let group = Group { first: &first, count: &count, j0: &j0, i: &i, valid: &valid };
+    key_group(&mut p, a, group, &qreg, (&ksg, &vsg), (&m, &l), &acc);
+    p.line(format!("add.u64 {first}, {first}, {GROUP};"));
+    p.line("bra.uni $L_group;");
+    p.label("$L_groups_done");
     p.line("bar.sync 0;");
     p.line(format!("add.u64 {j0}, {j0}, {TILE};"));
     p.line("bra.uni $L_tile;");

@@ -113,6 +113,63 @@ pub(super) fn exp(p: &mut Ptx, x: &str) -> String {
     r
 }
 
+/// Loads columns `c .. c + width` (`width` 4 or 1) of the shared row at
+/// `row + at` bytes: one 16-byte `ld.shared.v4` or one `ld.shared.f32`.
+fn shared_group(p: &mut Ptx, (row, at): (&str, usize), c: usize, width: usize) -> Vec<String> {
+    let regs: Vec<String> = (0..width).map(|_| p.f()).collect();
+    if width == 4 {
+        p.line(format!("ld.shared.v4.f32 {{{}}}, [{row}+{}];", regs.join(", "), at + c * 4));
+    } else {
+        p.line(format!("ld.shared.f32 {}, [{row}+{}];", regs[0], at + c * 4));
+    }
+    regs
+}
+
+/// How a shared row of `n` floats is read: four at a time when `n` is a
+/// multiple of 4 (rows of `n` floats from a 16-byte aligned array are then
+/// 16-byte aligned), else one at a time. `(first column, width)`.
+fn groups(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let width = if n.is_multiple_of(4) { 4 } else { 1 };
+    (0..n).step_by(width).map(move |c| (c, width))
+}
+
+/// `Σ_c x_c · shared[row + at + 4c]` over `chains` partial sums (1, 2 or
+/// 4; 1 where the row is read one float at a time): column `c` goes to sum
+/// `c mod chains`, and the sums are added pairwise at the end. More chains
+/// shorten the dependent sequence of fused multiply-adds (`n / chains`
+/// long instead of `n`) at the cost of registers.
+pub(super) fn dot_shared(p: &mut Ptx, x: &[String], (row, at): (&str, usize), chains: usize) -> String {
+    let chains = if x.len().is_multiple_of(4) { chains } else { 1 };
+    let mut sums = zeroed(p, chains);
+    for (c, width) in groups(x.len()) {
+        let e = shared_group(p, (row, at), c, width);
+        for (k, ek) in e.iter().enumerate() {
+            p.line(format!("fma.rn.f32 {s}, {}, {ek}, {s};", x[c + k], s = sums[(c + k) % chains]));
+        }
+    }
+    while sums.len() > 1 {
+        sums = sums
+            .chunks(2)
+            .map(|pair| {
+                let r = p.f();
+                p.line(format!("add.rn.f32 {r}, {}, {};", pair[0], pair[1]));
+                r
+            })
+            .collect();
+    }
+    sums.remove(0)
+}
+
+/// `acc_c += a · shared[row + at + 4c]`.
+pub(super) fn axpy_shared(p: &mut Ptx, acc: &[String], a: &str, (row, at): (&str, usize)) {
+    for (c, width) in groups(acc.len()) {
+        let e = shared_group(p, (row, at), c, width);
+        for (k, ek) in e.iter().enumerate() {
+            p.line(format!("fma.rn.f32 {r}, {a}, {ek}, {r};", r = acc[c + k]));
+        }
+    }
+}
+
 /// `n` f32 registers set to zero: a row's accumulators.
 pub(super) fn zeroed(p: &mut Ptx, n: usize) -> Vec<String> {
     (0..n)
