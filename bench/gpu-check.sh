@@ -28,7 +28,9 @@
 #   5. mixed precision: the dense 130M step with --precision bf16 against
 #      PyTorch's autocast;
 #   6. where lpac's GPU time goes: the dense 130M step with every kernel
-#      timed (LPAC_CUDA_PROFILE=1).
+#      timed (LPAC_CUDA_PROFILE=1): by kind, by name, the slowest kernels;
+#   7. a model too large for the GPU's memory: refused before allocating,
+#      with the sizes, exit 1.
 # A failing device-check reruns each case alone (--case N) with every launch
 # synchronised (LPAC_CUDA_SYNC=1), so a fault names its kernel.
 set -uo pipefail
@@ -159,6 +161,13 @@ timeout 200 python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes 
 
 log "== where lpac's GPU time goes: llama dense, 3 steps, each kernel waited for and timed (LPAC_CUDA_PROFILE=1)"
 LPAC_CUDA_PROFILE=1 timeout 200 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 3 --device cuda \
-  --eval-every 0 --out "$OUT/llama-profile" 2>&1 | grep -A32 "GPU time by kernel" | head -33 | tee -a "$OUT/summary.txt"
+  --eval-every 0 --out "$OUT/llama-profile" > "$OUT/llama-profile.log" 2>&1
+log "exit $? (the whole output in llama-profile.log)"
+sed -n '/GPU time by kernel/,$p' "$OUT/llama-profile.log" | grep -v "^evaluating\|^test perplexity" | tee -a "$OUT/summary.txt"
+
+log "== a model too large for the GPU (llama, batch 4096): a clear refusal and exit 1 expected"
+timeout 120 "$LPAC" train models/llama.lpa --set batch=4096 --steps 1 --device cuda --eval-every 0 \
+  --out "$OUT/too-large" > "$OUT/too-large.log" 2>&1
+log "exit $?: $(grep -v '^\s*$' "$OUT/too-large.log" | tail -2)"
 rm -f "$OUT"/*/checkpoint.safetensors
 log "done; results in $OUT/summary.txt"

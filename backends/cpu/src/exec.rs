@@ -525,16 +525,7 @@ fn report_profile(program: &Program, times: &mut [(f64, usize)]) {
     let total: f64 = times.iter().map(|t| t.0).sum();
     let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
     for (t, i) in times.iter() {
-        let kind = match &program.kernels[*i] {
-            Kernel::Loop(l) if l.reduce.is_empty() => "loop",
-            Kernel::Loop(_) => "reduce",
-            Kernel::Rows(_) => "rows",
-            Kernel::Multi(_) => "multi",
-            Kernel::Attention(_) => "attention",
-            Kernel::Gemm(_) => "gemm",
-            Kernel::Gather { .. } => "gather",
-            Kernel::ScatterAdd { .. } => "scatter_add",
-        };
+        let kind = program.kernels[*i].kind();
         *by_kind.entry(kind).or_default() += t;
     }
     eprintln!("profile: {:.1} ms in {} kernels", total * 1e3, times.len());

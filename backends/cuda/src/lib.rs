@@ -15,6 +15,7 @@
 //! products, and the product stages of rows kernels, are cuBLAS calls at run
 //! time. `docs/gpu.md` says what has been measured on a GPU.
 
+mod profile;
 pub mod ptx;
 pub mod ptxas;
 pub mod runtime;

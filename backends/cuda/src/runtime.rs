@@ -24,6 +24,7 @@ use lpac_ir::interp::Tensor;
 use lpac_ir::kernel::{BufferId, BufferKind, GemmKernel, Kernel, Operand, Program, RowStage};
 use lpac_ir::types::{DType, TensorType};
 
+use crate::profile::Profile;
 use crate::{Arch, PtxProgram, emit_program};
 
 /// An open GPU: context, stream, cuBLAS handle.
@@ -97,21 +98,15 @@ pub struct CudaExecutor {
     /// failing one is named (launches are asynchronous: without this a
     /// fault surfaces at the next copy, with no kernel to blame).
     sync_each: bool,
-    /// `LPAC_CUDA_PROFILE=1`: every kernel waited for and timed; the totals
-    /// by kernel are printed (to stderr) when the executor is dropped.
-    profile: Option<BTreeMap<String, (u32, std::time::Duration)>>,
+    /// `LPAC_CUDA_PROFILE=1`: every kernel waited for and timed; the report
+    /// ([`Profile`]) goes to standard error when the executor is dropped.
+    profile: Option<Profile>,
 }
 
 impl Drop for CudaExecutor {
     fn drop(&mut self) {
-        let Some(profile) = &self.profile else { return };
-        let mut rows: Vec<_> = profile.iter().collect();
-        rows.sort_by_key(|r| std::cmp::Reverse(r.1.1));
-        let total: f64 = rows.iter().map(|r| r.1.1.as_secs_f64()).sum();
-        eprintln!("GPU time by kernel (each waited for; {:.1} ms in all):", total * 1e3);
-        for (name, (runs, time)) in rows.iter().take(40) {
-            let ms = time.as_secs_f64() * 1e3;
-            eprintln!("{:>9.2} ms {:>5.1}% {runs:>5}x  {name}", ms, 100.0 * ms / 1e3 / total);
+        if let Some(profile) = &self.profile {
+            eprint!("{}", profile.report(&self.program));
         }
     }
 }
@@ -183,7 +178,8 @@ impl CudaExecutor {
         let scratch_bytes = emitted.kernels.iter().map(|k| k.scratch_bytes).max().unwrap_or(0).max(4);
         let scratch = gpu.stream.alloc_zeros::<u8>(scratch_bytes).map_err(gpu_err("allocating the scratch area"))?;
         let sync_each = std::env::var("LPAC_CUDA_SYNC").is_ok_and(|v| v == "1");
-        let profile = std::env::var("LPAC_CUDA_PROFILE").is_ok_and(|v| v == "1").then(BTreeMap::new);
+        let profile =
+            std::env::var("LPAC_CUDA_PROFILE").is_ok_and(|v| v == "1").then(|| Profile::new(program.kernels.len()));
         Ok(CudaExecutor {
             gpu,
             program,
@@ -325,6 +321,9 @@ impl CudaExecutor {
         for i in 0..self.program.kernels.len() {
             self.run_kernel(i, seed, step)?;
         }
+        if let Some(p) = &mut self.profile {
+            p.run_done();
+        }
         let flag = self.gpu.stream.clone_dtoh(&self.error_cell).map_err(gpu_err("reading the error cell"))?;
         if flag.first().is_some_and(|&f| f != 0) {
             return Err("a gather or scatter-add index was out of range (a token id beyond the vocabulary?)".into());
@@ -352,10 +351,7 @@ impl CudaExecutor {
         let start = std::time::Instant::now();
         self.queue_kernel(i, seed, step)?;
         self.gpu.stream.synchronize().map_err(|e| format!("{}: {e}", self.program.kernels[i].name()))?;
-        let name = format!("k{i} {}", self.program.kernels[i].name());
-        let entry = self.profile.as_mut().expect("profiling").entry(name).or_default();
-        entry.0 += 1;
-        entry.1 += start.elapsed();
+        self.profile.as_mut().expect("profiling").record(i, start.elapsed());
         Ok(())
     }
 

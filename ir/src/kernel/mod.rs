@@ -516,6 +516,22 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// The kind of kernel, as profiles and summaries group them: `loop`,
+    /// `reduce` (a loop kernel with a reduction), `rows`, `multi`,
+    /// `attention`, `gemm`, `gather` or `scatter_add`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Kernel::Loop(l) if l.reduce.is_empty() => "loop",
+            Kernel::Loop(_) => "reduce",
+            Kernel::Rows(_) => "rows",
+            Kernel::Multi(_) => "multi",
+            Kernel::Attention(_) => "attention",
+            Kernel::Gemm(_) => "gemm",
+            Kernel::Gather { .. } => "gather",
+            Kernel::ScatterAdd { .. } => "scatter_add",
+        }
+    }
+
     pub fn name(&self) -> &str {
         match self {
             Kernel::Loop(k) => &k.name,

@@ -135,16 +135,7 @@ fn cheap(graph: &Graph, id: NodeId) -> bool {
 pub fn summary(program: &Program) -> String {
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for k in &program.kernels {
-        let kind = match k {
-            lpac_ir::kernel::Kernel::Loop(l) if l.reduce.is_empty() => "loop",
-            lpac_ir::kernel::Kernel::Loop(_) => "reduce",
-            lpac_ir::kernel::Kernel::Rows(_) => "rows",
-            lpac_ir::kernel::Kernel::Multi(_) => "multi",
-            lpac_ir::kernel::Kernel::Attention(_) => "attention",
-            lpac_ir::kernel::Kernel::Gemm(_) => "gemm",
-            lpac_ir::kernel::Kernel::Gather { .. } => "gather",
-            lpac_ir::kernel::Kernel::ScatterAdd { .. } => "scatter_add",
-        };
+        let kind = k.kind();
         *counts.entry(kind).or_default() += 1;
     }
     let mut kinds: Vec<_> = counts.into_iter().collect();
