@@ -284,6 +284,15 @@ fn updates_of_many_tensors_gather_scatter_and_random_numbers() {
         let m2 = g.add(Op::Binary(BinaryOp::Add), vec![decayed, x], None);
         g.0.add_output(format!("m{i}"), m2);
     }
+    // Members whose lengths are multiples of 4 go four elements a thread,
+    // in a function of their own; the others one at a time in another.
+    let program = lpac_passes::fuse::fuse(&g.0).unwrap();
+    let emitted = emit_program(&program, Arch::Sm90, Some(&g.0)).unwrap();
+    let fused: Vec<&str> =
+        emitted.kernels.iter().filter(|k| k.entry.contains("_fused")).map(|k| k.ptx.as_str()).collect();
+    assert_eq!(fused.len(), 2, "a function for the quads, one for the rest");
+    assert!(fused[0].contains("four consecutive elements a thread") && fused[0].contains("ld.global.v4.f32"));
+    assert!(!fused[1].contains("ld.global.v4"));
     check("multi", &g.0, 1e-6);
     // Gather and scatter-add of rows; uniform random numbers (Philox).
     let mut g = G(Graph::new("rows"));

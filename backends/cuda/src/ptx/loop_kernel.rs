@@ -105,8 +105,17 @@ pub(super) fn emit_fused(
     arch: Arch,
     graph: Option<&Graph>,
 ) -> R<Vec<PtxKernel>> {
+    // Members that take four elements a thread go together, the others
+    // (a length not a multiple of 4, a broadcast output…) in a function of
+    // their own: members are independent, so the order does not matter.
+    let (quads, singles): (Vec<LoopKernel>, Vec<LoopKernel>) =
+        members.iter().cloned().partition(|m| vector_loads(program, m).is_some());
     let mut parts = Vec::new();
-    emit_fused_parts(program, members, name, kernel, arch, graph, &mut parts)?;
+    for group in [quads, singles] {
+        if !group.is_empty() {
+            emit_fused_parts(program, &group, name, kernel, arch, graph, &mut parts)?;
+        }
+    }
     Ok(parts)
 }
 
@@ -127,19 +136,22 @@ fn emit_fused_parts(
         format!("k{kernel}_fused{}_{}", if body == 0 { String::new() } else { body.to_string() }, sanitize(name));
     let first = members.first().ok_or_else(|| PtxError { kernel: entry.clone(), message: "no members".into() })?;
     let mut em = Em::new(program, first, &entry)?;
-    em.fused(members)?;
+    let quads: Option<Vec<Vec<usize>>> = members.iter().map(|m| vector_loads(program, m)).collect();
+    em.fused(members, quads.as_deref())?;
     if 8 * (em.args.len() + em.keys.len()) > PARAM_BYTES && members.len() > 1 {
         let (left, right) = members.split_at(members.len() / 2);
         emit_fused_parts(program, left, name, kernel, arch, graph, parts)?;
         return emit_fused_parts(program, right, name, kernel, arch, graph, parts);
     }
     let total: u64 = members.iter().map(|m| m.domain.iter().map(|&d| d as u64).product::<u64>()).sum();
-    let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+    let per = if quads.is_some() { 4 } else { 1 };
+    let grid = (total / per).div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
     let mut comment = vec![format!("kernel k{kernel}: {} elementwise kernels fused ({name})", members.len())];
     for (j, m) in members.iter().enumerate() {
         comment.push(format!("  member {j}: {:?} over {:?}; graph nodes: {}", m.name, m.domain, node_list(m, graph)));
     }
-    comment.push(format!("launch: grid {grid} x block {BLOCK}, grid-stride over {total} elements of all members"));
+    let how = if quads.is_some() { "four consecutive elements a thread (16-byte loads and stores), " } else { "" };
+    comment.push(format!("launch: grid {grid} x block {BLOCK}, {how}grid-stride over {total} elements of all members"));
     parts.push(finish(em, entry.clone(), &comment, arch, (kernel, body), grid));
     Ok(())
 }
@@ -628,11 +640,24 @@ impl<'a> Em<'a> {
         let k = self.k;
         let total: u64 = k.domain.iter().map(|&d| d as u64).product();
         let (quad, stride) = self.prologue(false);
-        let (done, first, flat) = (self.reg(0), self.reg(3), self.reg(3));
+        let (done, first) = (self.reg(0), self.reg(3));
         self.label("$L_element");
         self.line(format!("setp.ge.u64 {done}, {quad}, {};", total / 4));
         self.line(format!("@{done} bra $L_done;"));
         self.line(format!("shl.b64 {first}, {quad}, 2;"));
+        self.quad(first, vector)?;
+        self.line(format!("add.u64 {quad}, {quad}, {stride};"));
+        self.line("bra.uni $L_element;");
+        self.label("$L_done");
+        self.line("ret;");
+        Ok(())
+    }
+
+    /// Elements `first .. first + 4` of the current kernel: the loads in
+    /// `vector` as one 16-byte load each, every output as one 16-byte store.
+    fn quad(&mut self, first: Reg, vector: &[usize]) -> R<()> {
+        let k = self.k;
+        let flat = self.reg(3);
         let mut lanes: BTreeMap<usize, [Reg; 4]> = BTreeMap::new();
         // The same position of the same buffer is loaded once.
         let mut loaded: BTreeMap<(BufferId, i64), [Reg; 4]> = BTreeMap::new();
@@ -674,10 +699,6 @@ impl<'a> Em<'a> {
             let ty = if d == DType::F32 { "f32" } else { "s32" };
             self.line(format!("st.global.v4.{ty} [{addr}], {{{}, {}, {}, {}}};", regs[0], regs[1], regs[2], regs[3]));
         }
-        self.line(format!("add.u64 {quad}, {quad}, {stride};"));
-        self.line("bra.uni $L_element;");
-        self.label("$L_done");
-        self.line("ret;");
         Ok(())
     }
 
@@ -811,8 +832,10 @@ impl<'a> Em<'a> {
 
     /// Several elementwise kernels in one grid-stride loop over their
     /// elements laid end to end: element `i` belongs to the member whose
-    /// range holds it.
-    fn fused(&mut self, members: &'a [LoopKernel]) -> R<()> {
+    /// range holds it. With `quads` (every member qualifies for
+    /// [`vector_loads`], so every range starts at a multiple of 4) a thread
+    /// takes four elements at a time, as [`Em::function_quads`].
+    fn fused(&mut self, members: &'a [LoopKernel], quads: Option<&[Vec<usize>]>) -> R<()> {
         for m in &members[1..] {
             self.select_kernel(m)?;
         }
@@ -825,17 +848,22 @@ impl<'a> Em<'a> {
             .collect();
         let total = *ends.last().unwrap_or(&0);
         let (i, stride) = self.prologue(false);
-        let (done, here, local) = (self.reg(0), self.reg(0), self.reg(3));
+        let (done, here, local, first) = (self.reg(0), self.reg(0), self.reg(3), self.reg(3));
+        let per = if quads.is_some() { 4 } else { 1 };
         self.label("$L_element");
-        self.line(format!("setp.ge.u64 {done}, {i}, {total};"));
+        self.line(format!("setp.ge.u64 {done}, {i}, {};", total / per));
         self.line(format!("@{done} bra $L_done;"));
-        self.dispatch(i, &ends, 0, members.len() - 1, here);
+        self.line(format!("mul.lo.u64 {first}, {i}, {per};"));
+        self.dispatch(first, &ends, 0, members.len() - 1, here);
         let mut start = 0;
         for (j, m) in members.iter().enumerate() {
             self.label(&format!("$L_member{j}"));
             self.select_kernel(m)?;
-            self.line(format!("sub.u64 {local}, {i}, {start};"));
-            self.element(local)?;
+            self.line(format!("sub.u64 {local}, {first}, {start};"));
+            match quads {
+                Some(vectors) => self.quad(local, &vectors[j])?,
+                None => self.element(local)?,
+            }
             self.line("bra.uni $L_next;");
             start = ends[j];
         }
