@@ -77,7 +77,9 @@ impl Gpu {
 /// A program's buffers and functions on the GPU.
 pub struct CudaExecutor {
     gpu: Gpu,
-    program: Program,
+    /// Shared so a launch can hold a kernel while it borrows the executor
+    /// mutably (no copy of the kernel per launch).
+    program: Arc<Program>,
     emitted: PtxProgram,
     functions: Vec<CudaFunction>,
     /// Kernel index → its functions (in body order).
@@ -182,7 +184,7 @@ impl CudaExecutor {
             std::env::var("LPAC_CUDA_PROFILE").is_ok_and(|v| v == "1").then(|| Profile::new(program.kernels.len()));
         Ok(CudaExecutor {
             gpu,
-            program,
+            program: Arc::new(program),
             emitted,
             functions,
             by_kernel,
@@ -210,7 +212,8 @@ impl CudaExecutor {
         seed: u64,
         step: u64,
     ) -> Result<BTreeMap<String, Tensor>, String> {
-        for b in self.program.buffers.clone() {
+        let program = Arc::clone(&self.program);
+        for b in &program.buffers {
             match &b.kind {
                 BufferKind::Input(n) => {
                     let t = inputs.get(n).ok_or_else(|| format!("input `{n}` was not supplied"))?;
@@ -356,8 +359,8 @@ impl CudaExecutor {
     }
 
     fn queue_kernel(&mut self, i: usize, seed: u64, step: u64) -> Result<(), String> {
-        let kernel = self.program.kernels[i].clone();
-        match &kernel {
+        let program = Arc::clone(&self.program);
+        match &program.kernels[i] {
             Kernel::Gemm(g) => self.gemm(g),
             Kernel::Rows(r) if r.stages.iter().any(|s| matches!(s, RowStage::Gemm(_))) => {
                 // Stage by stage over all rows: what chunk-by-chunk equals.
