@@ -196,7 +196,7 @@ fn check(name: &str, graph: &Graph, tolerance: f64) {
 
 #[test]
 fn attention_forward_and_backward_across_tiles_and_blocks() {
-    // 130 rows: two blocks of query (and key) rows, the second partial, and
+    // 130 rows: three blocks of query (and key) rows, the last partial, and
     // five tiles of 32, the last partial.
     for causal in [true, false] {
         let mut g = G(Graph::new("attention"));
@@ -317,19 +317,26 @@ fn updates_of_many_tensors_gather_scatter_and_random_numbers() {
 }
 
 #[test]
-fn attention_with_a_head_dimension_not_a_multiple_of_four() {
-    // Rows of 6 floats are read from shared memory one at a time (no
-    // 16-byte loads), with one partial sum per dot product.
-    let mut g = G(Graph::new("attention6"));
-    let shape = [2, 1, 70, 6];
-    let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
-    let out = g.add(Op::Attention { scale: 0.4, causal: true }, vec![q, k, v], None);
-    g.0.add_output("out", out);
-    for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
-        let grad = g.add(Op::AttentionGrad { scale: 0.4, causal: true, wrt }, vec![q, k, v, out, dy], None);
-        g.0.add_output(*name, grad);
+fn attention_with_head_dimensions_not_multiples_of_four() {
+    // Rows of 6 floats: two threads a row, each reading its 3 columns from
+    // shared memory one at a time (no 16-byte loads), one partial sum per
+    // dot product. Rows of 5: a thread a row.
+    for d in [6, 5] {
+        let mut g = G(Graph::new("attention-odd"));
+        let shape = [2, 1, 70, d];
+        let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
+        let out = g.add(Op::Attention { scale: 0.4, causal: true }, vec![q, k, v], None);
+        g.0.add_output("out", out);
+        for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let grad = g.add(Op::AttentionGrad { scale: 0.4, causal: true, wrt }, vec![q, k, v, out, dy], None);
+            g.0.add_output(*name, grad);
+        }
+        let threads = if d == 6 { "2 thread(s)" } else { "1 thread(s)" };
+        let program = lpac_passes::fuse::fuse(&g.0).unwrap();
+        let emitted = emit_program(&program, Arch::Sm90, Some(&g.0)).unwrap();
+        assert!(emitted.kernels.iter().filter(|k| k.entry.contains("attention")).all(|k| k.ptx.contains(threads)));
+        check(&format!("attention, head dimension {d}"), &g.0, 1e-5);
     }
-    check("attention, head dimension 6", &g.0, 1e-5);
 }
 
 #[test]

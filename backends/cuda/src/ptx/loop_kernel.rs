@@ -233,8 +233,17 @@ fn finish(
         (".b64", "%rd", c[3]),
         (".f32", "%f", c[4]),
     ];
-    let ptx = Module { comment, arch, entry: &entry, params: &params, shared: &em.shared, regs: &regs, body: &em.code }
-        .text();
+    let ptx = Module {
+        comment,
+        arch,
+        entry: &entry,
+        params: &params,
+        shared: &em.shared,
+        regs: &regs,
+        body: &em.code,
+        max_registers: None,
+    }
+    .text();
     let args = em.args.iter().map(|b| b.0).collect();
     PtxKernel {
         stream_keys: em.keys.clone(),

@@ -264,6 +264,10 @@ pub(crate) struct Module<'a> {
     pub shared: &'a [String],
     pub regs: &'a [(&'static str, &'static str, u32)],
     pub body: &'a str,
+    /// `.maxnreg`: at most this many registers a thread, so that a chosen
+    /// number of blocks fits on a multiprocessor (ptxas spills if it must;
+    /// `lpac kernels --ptxas-report` shows whether it did).
+    pub max_registers: Option<u32>,
 }
 
 impl Module<'_> {
@@ -275,7 +279,11 @@ impl Module<'_> {
         }
         let _ = writeln!(ptx, "//\n.version {PTX_VERSION}\n.target {}\n.address_size 64\n", self.arch.name());
         let params: Vec<String> = self.params.iter().map(|n| format!("\t.param .u64 {n}")).collect();
-        let _ = writeln!(ptx, ".visible .entry {}(\n{}\n)\n{{", self.entry, params.join(",\n"));
+        let _ = writeln!(ptx, ".visible .entry {}(\n{}\n)", self.entry, params.join(",\n"));
+        if let Some(n) = self.max_registers {
+            let _ = writeln!(ptx, ".maxnreg {n}");
+        }
+        ptx.push_str("{\n");
         for decl in self.shared {
             let _ = writeln!(ptx, "\t{decl};");
         }

@@ -69,8 +69,17 @@ fn function(
     let mut params: Vec<String> = buffers.iter().map(|b| format!("b{}", b.0)).collect();
     params.push("err".into());
     let regs = [(".pred", "%p", 4), (".b32", "%r", 16), (".b64", "%rd", 24), (".f32", "%f", 4)];
-    let ptx =
-        Module { comment: &[comment], arch, entry: &entry, params: &params, shared, regs: &regs, body: &code }.text();
+    let ptx = Module {
+        comment: &[comment],
+        arch,
+        entry: &entry,
+        params: &params,
+        shared,
+        regs: &regs,
+        body: &code,
+        max_registers: None,
+    }
+    .text();
     let args = buffers.iter().map(|b| b.0).collect();
     PtxKernel { error_flag: true, ..PtxKernel::new(entry, (kernel, 0), ptx, (grid, BLOCK), args) }
 }

@@ -1,26 +1,27 @@
 //! The backward kernels (see the module documentation): up to three
 //! functions, every probability recomputed from the forward pass's
-//! log-sum-exp.
+//! log-sum-exp, one or two threads a row ([`Place`]).
 //!
-//! - body 0, dq, a thread per query row `i` (its `q_i` and `dout_i` in
-//!   registers, `D_i = dout_i · out_i` computed once), over tiles of keys
-//!   and values in shared memory: `p = exp(q_i·k_j·scale − lse_i)`,
-//!   `ds = p (dout_i·v_j − D_i) · scale`, `dq_i += ds · k_j`;
-//! - body 1, dv, a thread per key row `j` (`k_j` in registers), over tiles
-//!   of queries, dout and the log-sum-exp: `dv_j += p · dout_i`;
-//! - body 2, dk, a thread per key row `j` (`k_j`, `v_j` in registers), over
-//!   tiles of queries, dout, out (for `D_i`, computed per tile by the block)
-//!   and the log-sum-exp: `dk_j += ds · q_i`.
+//! - body 0, dq, a query row `i` (its `q_i` and `dout_i` in registers,
+//!   `D_i = dout_i · out_i` computed once), over tiles of keys and values in
+//!   shared memory: `p = exp(q_i·k_j·scale − lse_i)`, `ds = p (dout_i·v_j −
+//!   D_i) · scale`, `dq_i += ds · k_j`;
+//! - body 1, dv, a key row `j` (`k_j` in registers), over tiles of queries,
+//!   dout and the log-sum-exp: `dv_j += p · dout_i`;
+//! - body 2, dk, a key row `j` (`k_j`, `v_j` in registers), over tiles of
+//!   queries, dout, out (for `D_i`, computed per tile by the block) and the
+//!   log-sum-exp: `dk_j += ds · q_i`.
 //!
 //! A causal dq block stops at its last query row's keys; a causal dv/dk
-//! block starts at its first key row's queries.
+//! block starts at its first key row's queries. Pairs a row must not see
+//! (causal, or a row past the end) get `p = 0`, so they add nothing.
 
 use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program};
 
 use super::super::{Arch, Module, PtxError, PtxKernel};
 use super::{
-    Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, element_address, exp, imm, load_params,
-    load_tile, zeroed,
+    MAX_REGISTERS, Place, Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm,
+    load_params, load_tile, split_of, zeroed,
 };
 
 pub(in crate::ptx) fn backward(
@@ -92,17 +93,34 @@ const CHAINS: usize = 2;
 /// Parameter names, in order (the runtime passes the buffers likewise).
 const PARAMS: [&str; 7] = ["q", "k", "v", "out", "dout", "lse", "grad"];
 
-/// Registers holding row `row` of an operand, zero where `valid` is false.
-fn load_row(p: &mut Ptx, (base, off): (&str, &str), row: &str, o: &Operand, n: usize, valid: &str) -> Vec<String> {
-    let addr = element_address(p, base, off, row, o, 0);
-    (0..n)
-        .map(|c| {
-            let r = p.f();
-            p.line(format!("mov.f32 {r}, {};", imm(0.0)));
-            p.line(format!("@{valid} ld.global.f32 {r}, [{addr}+{}];", c as i64 * o.col_stride * 4));
-            r
-        })
-        .collect()
+/// The block's batch index and first row, and this thread's row: `(b,
+/// first, me)` as u64 registers, [`ROWS`] rows a block.
+fn block_rows(p: &mut Ptx, place: &Place, blocks: u64) -> (String, String, String) {
+    let ctaid = p.r32();
+    p.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
+    let (cta, b, blk, first, me) = (p.r64(), p.r64(), p.r64(), p.r64(), p.r64());
+    p.line(format!("cvt.u64.u32 {cta}, {ctaid};"));
+    p.line(format!("div.u64 {b}, {cta}, {blocks};"));
+    p.line(format!("rem.u64 {blk}, {cta}, {blocks};"));
+    p.line(format!("mul.lo.u64 {first}, {blk}, {ROWS};"));
+    p.line(format!("add.u64 {me}, {first}, {};", place.row));
+    (b, first, me)
+}
+
+/// A dot product of this thread's part of a row with the same columns of a
+/// shared row, finished across the row's threads.
+fn row_dot(p: &mut Ptx, place: &Place, x: &[String], row: &str) -> String {
+    let part = dot_shared(p, x, (row, 0), CHAINS);
+    place.across_row(p, &part)
+}
+
+/// `exp(s · scale − lse)` where `seen`, else 0.
+fn probability(p: &mut Ptx, s: &str, scale: f64, lse: &str, seen: &str) -> String {
+    let (minus_lse, shifted, prob) = (neg(p, lse), p.f(), p.f());
+    p.line(format!("fma.rn.f32 {shifted}, {s}, {}, {minus_lse};", imm(scale)));
+    let e = exp(p, &shifted);
+    p.line(format!("selp.f32 {prob}, {e}, {}, {seen};", imm(0.0)));
+    prob
 }
 
 /// `ds = p · (dp − D) · scale`.
@@ -112,30 +130,6 @@ fn score_gradient(p: &mut Ptx, prob: &str, dp: &str, dd: &str, scale: f64) -> St
     p.line(format!("mul.rn.f32 {ds}, {prob}, {diff};"));
     p.line(format!("mul.rn.f32 {ds}, {ds}, {};", imm(scale)));
     ds
-}
-
-/// The block's batch index and its first row: `(b, first row, this
-/// thread's row, t)` as u64 registers, rows `ROWS` a block.
-fn block_rows(p: &mut Ptx, blocks: u64) -> (String, String, String, String) {
-    let (ctaid, tid) = (p.r32(), p.r32());
-    p.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
-    p.line(format!("mov.u32 {tid}, %tid.x;"));
-    let (cta, b, blk, first, me, t) = (p.r64(), p.r64(), p.r64(), p.r64(), p.r64(), p.r64());
-    p.line(format!("cvt.u64.u32 {cta}, {ctaid};"));
-    p.line(format!("div.u64 {b}, {cta}, {blocks};"));
-    p.line(format!("rem.u64 {blk}, {cta}, {blocks};"));
-    p.line(format!("mul.lo.u64 {first}, {blk}, {ROWS};"));
-    p.line(format!("cvt.u64.u32 {t}, {tid};"));
-    p.line(format!("add.u64 {me}, {first}, {t};"));
-    (b, first, me, t)
-}
-
-/// Stores `acc` as row `row` of `grad` when `valid`.
-fn store_row(p: &mut Ptx, (base, off): (&str, &str), row: &str, grad: &Operand, acc: &[String], valid: &str) {
-    let gaddr = element_address(p, base, off, row, grad, 0);
-    for (c, r) in acc.iter().enumerate() {
-        p.line(format!("@{valid} st.global.f32 [{gaddr}+{}], {r};", c as i64 * grad.col_stride * 4));
-    }
 }
 
 /// Rows per tile: 32, or fewer where a block's tiles (`per_row` bytes a
@@ -159,7 +153,7 @@ fn finish(
     a: &AttentionKernel,
     kernel: usize,
     arch: Arch,
-    role: Role,
+    (role, place): (Role, &Place),
     p: Ptx,
     (grid, tile): (u32, usize),
     shared: &[String],
@@ -181,17 +175,27 @@ fn finish(
         ),
         format!("graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")),
         format!(
-            "launch: grid {grid} x block {ROWS}, a thread per {rows} row; {shared_bytes} bytes of static shared memory \
-             (tiles of {tile} rows of {over})"
+            "launch: grid {grid} x block {threads}, {split} thread(s) per {rows} row; {shared_bytes} bytes of static \
+             shared memory (tiles of {tile} rows of {over})",
+            threads = place.threads(),
+            split = place.split
         ),
     ];
     let params: Vec<String> = PARAMS.iter().map(|n| n.to_string()).collect();
-    let ptx =
-        Module { comment: &comment, arch, entry: &entry, params: &params, shared, regs: &p.banks(), body: &p.code }
-            .text();
+    let ptx = Module {
+        comment: &comment,
+        arch,
+        entry: &entry,
+        params: &params,
+        shared,
+        regs: &p.banks(),
+        body: &p.code,
+        max_registers: Some(MAX_REGISTERS),
+    }
+    .text();
     let args =
         vec![a.q.buffer.0, a.k.buffer.0, a.v.buffer.0, ops.out.buffer.0, ops.dout.buffer.0, ops.lse.0, grad.buffer.0];
-    PtxKernel::new(entry, (kernel, body), ptx, (grid, ROWS), args)
+    PtxKernel::new(entry, (kernel, body), ptx, (grid, place.threads()), args)
 }
 
 /// dq: a thread per query row, key and value tiles in shared memory.
@@ -210,28 +214,30 @@ fn query_rows(
     let grid = (nb * blocks).clamp(1, u64::from(u32::MAX)) as u32;
     let mut p = Ptx { code: String::new(), counts: [0; 4] };
     let bases = load_params(&mut p, &PARAMS);
-    let (b, first, i, t) = block_rows(&mut p, blocks);
+    let place = Place::new(&mut p, split_of(d, dv));
+    let (b, first, i) = block_rows(&mut p, &place, blocks);
     let valid = p.pred();
     p.line(format!("setp.lt.u64 {valid}, {i}, {};", a.tq));
     let operands = [&a.q, &a.k, &a.v, ops.out, ops.dout];
     let offs: Vec<String> = operands.iter().map(|o| batch_offset(&mut p, &b, &a.batch, o)).collect();
     let goff = batch_offset(&mut p, &b, &a.batch, grad);
-    // Fixed per thread: q_i, dout_i, D_i = dout_i · out_i, lse_i.
-    let q_i = load_row(&mut p, (&bases[0], &offs[0]), &i, &a.q, d, &valid);
-    let do_i = load_row(&mut p, (&bases[4], &offs[4]), &i, ops.dout, dv, &valid);
-    let out_i = load_row(&mut p, (&bases[3], &offs[3]), &i, ops.out, dv, &valid);
-    let dd = p.f();
-    p.line(format!("mov.f32 {dd}, {};", imm(0.0)));
+    // Fixed per row: q_i, dout_i (this thread's columns), D_i = dout_i ·
+    // out_i, lse_i.
+    let q_i = place.load_part(&mut p, (&bases[0], &offs[0]), &i, &a.q, d, &valid);
+    let do_i = place.load_part(&mut p, (&bases[4], &offs[4]), &i, ops.dout, dv, &valid);
+    let out_i = place.load_part(&mut p, (&bases[3], &offs[3]), &i, ops.out, dv, &valid);
+    let dd_part = p.f();
+    p.line(format!("mov.f32 {dd_part}, {};", imm(0.0)));
     for (x, y) in do_i.iter().zip(&out_i) {
-        p.line(format!("fma.rn.f32 {dd}, {x}, {y}, {dd};"));
+        p.line(format!("fma.rn.f32 {dd_part}, {x}, {y}, {dd_part};"));
     }
+    let dd = place.across_row(&mut p, &dd_part);
     let (lrow, laddr, lse_i) = (p.r64(), p.r64(), p.f());
     p.line(format!("mov.f32 {lse_i}, {};", imm(0.0)));
     p.line(format!("mad.lo.u64 {lrow}, {b}, {}, {i};", a.tq));
     p.line(format!("mad.lo.u64 {laddr}, {lrow}, 4, {};", bases[5]));
     p.line(format!("@{valid} ld.global.f32 {lse_i}, [{laddr}];"));
-    let minus_lse = neg(&mut p, &lse_i);
-    let acc = zeroed(&mut p, d);
+    let acc = zeroed(&mut p, d / place.split);
     // Keys this block needs: all, or (causal) up to its last row.
     let kend = p.r64();
     if a.causal {
@@ -243,6 +249,7 @@ fn query_rows(
     let (ks, vs, j0, more) = (p.r64(), p.r64(), p.r64(), p.pred());
     p.line(format!("mov.u64 {ks}, Ks;"));
     p.line(format!("mov.u64 {vs}, Vs;"));
+    let (ks_part, vs_part) = (place.shared_part(&mut p, &ks, d), place.shared_part(&mut p, &vs, dv));
     p.line(format!("mov.u64 {j0}, 0;"));
     p.label("$L_tile");
     p.line(format!("setp.ge.u64 {more}, {j0}, {kend};"));
@@ -250,10 +257,10 @@ fn query_rows(
     for (which, o, width, shared) in [(1usize, &a.k, d, &ks), (2usize, &a.v, dv, &vs)] {
         let tile =
             Tile { o, base: &bases[which], off: &offs[which], row0: &j0, limit: a.tk, rows: tile, width, shared };
-        load_tile(&mut p, &tile, &t, &format!("$L_load{which}"));
+        load_tile(&mut p, &tile, (&place.t, place.threads()), &format!("$L_load{which}"));
     }
     p.line("bar.sync 0;");
-    let (jj, j, count, stop, skip) = (p.r64(), p.r64(), p.r64(), p.pred(), p.pred());
+    let (jj, j, count, stop, seen) = (p.r64(), p.r64(), p.r64(), p.pred(), p.pred());
     p.line(format!("sub.u64 {count}, {kend}, {j0};"));
     p.line(format!("min.u64 {count}, {count}, {tile};"));
     p.line(format!("mov.u64 {jj}, 0;"));
@@ -262,23 +269,19 @@ fn query_rows(
     p.line(format!("@{stop} bra $L_keys_done;"));
     p.line(format!("add.u64 {j}, {j0}, {jj};"));
     if a.causal {
-        p.line(format!("setp.gt.u64 {skip}, {j}, {i};"));
-        p.line(format!("or.pred {skip}, {skip}, !{valid};"));
+        p.line(format!("setp.le.u64 {seen}, {j}, {i};"));
+        p.line(format!("and.pred {seen}, {seen}, {valid};"));
     } else {
-        p.line(format!("not.pred {skip}, {valid};"));
+        p.line(format!("mov.pred {seen}, {valid};"));
     }
-    p.line(format!("@{skip} bra $L_key_next;"));
     let (krow, vrow) = (p.r64(), p.r64());
-    p.line(format!("mad.lo.u64 {krow}, {jj}, {}, {ks};", d * 4));
-    p.line(format!("mad.lo.u64 {vrow}, {jj}, {}, {vs};", dv * 4));
-    let s = dot_shared(&mut p, &q_i, (&krow, 0), CHAINS);
-    let shifted = p.f();
-    p.line(format!("fma.rn.f32 {shifted}, {s}, {}, {minus_lse};", imm(a.scale)));
-    let prob = exp(&mut p, &shifted);
-    let dp = dot_shared(&mut p, &do_i, (&vrow, 0), CHAINS);
+    p.line(format!("mad.lo.u64 {krow}, {jj}, {}, {ks_part};", d * 4));
+    p.line(format!("mad.lo.u64 {vrow}, {jj}, {}, {vs_part};", dv * 4));
+    let s = row_dot(&mut p, &place, &q_i, &krow);
+    let prob = probability(&mut p, &s, a.scale, &lse_i, &seen);
+    let dp = row_dot(&mut p, &place, &do_i, &vrow);
     let ds = score_gradient(&mut p, &prob, &dp, &dd, a.scale);
     axpy_shared(&mut p, &acc, &ds, (&krow, 0));
-    p.label("$L_key_next");
     p.line(format!("add.u64 {jj}, {jj}, 1;"));
     p.line("bra.uni $L_key;");
     p.label("$L_keys_done");
@@ -286,11 +289,11 @@ fn query_rows(
     p.line(format!("add.u64 {j0}, {j0}, {tile};"));
     p.line("bra.uni $L_tile;");
     p.label("$L_tiles_done");
-    store_row(&mut p, (&bases[6], &goff), &i, grad, &acc, &valid);
+    place.store_part(&mut p, (&bases[6], &goff), &i, grad, &acc, &valid);
     p.line("ret;");
     let shared =
         [format!(".shared .align 16 .f32 Ks[{}]", tile * d), format!(".shared .align 16 .f32 Vs[{}]", tile * dv)];
-    Ok(finish(a, kernel, arch, Role::Dq, p, (grid, tile), &shared, shared_bytes, ops, grad))
+    Ok(finish(a, kernel, arch, (Role::Dq, &place), p, (grid, tile), &shared, shared_bytes, ops, grad))
 }
 
 /// `−x` in a fresh register.
@@ -321,15 +324,17 @@ fn key_rows(
     let grid = (nb * blocks).clamp(1, u64::from(u32::MAX)) as u32;
     let mut p = Ptx { code: String::new(), counts: [0; 4] };
     let bases = load_params(&mut p, &PARAMS);
-    let (b, first, j, t) = block_rows(&mut p, blocks);
+    let place = Place::new(&mut p, split_of(d, dv));
+    let t = place.t.clone();
+    let (b, first, j) = block_rows(&mut p, &place, blocks);
     let valid = p.pred();
     p.line(format!("setp.lt.u64 {valid}, {j}, {};", a.tk));
     let operands = [&a.q, &a.k, &a.v, ops.out, ops.dout];
     let offs: Vec<String> = operands.iter().map(|o| batch_offset(&mut p, &b, &a.batch, o)).collect();
     let goff = batch_offset(&mut p, &b, &a.batch, grad);
-    let k_j = load_row(&mut p, (&bases[1], &offs[1]), &j, &a.k, d, &valid);
-    let v_j = if dk { load_row(&mut p, (&bases[2], &offs[2]), &j, &a.v, dv, &valid) } else { Vec::new() };
-    let acc = zeroed(&mut p, if dk { d } else { dv });
+    let k_j = place.load_part(&mut p, (&bases[1], &offs[1]), &j, &a.k, d, &valid);
+    let v_j = if dk { place.load_part(&mut p, (&bases[2], &offs[2]), &j, &a.v, dv, &valid) } else { Vec::new() };
+    let acc = zeroed(&mut p, if dk { d } else { dv } / place.split);
     let (qs, dos, ls, os, dds) = (p.r64(), p.r64(), p.r64(), p.r64(), p.r64());
     p.line(format!("mov.u64 {qs}, Qs;"));
     p.line(format!("mov.u64 {dos}, DOs;"));
@@ -338,6 +343,7 @@ fn key_rows(
         p.line(format!("mov.u64 {os}, Os;"));
         p.line(format!("mov.u64 {dds}, Dd;"));
     }
+    let (qs_part, dos_part) = (place.shared_part(&mut p, &qs, d), place.shared_part(&mut p, &dos, dv));
     // Queries this block needs: all, or (causal) from its first key row on.
     let (i0, more) = (p.r64(), p.pred());
     if a.causal {
@@ -357,7 +363,7 @@ fn key_rows(
     for (which, o, width, shared) in tiles {
         let tile =
             Tile { o, base: &bases[which], off: &offs[which], row0: &i0, limit: a.tq, rows: tile, width, shared };
-        load_tile(&mut p, &tile, &t, &format!("$L_load{which}"));
+        load_tile(&mut p, &tile, (&t, place.threads()), &format!("$L_load{which}"));
     }
     // The tile's log-sum-exp values: a thread each.
     let (lt, lrow, laddr, lv, lin, sa) = (p.pred(), p.r64(), p.r64(), p.f(), p.pred(), p.r64());
@@ -390,7 +396,7 @@ fn key_rows(
         p.label("$L_delta_done");
         p.line("bar.sync 0;");
     }
-    let (ii, i, count, stop, skip) = (p.r64(), p.r64(), p.r64(), p.pred(), p.pred());
+    let (ii, i, count, stop, seen) = (p.r64(), p.r64(), p.r64(), p.pred(), p.pred());
     p.line(format!("sub.u64 {count}, {}, {i0};", a.tq));
     p.line(format!("min.u64 {count}, {count}, {tile};"));
     p.line(format!("mov.u64 {ii}, 0;"));
@@ -399,32 +405,28 @@ fn key_rows(
     p.line(format!("@{stop} bra $L_queries_done;"));
     p.line(format!("add.u64 {i}, {i0}, {ii};"));
     if a.causal {
-        p.line(format!("setp.lt.u64 {skip}, {i}, {j};"));
-        p.line(format!("or.pred {skip}, {skip}, !{valid};"));
+        p.line(format!("setp.ge.u64 {seen}, {i}, {j};"));
+        p.line(format!("and.pred {seen}, {seen}, {valid};"));
     } else {
-        p.line(format!("not.pred {skip}, {valid};"));
+        p.line(format!("mov.pred {seen}, {valid};"));
     }
-    p.line(format!("@{skip} bra $L_query_next;"));
     let (qrow, dorow, lat, lse_i) = (p.r64(), p.r64(), p.r64(), p.f());
-    p.line(format!("mad.lo.u64 {qrow}, {ii}, {}, {qs};", d * 4));
-    p.line(format!("mad.lo.u64 {dorow}, {ii}, {}, {dos};", dv * 4));
+    p.line(format!("mad.lo.u64 {qrow}, {ii}, {}, {qs_part};", d * 4));
+    p.line(format!("mad.lo.u64 {dorow}, {ii}, {}, {dos_part};", dv * 4));
     p.line(format!("mad.lo.u64 {lat}, {ii}, 4, {ls};"));
     p.line(format!("ld.shared.f32 {lse_i}, [{lat}];"));
-    let s = dot_shared(&mut p, &k_j, (&qrow, 0), CHAINS);
-    let (minus_lse, shifted) = (neg(&mut p, &lse_i), p.f());
-    p.line(format!("fma.rn.f32 {shifted}, {s}, {}, {minus_lse};", imm(a.scale)));
-    let prob = exp(&mut p, &shifted);
+    let s = row_dot(&mut p, &place, &k_j, &qrow);
+    let prob = probability(&mut p, &s, a.scale, &lse_i, &seen);
     if dk {
         let (dat, dd) = (p.r64(), p.f());
         p.line(format!("mad.lo.u64 {dat}, {ii}, 4, {dds};"));
         p.line(format!("ld.shared.f32 {dd}, [{dat}];"));
-        let dp = dot_shared(&mut p, &v_j, (&dorow, 0), CHAINS);
+        let dp = row_dot(&mut p, &place, &v_j, &dorow);
         let ds = score_gradient(&mut p, &prob, &dp, &dd, a.scale);
         axpy_shared(&mut p, &acc, &ds, (&qrow, 0));
     } else {
         axpy_shared(&mut p, &acc, &prob, (&dorow, 0));
     }
-    p.label("$L_query_next");
     p.line(format!("add.u64 {ii}, {ii}, 1;"));
     p.line("bra.uni $L_query;");
     p.label("$L_queries_done");
@@ -432,7 +434,7 @@ fn key_rows(
     p.line(format!("add.u64 {i0}, {i0}, {tile};"));
     p.line("bra.uni $L_tile;");
     p.label("$L_tiles_done");
-    store_row(&mut p, (&bases[6], &goff), &j, grad, &acc, &valid);
+    place.store_part(&mut p, (&bases[6], &goff), &j, grad, &acc, &valid);
     p.line("ret;");
     let mut shared = vec![
         format!(".shared .align 16 .f32 Qs[{}]", tile * d),
@@ -443,5 +445,5 @@ fn key_rows(
         shared.push(format!(".shared .align 16 .f32 Os[{}]", tile * dv));
         shared.push(format!(".shared .align 16 .f32 Dd[{tile}]"));
     }
-    Ok(finish(a, kernel, arch, role, p, (grid, tile), &shared, shared_bytes, ops, grad))
+    Ok(finish(a, kernel, arch, (role, &place), p, (grid, tile), &shared, shared_bytes, ops, grad))
 }

@@ -4,8 +4,8 @@ use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
 
 use super::super::{Arch, Module, PtxError, PtxKernel};
 use super::{
-    Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, element_address, exp, imm, load_params,
-    load_tile, zeroed,
+    MAX_REGISTERS, Place, Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm,
+    load_params, load_tile, split_of, zeroed,
 };
 
 /// Keys scored together: their scores live in registers while the running
@@ -31,9 +31,11 @@ struct Group<'a> {
 /// the query (causal) or of a row past the end), the group's maximum, one
 /// rescale of `l` and the output row, then `p_j = exp(s_j − m)` added to `l`
 /// and `p_j · v_j` to the row.
+#[allow(clippy::too_many_arguments)]
 fn key_group(
     p: &mut Ptx,
     a: &AttentionKernel,
+    place: &Place,
     g: Group,
     qreg: &[String],
     (ks, vs): (&str, &str),
@@ -52,7 +54,8 @@ fn key_group(
                 p.line(format!("setp.gt.u64 {after}, {j}, {};", g.i));
                 p.line(format!("and.pred {ok}, {ok}, !{after};"));
             }
-            let dot = dot_shared(p, qreg, (ks, u * d * 4), 4);
+            let part = dot_shared(p, qreg, (ks, u * d * 4), 4);
+            let dot = place.across_row(p, &part);
             let s = p.f();
             p.line(format!("mul.rn.f32 {s}, {dot}, {};", imm(a.scale)));
             p.line(format!("selp.f32 {s}, {s}, {}, {ok};", imm(f64::NEG_INFINITY)));
@@ -129,30 +132,25 @@ pub(in crate::ptx) fn forward(
         p.line(format!("cvta.to.global.u64 {base}, {raw};"));
         base
     });
-    // Which batch index and query rows this block has.
-    let (ctaid, tid) = (p.r32(), p.r32());
+    // Which batch index and query rows this block has; which columns of
+    // its row this thread holds.
+    let place = Place::new(&mut p, split_of(d, dv));
+    let ctaid = p.r32();
     p.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
-    p.line(format!("mov.u32 {tid}, %tid.x;"));
-    let (cta, b, qb, i, t) = (p.r64(), p.r64(), p.r64(), p.r64(), p.r64());
+    let (cta, b, qb, i) = (p.r64(), p.r64(), p.r64(), p.r64());
     p.line(format!("cvt.u64.u32 {cta}, {ctaid};"));
     p.line(format!("div.u64 {b}, {cta}, {qblocks};"));
     p.line(format!("rem.u64 {qb}, {cta}, {qblocks};"));
-    p.line(format!("cvt.u64.u32 {t}, {tid};"));
-    p.line(format!("mad.lo.u64 {i}, {qb}, {ROWS}, {t};"));
+    p.line(format!("mad.lo.u64 {i}, {qb}, {ROWS}, {};", place.row));
     let valid = p.pred();
     p.line(format!("setp.lt.u64 {valid}, {i}, {};", a.tq));
     let offs: Vec<String> = [&a.q, &a.k, &a.v, out].iter().map(|o| batch_offset(&mut p, &b, &a.batch, o)).collect();
-    // The query row in registers (zero for rows past the end).
-    let qreg: Vec<String> = (0..d).map(|_| p.f()).collect();
-    for (c, r) in qreg.iter().enumerate() {
-        p.line(format!("mov.f32 {r}, {};", imm(0.0)));
-        let addr = element_address(&mut p, &bases[0], &offs[0], &i, &a.q, c);
-        p.line(format!("@{valid} ld.global.f32 {r}, [{addr}];"));
-    }
+    // The thread's part of the query row in registers (zero past the end).
+    let qreg = place.load_part(&mut p, (&bases[0], &offs[0]), &i, &a.q, d, &valid);
     let (m, l) = (p.f(), p.f());
     p.line(format!("mov.f32 {m}, {};", imm(f64::NEG_INFINITY)));
     p.line(format!("mov.f32 {l}, {};", imm(0.0)));
-    let acc = zeroed(&mut p, dv);
+    let acc = zeroed(&mut p, dv / place.split);
     // Keys this block needs: all, or (causal) up to its last row.
     let kend = p.r64();
     if a.causal {
@@ -164,6 +162,8 @@ pub(in crate::ptx) fn forward(
     let (ks, vs) = (p.r64(), p.r64());
     p.line(format!("mov.u64 {ks}, Ks;"));
     p.line(format!("mov.u64 {vs}, Vs;"));
+    // This thread's columns of a tile's first key and value rows.
+    let (ks_part, vs_part) = (place.shared_part(&mut p, &ks, d), place.shared_part(&mut p, &vs, dv));
     let j0 = p.r64();
     p.line(format!("mov.u64 {j0}, 0;"));
     let more = p.pred();
@@ -182,7 +182,7 @@ pub(in crate::ptx) fn forward(
             width,
             shared: sbase,
         };
-        load_tile(&mut p, &tile, &t, &format!("$L_load{which}"));
+        load_tile(&mut p, &tile, (&place.t, place.threads()), &format!("$L_load{which}"));
     }
     p.line("bar.sync 0;");
     // This thread's keys in the tile: up to min(TILE, kend − j0), and
@@ -195,10 +195,10 @@ pub(in crate::ptx) fn forward(
     p.label("$L_group");
     p.line(format!("setp.ge.u64 {past}, {first}, {count};"));
     p.line(format!("@{past} bra $L_groups_done;"));
-    p.line(format!("mad.lo.u64 {ksg}, {first}, {}, {ks};", d * 4));
-    p.line(format!("mad.lo.u64 {vsg}, {first}, {}, {vs};", dv * 4));
+    p.line(format!("mad.lo.u64 {ksg}, {first}, {}, {ks_part};", d * 4));
+    p.line(format!("mad.lo.u64 {vsg}, {first}, {}, {vs_part};", dv * 4));
     let group = Group { first: &first, count: &count, j0: &j0, i: &i, valid: &valid };
-    key_group(&mut p, a, group, &qreg, (&ksg, &vsg), (&m, &l), &acc);
+    key_group(&mut p, a, &place, group, &qreg, (&ksg, &vsg), (&m, &l), &acc);
     p.line(format!("add.u64 {first}, {first}, {GROUP};"));
     p.line("bra.uni $L_group;");
     p.label("$L_groups_done");
@@ -206,23 +206,28 @@ pub(in crate::ptx) fn forward(
     p.line(format!("add.u64 {j0}, {j0}, {TILE};"));
     p.line("bra.uni $L_tile;");
     p.label("$L_tiles_done");
-    // out = acc / l; lse = m + ln l
+    // out = acc / l (each thread its columns); lse = m + ln l (the row's
+    // first thread).
     p.line(format!("@!{valid} bra $L_done;"));
     let inv = p.f();
     p.line(format!("rcp.rn.f32 {inv}, {l};"));
-    for (c, o) in acc.iter().enumerate() {
-        let addr = element_address(&mut p, &bases[3], &offs[3], &i, out, c);
-        let v = p.f();
-        p.line(format!("mul.rn.f32 {v}, {o}, {inv};"));
-        p.line(format!("st.global.f32 [{addr}], {v};"));
-    }
+    let scaled: Vec<String> = acc
+        .iter()
+        .map(|o| {
+            let v = p.f();
+            p.line(format!("mul.rn.f32 {v}, {o}, {inv};"));
+            v
+        })
+        .collect();
+    place.store_part(&mut p, (&bases[3], &offs[3]), &i, out, &scaled, &valid);
     if let Some(lb) = &lse_base {
-        let (lg, value, row, addr) = (p.f(), p.f(), p.r64(), p.r64());
+        let (lg, value, row, addr, first_part) = (p.f(), p.f(), p.r64(), p.r64(), p.pred());
         p.line(format!("lg2.approx.f32 {lg}, {l};"));
         p.line(format!("fma.rn.f32 {value}, {lg}, {}, {m};", imm(std::f64::consts::LN_2)));
         p.line(format!("mad.lo.u64 {row}, {b}, {}, {i};", a.tq));
         p.line(format!("mad.lo.u64 {addr}, {row}, 4, {lb};"));
-        p.line(format!("st.global.f32 [{addr}], {value};"));
+        p.line(format!("setp.eq.u64 {first_part}, {}, 0;", place.part));
+        p.line(format!("@{first_part} st.global.f32 [{addr}], {value};"));
     }
     p.label("$L_done");
     p.line("ret;");
@@ -234,8 +239,10 @@ pub(in crate::ptx) fn forward(
         ),
         format!("graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")),
         format!(
-            "launch: grid {grid} x block {ROWS} (a block per {ROWS} query rows of a batch index); {shared} bytes of \
-             static shared memory (K and V tiles of {TILE} rows)"
+            "launch: grid {grid} x block {threads} (a block per {ROWS} query rows of a batch index, {split} thread(s) a \
+             row); {shared} bytes of static shared memory (K and V tiles of {TILE} rows)",
+            threads = place.threads(),
+            split = place.split
         ),
     ];
     let mut params: Vec<String> = names.iter().map(|n| n.to_string()).collect();
@@ -252,9 +259,10 @@ pub(in crate::ptx) fn forward(
         shared: &shared_decls,
         regs: &p.banks(),
         body: &p.code,
+        max_registers: Some(MAX_REGISTERS),
     }
     .text();
     let mut args = vec![a.q.buffer.0, a.k.buffer.0, a.v.buffer.0, out.buffer.0];
     args.extend(a.lse.map(|l| l.0));
-    Ok(PtxKernel::new(entry, (kernel, 0), ptx, (grid, ROWS), args))
+    Ok(PtxKernel::new(entry, (kernel, 0), ptx, (grid, place.threads()), args))
 }

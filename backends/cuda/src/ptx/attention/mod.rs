@@ -1,21 +1,26 @@
 //! Attention as PTX: a forward kernel and up to three backward kernels,
-//! each a thread per row with the other operand streamed through shared
-//! memory in tiles.
+//! each with one or two threads per row and the other operand streamed
+//! through shared memory in tiles.
 //!
-//! - [`forward`]: a block of [`ROWS`] threads takes [`ROWS`] query rows of
-//!   one batch index, its query row in registers; keys and values come in
-//!   tiles of [`TILE`] rows; each thread runs the online softmax over a tile
-//!   (running maximum and sum, its output row rescaled as the maximum grows).
-//!   With a log-sum-exp buffer, `m + ln l` is kept for the backward pass.
-//! - [`backward`]: dq a thread per query row over key/value tiles; dv and dk
-//!   a thread per key row over query tiles (with dout, the log-sum-exp and,
-//!   for dk, `D_i = dout_i · out_i` computed per tile). Probabilities are
-//!   recomputed from the log-sum-exp. Each thread owns its output row: no
-//!   atomics, and every sum runs in index order.
+//! - [`forward`]: a block takes [`ROWS`] query rows of one batch index, the
+//!   query row in registers; keys and values come in tiles of [`TILE`]
+//!   rows; the online softmax runs over groups of keys (running maximum and
+//!   sum, the output row rescaled once a group as the maximum grows). With a
+//!   log-sum-exp buffer, `m + ln l` is kept for the backward pass.
+//! - [`backward`]: dq over key/value tiles, a query row each; dv and dk over
+//!   query tiles (with dout, the log-sum-exp and, for dk, `D_i = dout_i ·
+//!   out_i` computed per tile), a key row each. Probabilities are
+//!   recomputed from the log-sum-exp. Each row's output belongs to its
+//!   threads alone: no atomics, and every sum runs in index order.
 //!
-//! Scores never exist in memory beyond one thread's current one. Loops over
-//! the head dimension are unrolled (`d` and `dv` are known), so a row of 64
-//! lives in 64 registers.
+//! Where both head dimensions are even, two neighbouring threads share a
+//! row ([`split_of`]): each holds half its columns (half the registers: a
+//! row of 64 plus its gradient no longer spills) and dot products are
+//! finished with one shuffle between the two, which then hold the same
+//! score. Keys a row must not see (causal, past the end) are masked — their
+//! probability is 0 — rather than branched around, so both threads of a row
+//! always reach the shuffle together. Scores never exist in memory. Loops
+//! over the head dimension are unrolled (`d` and `dv` are known).
 
 mod backward;
 mod forward;
@@ -27,8 +32,14 @@ use std::fmt::Write as _;
 
 use lpac_ir::kernel::Operand;
 
-/// Query rows per block (a thread each).
-pub const ROWS: u32 = 128;
+/// Rows (query or key) per block, one or two threads each: blocks of 128
+/// threads (or 64) fill a multiprocessor in finer steps than larger ones
+/// would, and a causal pass's blocks differ less in work.
+pub const ROWS: u32 = 64;
+/// Registers a thread may use (`.maxnreg`): 168 lets three blocks of 128
+/// threads share a multiprocessor's 65,536 (12 warps to hide latency
+/// with); at head dimension 64 the kernels need no more, at 128 they spill.
+pub(super) const MAX_REGISTERS: u32 = 168;
 /// Key rows per shared-memory tile.
 pub const TILE: usize = 32;
 /// Static shared memory a block may use without opting in.
@@ -76,6 +87,111 @@ pub(super) fn imm(v: f64) -> String {
     format!("0f{:08X}", (v as f32).to_bits())
 }
 
+/// Threads per row: two where both head dimensions are even (each takes
+/// half the row's columns), else one.
+pub(super) fn split_of(d: usize, dv: usize) -> usize {
+    if d.is_multiple_of(2) && dv.is_multiple_of(2) { 2 } else { 1 }
+}
+
+/// A thread's place in its block: its index `t`, its row within the block
+/// and which part of the row's columns it holds (u64 registers), and how
+/// many threads share a row.
+pub(super) struct Place {
+    pub t: String,
+    pub row: String,
+    pub part: String,
+    pub split: usize,
+}
+
+impl Place {
+    pub fn new(p: &mut Ptx, split: usize) -> Place {
+        let (tid, t, row, part) = (p.r32(), p.r64(), p.r64(), p.r64());
+        p.line(format!("mov.u32 {tid}, %tid.x;"));
+        p.line(format!("cvt.u64.u32 {t}, {tid};"));
+        if split == 2 {
+            p.line(format!("shr.u64 {row}, {t}, 1;"));
+            p.line(format!("and.b64 {part}, {t}, 1;"));
+        } else {
+            p.line(format!("mov.u64 {row}, {t};"));
+            p.line(format!("mov.u64 {part}, 0;"));
+        }
+        Place { t, row, part, split }
+    }
+
+    /// Threads in a block.
+    pub fn threads(&self) -> u32 {
+        ROWS * self.split as u32
+    }
+
+    /// `x` added over the row's threads: the partner's value by a butterfly
+    /// shuffle (lanes `2r` and `2r + 1`), the same sum in both.
+    pub fn across_row(&self, p: &mut Ptx, x: &str) -> String {
+        if self.split == 1 {
+            return x.to_string();
+        }
+        let (other, sum) = (p.f(), p.f());
+        p.line(format!("shfl.sync.bfly.b32 {other}, {x}, 1, 31, -1;"));
+        p.line(format!("add.rn.f32 {sum}, {x}, {other};"));
+        sum
+    }
+
+    /// The shared address of this thread's first column in a row of
+    /// `width` floats starting at `row` (a shared byte address).
+    pub fn shared_part(&self, p: &mut Ptx, row: &str, width: usize) -> String {
+        let r = p.r64();
+        p.line(format!("mad.lo.u64 {r}, {}, {}, {row};", self.part, width / self.split * 4));
+        r
+    }
+
+    /// Registers holding this thread's columns of row `row` of an operand
+    /// (`off` its batch offset), zero where `valid` is false.
+    pub fn load_part(
+        &self,
+        p: &mut Ptx,
+        (base, off): (&str, &str),
+        row: &str,
+        o: &Operand,
+        width: usize,
+        valid: &str,
+    ) -> Vec<String> {
+        let addr = self.part_address(p, (base, off), row, o, width);
+        (0..width / self.split)
+            .map(|c| {
+                let r = p.f();
+                p.line(format!("mov.f32 {r}, {};", imm(0.0)));
+                p.line(format!("@{valid} ld.global.f32 {r}, [{addr}+{}];", c as i64 * o.col_stride * 4));
+                r
+            })
+            .collect()
+    }
+
+    /// Stores `regs`, this thread's columns, into row `row` where `valid`.
+    pub fn store_part(
+        &self,
+        p: &mut Ptx,
+        (base, off): (&str, &str),
+        row: &str,
+        o: &Operand,
+        regs: &[String],
+        valid: &str,
+    ) {
+        let addr = self.part_address(p, (base, off), row, o, regs.len() * self.split);
+        for (c, r) in regs.iter().enumerate() {
+            p.line(format!("@{valid} st.global.f32 [{addr}+{}], {r};", c as i64 * o.col_stride * 4));
+        }
+    }
+
+    /// The byte address of this thread's first column of row `row`:
+    /// `base + 4·(off + row·rs + part·(width / split)·cs)`.
+    fn part_address(&self, p: &mut Ptx, (base, off): (&str, &str), row: &str, o: &Operand, width: usize) -> String {
+        let (e, a) = (p.r64(), p.r64());
+        p.line(format!("mad.lo.s64 {e}, {row}, {}, {off};", o.row_stride));
+        p.line(format!("mad.lo.s64 {e}, {}, {}, {e};", self.part, (width / self.split) as i64 * o.col_stride));
+        p.line(format!("mad.lo.s64 {a}, {e}, 4, {base};"));
+        a
+    }
+}
+
 /// `offset + Σ coord_d(b) · stride_d` of an operand for batch index `b` (a
 /// u64 register), as an s64 register.
 pub(super) fn batch_offset(p: &mut Ptx, b: &str, batch: &[usize], o: &Operand) -> String {
@@ -90,19 +206,6 @@ pub(super) fn batch_offset(p: &mut Ptx, b: &str, batch: &[usize], o: &Operand) -
         rest = q;
     }
     off
-}
-
-/// The byte address of element `(row, col)` of an operand: `base + 4·(off
-/// + row·rs + col·cs)`, with `row` a u64 register and `col` a constant.
-pub(super) fn element_address(p: &mut Ptx, base: &str, off: &str, row: &str, o: &Operand, col: usize) -> String {
-    let e = p.r64();
-    p.line(format!("mad.lo.s64 {e}, {row}, {}, {off};", o.row_stride));
-    if col != 0 {
-        p.line(format!("add.s64 {e}, {e}, {};", col as i64 * o.col_stride));
-    }
-    let a = p.r64();
-    p.line(format!("mad.lo.s64 {a}, {e}, 4, {base};"));
-    a
 }
 
 /// `exp(x)` through `ex2`.
@@ -207,10 +310,10 @@ pub(super) struct Tile<'a> {
     pub shared: &'a str,
 }
 
-/// The whole block loads a tile, thread `t` taking elements `t, t + ROWS, …`
-/// (consecutive threads, consecutive columns: coalesced when the operand's
-/// rows are contiguous). The caller synchronises before use.
-pub(super) fn load_tile(p: &mut Ptx, tile: &Tile, t: &str, label: &str) {
+/// The whole block loads a tile, thread `t` taking elements `t, t +
+/// threads, …` (consecutive threads, consecutive columns: coalesced when
+/// the operand's rows are contiguous). The caller synchronises before use.
+pub(super) fn load_tile(p: &mut Ptx, tile: &Tile, (t, threads): (&str, u32), label: &str) {
     let n = tile.rows * tile.width;
     let (e, key, col, row, inside, f, sa) = (p.r64(), p.r64(), p.r64(), p.r64(), p.pred(), p.f(), p.r64());
     p.line(format!("mov.u64 {e}, {t};"));
@@ -230,7 +333,7 @@ pub(super) fn load_tile(p: &mut Ptx, tile: &Tile, t: &str, label: &str) {
     p.line(format!("@{inside} ld.global.f32 {f}, [{ga}];"));
     p.line(format!("mad.lo.u64 {sa}, {e}, 4, {};", tile.shared));
     p.line(format!("st.shared.f32 [{sa}], {f};"));
-    p.line(format!("add.u64 {e}, {e}, {ROWS};"));
+    p.line(format!("add.u64 {e}, {e}, {threads};"));
     p.line(format!("bra.uni {label};"));
     p.label(&format!("{label}_done"));
 }
