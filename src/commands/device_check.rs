@@ -87,9 +87,12 @@ fn cases() -> Vec<Case> {
     let rows = g.reduce(ReduceOp::Sum, &[1], x);
     let cols = g.reduce(ReduceOp::Sum, &[0], x);
     let maxes = g.reduce(ReduceOp::Max, &[1], x);
+    // Many columns: a thread per output, down its column.
+    let w = g.input("w", &[64, 70_000]);
+    let wide = g.reduce(ReduceOp::Sum, &[0], w);
     cases.push(Case {
         name: "reductions (rows, columns, max)",
-        graph: g.out("rows", rows).out("cols", cols).out("max", maxes).0,
+        graph: g.out("rows", rows).out("cols", cols).out("max", maxes).out("wide", wide).0,
         tolerance: 1e-5,
         reference: Device::Cpu,
     });

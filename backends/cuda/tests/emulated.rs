@@ -225,9 +225,21 @@ fn reductions_with_few_and_many_outputs() {
     // Many short rows: a warp each.
     let z = g.input("z", &[3000, 20]);
     let short = g.reduce(ReduceOp::Sum, &[1], z);
-    for (name, n) in [("total", total), ("rows", rows), ("max", maxes), ("short", short)] {
+    // Many columns (a bias gradient): a thread each, down its column.
+    let w = g.input("w", &[6, 70_000]);
+    let cols = g.reduce(ReduceOp::Sum, &[0], w);
+    for (name, n) in [("total", total), ("rows", rows), ("max", maxes), ("short", short), ("cols", cols)] {
         g.0.add_output(name, n);
     }
+    let program = lpac_passes::fuse::fuse(&g.0).unwrap();
+    let emitted = emit_program(&program, Arch::Sm90, Some(&g.0)).unwrap();
+    let per_thread: Vec<&str> = emitted
+        .kernels
+        .iter()
+        .filter(|k| k.ptx.contains("a thread per output element"))
+        .map(|k| k.entry.as_str())
+        .collect();
+    assert_eq!(per_thread.len(), 1, "only the column sum runs a thread per output: {per_thread:?}");
     check("reductions", &g.0, 1e-6);
 }
 

@@ -78,12 +78,18 @@ pub(super) fn emit(
         let grid = (total / 4).div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
         let how = "four consecutive elements a thread (16-byte loads and stores), grid-stride";
         (grid, format!("launch: grid {grid} x block {BLOCK}, {how} over {total} elements"))
+    } else if thread_per_output(k) {
+        em.function(false)?;
+        let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
+        let per = "a thread per output element (neighbouring outputs, neighbouring addresses), ";
+        (grid, format!("launch: grid {grid} x block {BLOCK}, {per}grid-stride over {total} elements"))
     } else {
-        em.function()?;
         // A reducing kernel uses a warp (32 threads) per output element.
-        let threads = if k.reduction.is_some() { total.saturating_mul(32) } else { total };
+        let warps = k.reduction.is_some();
+        em.function(warps)?;
+        let threads = if warps { total.saturating_mul(32) } else { total };
         let grid = threads.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
-        let per = if k.reduction.is_some() { "a warp per output element, " } else { "" };
+        let per = if warps { "a warp per output element, " } else { "" };
         (grid, format!("launch: grid {grid} x block {BLOCK}, {per}grid-stride over {total} elements"))
     };
     let comment = [
@@ -344,6 +350,43 @@ fn block_reduce_shape(k: &LoopKernel) -> Option<(u64, u64)> {
     let wanted = count.div_ceil(SLICE).min((MAX_BLOCKS / outputs).max(1));
     let len = count.div_ceil(wanted);
     Some((count.div_ceil(len), len))
+}
+
+/// Outputs from which a reduction runs a thread per output…
+const THREAD_PER_OUTPUT_MIN: u64 = 65_536;
+/// …reducing at most this many values each.
+const THREAD_PER_OUTPUT_MAX_LEN: u64 = 4096;
+
+/// Whether a reduction should run a thread per output element, each summing
+/// its values in order, rather than a warp per output: a column sum (the
+/// gradient of a bias over a vocabulary: 32,001 columns of 4,096 rows).
+/// With a warp per output the 32 lanes read 32 rows of one column — 32
+/// memory sectors for 128 useful bytes — while with a thread each,
+/// neighbouring threads read neighbouring columns of one row. Chosen when
+/// there are enough outputs to fill the GPU a thread each, the reductions
+/// are short enough, and every load the reduction makes steps along the
+/// outputs' last axis one element at a time (not along the reduction's).
+fn thread_per_output(k: &LoopKernel) -> bool {
+    if k.reduction.is_none() || k.domain.is_empty() || k.reduce.is_empty() {
+        return false;
+    }
+    let outputs: u64 = k.domain.iter().map(|&d| d as u64).product();
+    let count: u64 = k.reduce.iter().map(|&d| d as u64).product();
+    if outputs < THREAD_PER_OUTPUT_MIN || count > THREAD_PER_OUTPUT_MAX_LEN {
+        return false;
+    }
+    let (last_out, last_reduce) = (k.domain.len() - 1, k.domain.len() + k.reduce.len() - 1);
+    let loads: Vec<&IndexMap> = k
+        .exprs
+        .iter()
+        .filter_map(|t| match &t.expr {
+            Expr::Load { index, .. } | Expr::LoadIf { index, .. } => Some(index),
+            _ => None,
+        })
+        .filter(|m| m.strides.iter().skip(k.domain.len()).any(|&s| s != 0))
+        .collect();
+    !loads.is_empty()
+        && loads.iter().all(|m| m.strides.get(last_out) == Some(&1) && m.strides.get(last_reduce) != Some(&1))
 }
 
 /// For an elementwise kernel whose elements come four at a time with
@@ -625,10 +668,12 @@ impl<'a> Em<'a> {
         Ok(())
     }
 
-    fn function(&mut self) -> R<()> {
+    /// A grid-stride loop over the elements: a thread each, or a warp each
+    /// (`warps`, a reducing kernel's usual shape).
+    fn function(&mut self, warps: bool) -> R<()> {
         let k = self.k;
         let total: u64 = k.domain.iter().map(|&d| d as u64).product();
-        let (i, stride) = self.prologue(k.reduction.is_some());
+        let (i, stride) = self.prologue(warps);
         let done = self.reg(0);
         self.label("$L_element");
         self.line(format!("setp.ge.u64 {done}, {i}, {total};"));
@@ -939,16 +984,20 @@ impl<'a> Em<'a> {
         }
         self.line(format!("mov.{ty} {acc}, {init};"));
         let count: u64 = k.reduce.iter().map(|&x| x as u64).product();
-        let (lane, _) = self.lane.ok_or_else(|| self.err("a reduction outside a warp"))?;
         // This thread's reduce indices: from `r` by `step` below `end` — a
-        // warp's lanes over all of them, or a block's threads over its slice.
+        // warp's lanes over all of them, a block's threads over its slice,
+        // or (a thread per output) all of them in order.
         let (r, more) = (self.reg(3), self.reg(0));
-        let (step, end) = match self.block {
-            None => {
+        let (step, end) = match (self.block, self.lane) {
+            (None, None) => {
+                self.line(format!("mov.u64 {r}, 0;"));
+                (1, count.to_string())
+            }
+            (None, Some((lane, _))) => {
                 self.line(format!("mov.u64 {r}, {lane};"));
                 (32, count.to_string())
             }
-            Some(b) => {
+            (Some(b), _) => {
                 let end = self.reg(3);
                 self.line(format!("mul.lo.u64 {end}, {}, {};", b.slice, b.len));
                 self.line(format!("add.u64 {r}, {end}, {};", b.tid));
@@ -981,7 +1030,9 @@ impl<'a> Em<'a> {
             self.line(format!("@{more} bra $L_reduce{n};"));
             self.label(&format!("$L_reduce_end{n}"));
         }
-        self.fold_warp(op, d, acc);
+        if self.lane.is_some() {
+            self.fold_warp(op, d, acc);
+        }
         if let Some(b) = self.block {
             self.combine_blocks(b, op, d, acc, &init);
         }
