@@ -49,6 +49,15 @@ fn ptx_snapshot(label: &str, lowrank: Option<usize>) {
     let emitted = lpac_cuda::emit_program(&program, lpac_cuda::Arch::Sm90, Some(&graph)).unwrap();
     let mut text = String::new();
     for k in &emitted.kernels {
+        // Every function says where it came from: graph nodes with the
+        // source line of the model file, and its launch.
+        let header: Vec<&str> = k.ptx.lines().take_while(|l| l.starts_with("//")).collect();
+        let nodes = header
+            .iter()
+            .find(|l| l.contains("graph nodes: %"))
+            .unwrap_or_else(|| panic!("{}: no graph nodes", k.entry));
+        assert!(nodes.contains("(models/tiny.lpa:"), "{}: no source lines in `{nodes}`", k.entry);
+        assert!(header.iter().any(|l| l.contains("launch: grid")), "{}: no launch in its header", k.entry);
         text.push_str(&k.ptx);
         text.push('\n');
     }

@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use lpac_ir::kernel::{BufferId, Expr, ExprId, IndexMap, LoopKernel, Program};
 use lpac_ir::{BinaryOp, DType, Graph, ReduceOp, UnaryOp};
 
-use super::{Arch, BLOCK, Module, PARAM_BYTES, PtxError, PtxKernel, sanitize};
+use super::{Arch, BLOCK, Module, PARAM_BYTES, PtxError, PtxKernel, node_list, sanitize};
 
 /// A virtual register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,7 +94,7 @@ pub(super) fn emit(
     };
     let comment = [
         format!("kernel k{kernel} body {body}: loop {:?}, domain {:?}, reduce {:?}", k.name, k.domain, k.reduce),
-        format!("graph nodes: {}", node_list(k, graph)),
+        format!("graph nodes: {}", node_list(&k.nodes, graph)),
         launch,
     ];
     Ok(finish(em, entry.clone(), &comment, arch, (kernel, body), grid))
@@ -154,7 +154,12 @@ fn emit_fused_parts(
     let grid = (total / per).div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
     let mut comment = vec![format!("kernel k{kernel}: {} elementwise kernels fused ({name})", members.len())];
     for (j, m) in members.iter().enumerate() {
-        comment.push(format!("  member {j}: {:?} over {:?}; graph nodes: {}", m.name, m.domain, node_list(m, graph)));
+        comment.push(format!(
+            "  member {j}: {:?} over {:?}; graph nodes: {}",
+            m.name,
+            m.domain,
+            node_list(&m.nodes, graph)
+        ));
     }
     let how = if quads.is_some() { "four consecutive elements a thread (16-byte loads and stores), " } else { "" };
     comment.push(format!("launch: grid {grid} x block {BLOCK}, {how}grid-stride over {total} elements of all members"));
@@ -210,7 +215,7 @@ pub(super) fn emit_rows(
             st.name,
             st.domain,
             st.reduce,
-            node_list(st, graph)
+            node_list(&st.nodes, graph)
         ));
     }
     comment.push(format!("launch: grid {grid} x block {BLOCK}, grid-stride over {nrows} rows"));
@@ -256,22 +261,6 @@ fn finish(
         scratch_bytes: em.scratch_bytes,
         ..PtxKernel::new(entry, (kernel, body), ptx, (grid, BLOCK), args)
     }
-}
-
-/// `%12 (models/tiny.lpa:22:19) %13 …`
-fn node_list(k: &LoopKernel, graph: Option<&Graph>) -> String {
-    let items: Vec<String> = k
-        .nodes
-        .iter()
-        .map(|n| {
-            let span = graph.and_then(|g| g.nodes.get(n.index())).and_then(|node| node.origin.span.as_ref());
-            match span {
-                Some(s) => format!("{n} ({}:{}:{})", s.file, s.line, s.col),
-                None => n.to_string(),
-            }
-        })
-        .collect();
-    if items.is_empty() { "none".into() } else { items.join(" ") }
 }
 
 struct Em<'a> {

@@ -24,8 +24,8 @@ mod rows_by_index;
 
 use std::fmt;
 
-use lpac_ir::Graph;
 use lpac_ir::kernel::{Kernel, LoopKernel, Program, RowStage};
+use lpac_ir::{Graph, NodeId};
 
 /// A GPU architecture lpac emits PTX for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,19 +221,21 @@ pub fn emit_program(program: &Program, arch: Arch, graph: Option<&Graph>) -> Res
                 continue;
             }
             Kernel::Attention(a) if matches!(a.pass, lpac_ir::kernel::AttentionPass::Forward { .. }) => {
-                out.kernels.push(attention::forward(program, a, i, arch)?);
+                out.kernels.push(attention::forward(program, a, i, arch, graph)?);
                 continue;
             }
             Kernel::Attention(a) => {
-                out.kernels.extend(attention::backward(program, a, i, arch)?);
+                out.kernels.extend(attention::backward(program, a, i, arch, graph)?);
                 continue;
             }
-            Kernel::Gather { table, indices, out: o, .. } => {
-                out.kernels.push(rows_by_index::gather(program, (*table, *indices, *o), i, arch)?);
+            Kernel::Gather { table, indices, out: o, nodes, .. } => {
+                let nodes = node_list(nodes, graph);
+                out.kernels.push(rows_by_index::gather(program, (*table, *indices, *o), (i, &nodes), arch)?);
                 continue;
             }
-            Kernel::ScatterAdd { indices, src, out: o, .. } => {
-                out.kernels.push(rows_by_index::scatter_add(program, (*indices, *src, *o), i, arch)?);
+            Kernel::ScatterAdd { indices, src, out: o, nodes, .. } => {
+                let nodes = node_list(nodes, graph);
+                out.kernels.push(rows_by_index::scatter_add(program, (*indices, *src, *o), (i, &nodes), arch)?);
                 continue;
             }
         };
@@ -296,6 +298,22 @@ impl Module<'_> {
         ptx.push_str("}\n");
         ptx
     }
+}
+
+/// The graph nodes a function came from, with their source lines where the
+/// graph is known: `%12 (models/tiny.lpa:22:19) %13 …`.
+pub(crate) fn node_list(nodes: &[NodeId], graph: Option<&Graph>) -> String {
+    let items: Vec<String> = nodes
+        .iter()
+        .map(|n| {
+            let span = graph.and_then(|g| g.nodes.get(n.index())).and_then(|node| node.origin.span.as_ref());
+            match span {
+                Some(s) => format!("{n} ({}:{}:{})", s.file, s.line, s.col),
+                None => n.to_string(),
+            }
+        })
+        .collect();
+    if items.is_empty() { "none".into() } else { items.join(" ") }
 }
 
 /// A kernel name as part of a PTX identifier.

@@ -50,7 +50,7 @@ fn function(
     entry: String,
     kernel: usize,
     arch: Arch,
-    comment: String,
+    comment: &[String],
     buffers: [BufferId; 3],
     body: &str,
     (shared, grid): (&[String], u32),
@@ -69,17 +69,9 @@ fn function(
     let mut params: Vec<String> = buffers.iter().map(|b| format!("b{}", b.0)).collect();
     params.push("err".into());
     let regs = [(".pred", "%p", 4), (".b32", "%r", 16), (".b64", "%rd", 24), (".f32", "%f", 4)];
-    let ptx = Module {
-        comment: &[comment],
-        arch,
-        entry: &entry,
-        params: &params,
-        shared,
-        regs: &regs,
-        body: &code,
-        max_registers: None,
-    }
-    .text();
+    let ptx =
+        Module { comment, arch, entry: &entry, params: &params, shared, regs: &regs, body: &code, max_registers: None }
+            .text();
     let args = buffers.iter().map(|b| b.0).collect();
     PtxKernel { error_flag: true, ..PtxKernel::new(entry, (kernel, 0), ptx, (grid, BLOCK), args) }
 }
@@ -87,7 +79,7 @@ fn function(
 pub(super) fn gather(
     program: &Program,
     (table, indices, out): (BufferId, BufferId, BufferId),
-    kernel: usize,
+    (kernel, nodes): (usize, &str),
     arch: Arch,
 ) -> Result<PtxKernel, PtxError> {
     let entry = format!("k{kernel}_0_gather");
@@ -106,15 +98,19 @@ pub(super) fn gather(
          \tadd.u64 %rd4, %rd4, %rd6;\n\tbra.uni $L_element;\n\
          $L_done:\n\tret;\n"
     );
-    let comment = format!("kernel k{kernel}: gather of rows of {row} from a table of {n} rows, {total} elements");
     let grid = total.div_ceil(u64::from(BLOCK)).clamp(1, 65_535) as u32;
-    Ok(function(entry, kernel, arch, comment, [table, indices, out], &body, (&[], grid)))
+    let comment = [
+        format!("kernel k{kernel}: gather of rows of {row} from a table of {n} rows, {total} elements"),
+        format!("graph nodes: {nodes}"),
+        format!("launch: grid {grid} x block {BLOCK}, a thread per element, grid-stride"),
+    ];
+    Ok(function(entry, kernel, arch, &comment, [table, indices, out], &body, (&[], grid)))
 }
 
 pub(super) fn scatter_add(
     program: &Program,
     (indices, src, out): (BufferId, BufferId, BufferId),
-    kernel: usize,
+    (kernel, nodes): (usize, &str),
     arch: Arch,
 ) -> Result<PtxKernel, PtxError> {
     let entry = format!("k{kernel}_0_scatter_add");
@@ -176,11 +172,15 @@ pub(super) fn scatter_add(
          $L_next_row:\n\tadd.u64 %rd7, %rd7, %rd8;\n\tbra.uni $L_row;\n\
          $L_done:\n\tret;\n"
     ));
-    let comment = format!(
-        "kernel k{kernel}: scatter-add of {count} rows of {row} into {n} rows; a block per output row, the indices \
-         scanned {BLOCK} at a time (a ballot per warp), matches added in index order"
-    );
     let shared = [format!(".shared .align 4 .b32 Masks[{}]", 2 * warps)];
     let grid = (n as u64).clamp(1, 65_535) as u32;
-    Ok(function(entry, kernel, arch, comment, [indices, src, out], &body, (&shared, grid)))
+    let comment = [
+        format!("kernel k{kernel}: scatter-add of {count} rows of {row} into {n} rows"),
+        format!("graph nodes: {nodes}"),
+        format!(
+            "launch: grid {grid} x block {BLOCK}, a block per output row (grid-stride), the indices scanned {BLOCK} at \
+             a time (a ballot per warp), matches added in index order"
+        ),
+    ];
+    Ok(function(entry, kernel, arch, &comment, [indices, src, out], &body, (&shared, grid)))
 }

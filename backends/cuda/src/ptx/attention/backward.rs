@@ -18,7 +18,9 @@
 
 use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program};
 
-use super::super::{Arch, Module, PtxError, PtxKernel};
+use lpac_ir::Graph;
+
+use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{
     MAX_REGISTERS, Place, Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm,
     load_params, load_tile, split_of, zeroed,
@@ -29,6 +31,7 @@ pub(in crate::ptx) fn backward(
     a: &AttentionKernel,
     kernel: usize,
     arch: Arch,
+    graph: Option<&Graph>,
 ) -> Result<Vec<PtxKernel>, PtxError> {
     let _ = program;
     let err = |m: String| PtxError { kernel: format!("k{kernel}"), message: m };
@@ -41,7 +44,7 @@ pub(in crate::ptx) fn backward(
     if a.d > 128 || a.dv > 128 {
         return Err(err(format!("head dimensions d = {}, dv = {}: at most 128 are emitted", a.d, a.dv)));
     }
-    let ops = Operands { out, dout, lse };
+    let ops = Operands { out, dout, lse, nodes: node_list(&a.nodes, graph) };
     let mut functions = Vec::new();
     for (role, grad) in [(Role::Dq, dq), (Role::Dv, dv), (Role::Dk, dk)] {
         if let Some(g) = grad {
@@ -79,11 +82,13 @@ impl Role {
     }
 }
 
-/// The forward pass's results the backward reads.
+/// The forward pass's results the backward reads, and the graph nodes the
+/// kernel came from (for each function's header comment).
 struct Operands<'a> {
     out: &'a Operand,
     dout: &'a Operand,
     lse: BufferId,
+    nodes: String,
 }
 
 /// Partial sums per dot product: two, as more spill registers in dq and
@@ -173,7 +178,7 @@ fn finish(
             "kernel k{kernel} body {body}: attention backward, {name}; batch {:?}, tq {} tk {} d {} dv {}, causal {}",
             a.batch, a.tq, a.tk, a.d, a.dv, a.causal
         ),
-        format!("graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")),
+        format!("graph nodes: {}", ops.nodes),
         format!(
             "launch: grid {grid} x block {threads}, {split} thread(s) per {rows} row; {shared_bytes} bytes of static \
              shared memory (tiles of {tile} rows of {over})",

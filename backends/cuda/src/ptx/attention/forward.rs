@@ -2,7 +2,9 @@
 
 use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
 
-use super::super::{Arch, Module, PtxError, PtxKernel};
+use lpac_ir::Graph;
+
+use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{
     MAX_REGISTERS, Place, Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm,
     load_params, load_tile, split_of, zeroed,
@@ -100,6 +102,7 @@ pub(in crate::ptx) fn forward(
     a: &AttentionKernel,
     kernel: usize,
     arch: Arch,
+    graph: Option<&Graph>,
 ) -> Result<PtxKernel, PtxError> {
     let entry = format!("k{kernel}_0_attention");
     let err = |m: String| PtxError { kernel: entry.clone(), message: m };
@@ -237,7 +240,7 @@ pub(in crate::ptx) fn forward(
             "kernel k{kernel}: attention forward, batch {:?}, tq {} tk {} d {d} dv {dv}, scale {:?}, causal {}",
             a.batch, a.tq, a.tk, a.scale, a.causal
         ),
-        format!("graph nodes: {}", a.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(" ")),
+        format!("graph nodes: {}", node_list(&a.nodes, graph)),
         format!(
             "launch: grid {grid} x block {threads} (a block per {ROWS} query rows of a batch index, {split} thread(s) a \
              row); {shared} bytes of static shared memory (K and V tiles of {TILE} rows)",
