@@ -408,6 +408,13 @@ fn kernels_writes_ptx_and_a_manifest() {
         assert!(ptx.starts_with("//\n// kernel k"), "{entry}: the header names the kernel");
     }
     assert!(manifest["skipped"].as_array().unwrap().iter().any(|s| s["why"].as_str().unwrap().contains("cuBLAS")));
+    // Shared memory per block: the attention forward's K and V tiles (32
+    // rows of 64 + 64 floats at tiny's head dimension); elementwise: none.
+    let shared = |part: &str| {
+        kernels.iter().find(|k| k["entry"].as_str().unwrap().ends_with(part)).unwrap()["shared_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(shared("_attention"), 32 * (64 + 64) * 4);
+    assert_eq!(shared("_gather"), 0);
     // An architecture lpac does not emit for: exit 1, naming the ones it does.
     let o = lpac(&["kernels", "models/tiny.lpa", "--set", "layers=1", "--target", "ptx", "--arch", "sm_75"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));

@@ -92,15 +92,16 @@ fn ptx_summary(
 ) -> String {
     let mut out = String::new();
     let extra = if reports.is_some() { "  registers  spill stores/loads (bytes)" } else { "" };
-    let _ = writeln!(out, "{:<44} {:>8} {:>6}  args{extra}", "function", "grid", "block");
+    let _ = writeln!(out, "{:<44} {:>8} {:>6} {:>7}  args{extra}", "function", "grid", "block", "shared");
     for (i, k) in emitted.kernels.iter().enumerate() {
         let report = reports
             .and_then(|r| r.get(i))
             .map_or(String::new(), |r| format!("  {:>9}  {}/{}", r.registers, r.spill_stores, r.spill_loads));
-        let _ = writeln!(out, "{:<44} {:>8} {:>6}  {:>4}{report}", k.entry, k.grid, k.block, k.args.len());
+        let shared = k.shared_bytes + k.static_shared_bytes;
+        let _ = writeln!(out, "{:<44} {:>8} {:>6} {shared:>7}  {:>4}{report}", k.entry, k.grid, k.block, k.args.len());
     }
     for (i, why) in &emitted.skipped {
-        let _ = writeln!(out, "k{i:<43} {:>8} {:>6}  {} — {why}", "-", "-", program.kernels[*i].name());
+        let _ = writeln!(out, "k{i:<43} {:>8} {:>6} {:>7}  {} — {why}", "-", "-", "-", program.kernels[*i].name());
     }
     let _ = writeln!(
         out,

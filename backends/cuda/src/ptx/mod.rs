@@ -90,7 +90,11 @@ pub struct PtxKernel {
     /// any remainder).
     pub grid: u32,
     pub block: u32,
+    /// Dynamic shared memory a block gets at launch (none so far: every
+    /// function declares its arrays statically).
     pub shared_bytes: u32,
+    /// Shared memory the function declares (`.shared` arrays), per block.
+    pub static_shared_bytes: u32,
     /// Kernel arguments in order: one `.u64` pointer per buffer, by id…
     pub args: Vec<u32>,
     /// …then one `.u64` stream key per `random` key used: the runtime
@@ -117,6 +121,7 @@ impl PtxKernel {
         (grid, block): (u32, u32),
         args: Vec<u32>,
     ) -> PtxKernel {
+        let static_shared_bytes = declared_shared_bytes(&ptx);
         PtxKernel {
             entry,
             kernel,
@@ -125,6 +130,7 @@ impl PtxKernel {
             grid,
             block,
             shared_bytes: 0,
+            static_shared_bytes,
             args,
             stream_keys: vec![],
             scratch_bytes: 0,
@@ -136,6 +142,26 @@ impl PtxKernel {
     pub fn param_count(&self) -> usize {
         self.args.len() + self.stream_keys.len() + usize::from(self.scratch_bytes > 0) + usize::from(self.error_flag)
     }
+}
+
+/// The bytes of the `.shared` arrays a function declares
+/// (`.shared .align A .TYPE NAME[N];`, as [`Module`] writes them).
+fn declared_shared_bytes(ptx: &str) -> u32 {
+    ptx.lines()
+        .filter_map(|l| l.trim().strip_prefix(".shared"))
+        .filter_map(|decl| {
+            let words: Vec<&str> = decl.trim_end_matches(';').split_whitespace().collect();
+            let (ty, array) = (words.get(words.len().checked_sub(2)?)?, words.last()?);
+            let count: u32 = array.split_once('[')?.1.trim_end_matches(']').parse().ok()?;
+            let size = match *ty {
+                ".b8" | ".u8" | ".s8" => 1,
+                ".b16" | ".u16" | ".s16" | ".f16" | ".bf16" => 2,
+                ".b64" | ".u64" | ".s64" | ".f64" => 8,
+                _ => 4,
+            };
+            Some(count * size)
+        })
+        .sum()
 }
 
 /// Every emitted function, and the kernels left to the runtime or not
@@ -161,7 +187,9 @@ impl PtxProgram {
                     "body": k.body,
                     "grid": [k.grid, 1, 1],
                     "block": [k.block, 1, 1],
-                    "shared_bytes": k.shared_bytes,
+                    "shared_bytes": k.shared_bytes + k.static_shared_bytes,
+                    "static_shared_bytes": k.static_shared_bytes,
+                    "dynamic_shared_bytes": k.shared_bytes,
                     "args": k
                         .args
                         .iter()
