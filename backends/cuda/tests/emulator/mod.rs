@@ -1,7 +1,9 @@
 //! A PTX emulator for the subset lpac emits, for tests on machines with no
 //! GPU: each function is parsed, then every block of its grid runs on the
 //! CPU, thread by thread between synchronisation points (`bar.sync`,
-//! `bar.warp.sync`, `shfl.sync`), blocks one after another in block order.
+//! `bar.warp.sync`, `shfl.sync`, `vote.sync`) — in increasing thread order
+//! after one release, decreasing after the next — blocks one after another
+//! in block order.
 //!
 //! Arithmetic follows PTX's definitions with Rust's IEEE f32 operations
 //! (`add.rn` etc. round the same way; `fma.rn` is `mul_add`); the `.approx`
@@ -268,51 +270,74 @@ pub fn launch(f: &Function, grid: u32, block: u32, args: &[u64], mem: &mut Memor
         let mut threads: Vec<Thread> =
             (0..block).map(|_| Thread { pc: 0, regs: vec![0; f.nregs], wait: Wait::No }).collect();
         let ctx = Ctx { f, params: &params, cta, grid, block };
+        // Warp by warp, each warp's threads one at a time: a warp runs
+        // through its warp-level synchronisations (shuffles, votes,
+        // `bar.warp.sync`) to the next block barrier before the next warp
+        // starts. Warps (and lanes) go in increasing order after one block
+        // barrier and decreasing after the next: whichever of a writer and
+        // its reader comes first in one order comes last in the other, so a
+        // missing barrier shows either way — and one warp runs ahead of the
+        // others as far as the hardware would let it.
+        let warps = threads.len().div_ceil(32);
+        let mut descending = false;
         loop {
-            for (t, thread) in threads.iter_mut().enumerate() {
-                if thread.wait == Wait::No {
-                    run_thread(&ctx, thread, t as u32, mem, &mut shared)?;
-                }
+            let order: Vec<usize> = if descending { (0..warps).rev().collect() } else { (0..warps).collect() };
+            for w in order {
+                let lanes: Vec<usize> = (w * 32..((w + 1) * 32).min(threads.len())).collect();
+                run_warp(&ctx, &mut threads, &lanes, descending, mem, &mut shared)?;
             }
-            if threads.iter().all(|t| t.wait == Wait::Done) {
+            descending = !descending;
+            let live: Vec<usize> = (0..threads.len()).filter(|&t| threads[t].wait != Wait::Done).collect();
+            if live.is_empty() {
                 break;
             }
-            let mut progressed = false;
-            for w in 0..threads.len().div_ceil(32) {
-                let lanes = w * 32..((w + 1) * 32).min(threads.len());
-                let live: Vec<usize> = lanes.clone().filter(|&l| threads[l].wait != Wait::Done).collect();
-                if live.is_empty() {
-                    continue;
-                }
-                let all = |s: Wait| live.iter().all(|&l| threads[l].wait == s);
-                if all(Wait::Shfl) {
-                    shuffle(f, &mut threads, &live)?;
-                    progressed = true;
-                } else if all(Wait::Vote) {
-                    ballot(f, &mut threads, &live)?;
-                    progressed = true;
-                } else if all(Wait::Warp) {
-                    for &l in &live {
-                        threads[l].pc += 1;
-                        threads[l].wait = Wait::No;
-                    }
-                    progressed = true;
-                }
+            if !live.iter().all(|&t| threads[t].wait == Wait::Bar) {
+                return Err(format!("{}: block {cta} cannot go on (threads wait at different barriers)", f.name));
             }
-            if !progressed {
-                let live: Vec<usize> = (0..threads.len()).filter(|&t| threads[t].wait != Wait::Done).collect();
-                if live.iter().all(|&t| threads[t].wait == Wait::Bar) {
-                    for t in live {
-                        threads[t].pc += 1;
-                        threads[t].wait = Wait::No;
-                    }
-                } else {
-                    return Err(format!("{}: block {cta} cannot go on (threads wait at different barriers)", f.name));
-                }
+            for t in live {
+                threads[t].pc += 1;
+                threads[t].wait = Wait::No;
             }
         }
     }
     Ok(())
+}
+
+/// Runs the threads `lanes` of one warp until each waits at a block barrier
+/// or is done, resolving the warp's collective operations as all its live
+/// lanes reach them.
+fn run_warp(
+    ctx: &Ctx,
+    threads: &mut [Thread],
+    lanes: &[usize],
+    descending: bool,
+    mem: &mut Memory,
+    shared: &mut [u8],
+) -> Result<(), String> {
+    loop {
+        let order: Vec<usize> = if descending { lanes.iter().rev().copied().collect() } else { lanes.to_vec() };
+        for t in order {
+            if threads[t].wait == Wait::No {
+                run_thread(ctx, &mut threads[t], t as u32, mem, shared)?;
+            }
+        }
+        let live: Vec<usize> = lanes.iter().copied().filter(|&l| threads[l].wait != Wait::Done).collect();
+        let all = |s: Wait| !live.is_empty() && live.iter().all(|&l| threads[l].wait == s);
+        if all(Wait::Shfl) {
+            shuffle(ctx.f, threads, &live)?;
+        } else if all(Wait::Vote) {
+            ballot(ctx.f, threads, &live)?;
+        } else if all(Wait::Warp) {
+            for &l in &live {
+                threads[l].pc += 1;
+                threads[l].wait = Wait::No;
+            }
+        } else if live.iter().all(|&l| threads[l].wait == Wait::Bar) {
+            return Ok(());
+        } else {
+            return Err(format!("{}: a warp's lanes wait at different points", ctx.f.name));
+        }
+    }
 }
 
 fn shuffle(f: &Function, threads: &mut [Thread], live: &[usize]) -> Result<(), String> {
