@@ -42,6 +42,9 @@ pub const ROWS: u32 = 64;
 pub(super) const MAX_REGISTERS: u32 = 168;
 /// Key rows per shared-memory tile.
 pub const TILE: usize = 32;
+// A tile's per-row values (log-sum-exp, `D_i`) are loaded a thread a row.
+const _: () = assert!(TILE as u32 <= ROWS, "a block has a thread for every row of a tile");
+
 /// Static shared memory a block may use without opting in.
 pub(super) const SHARED_LIMIT: usize = 48 * 1024;
 
