@@ -936,8 +936,16 @@ impl<'a> Em<'a> {
     }
 
     /// Row-major coordinates of `flat` over `extents` into loop variables
-    /// `first..`.
+    /// `first..`. `flat` is below the extents' product; where that fits in
+    /// 32 bits (always, in practice) the divisions are 32-bit: ptxas turns a
+    /// 64-bit division and remainder by a constant into ~120 instructions,
+    /// a 32-bit pair into a handful — per element, in an elementwise kernel
+    /// over a 32,001-word vocabulary's logits.
     fn coordinates(&mut self, flat: Reg, first: usize, extents: &[usize]) -> R<()> {
+        let total = extents.iter().try_fold(1u64, |acc, &e| acc.checked_mul(e as u64));
+        if total.is_some_and(|t| t <= u64::from(u32::MAX)) {
+            return self.coordinates32(flat, first, extents);
+        }
         let mut rest = flat;
         for (a, &extent) in extents.iter().enumerate().rev() {
             let v = self.reg(3);
@@ -949,6 +957,26 @@ impl<'a> Em<'a> {
                 self.line(format!("div.u64 {q}, {rest}, {extent};"));
                 rest = q;
             }
+            self.vars[first + a] = Some(v);
+        }
+        Ok(())
+    }
+
+    /// [`Em::coordinates`] with 32-bit divisions (`flat` below 2^32).
+    fn coordinates32(&mut self, flat: Reg, first: usize, extents: &[usize]) -> R<()> {
+        let mut rest = self.reg(2);
+        self.line(format!("cvt.u32.u64 {rest}, {flat};"));
+        for (a, &extent) in extents.iter().enumerate().rev() {
+            let (v32, v) = (self.reg(2), self.reg(3));
+            if a == 0 {
+                self.line(format!("mov.u32 {v32}, {rest};"));
+            } else {
+                let q = self.reg(2);
+                self.line(format!("rem.u32 {v32}, {rest}, {extent};"));
+                self.line(format!("div.u32 {q}, {rest}, {extent};"));
+                rest = q;
+            }
+            self.line(format!("cvt.u64.u32 {v}, {v32};"));
             self.vars[first + a] = Some(v);
         }
         Ok(())
