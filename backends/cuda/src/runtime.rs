@@ -118,7 +118,8 @@ fn gpu_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> String + '_ {
 }
 
 impl CudaExecutor {
-    /// Emits, loads and allocates; refuses programs with kernels the
+    /// Emits, checks the memory the program needs against the GPU's free
+    /// memory, loads and allocates; refuses programs with kernels the
     /// backend cannot run yet.
     pub fn new(gpu: Gpu, program: Program) -> Result<CudaExecutor, String> {
         let arch = gpu.arch()?;
@@ -129,16 +130,10 @@ impl CudaExecutor {
                 return Err(format!("kernel k{i} {:?} cannot run on CUDA yet: {why}", program.kernels[*i].name()));
             }
         }
-        let mut functions = Vec::with_capacity(emitted.kernels.len());
-        let mut by_kernel = vec![Vec::new(); program.kernels.len()];
-        for (f, k) in emitted.kernels.iter().enumerate() {
-            let module = gpu.ctx.load_module(Ptx::from_src(k.ptx.clone())).map_err(gpu_err(&k.entry))?;
-            functions.push(module.load_function(&k.entry).map_err(gpu_err(&k.entry))?);
-            by_kernel[k.kernel].push(f);
-        }
         // Temps share one arena as the memory plan places them; inputs and
         // parameters have their own allocations. Refuse a program that does
-        // not fit before allocating any of it.
+        // not fit before loading or allocating any of it (the driver compiles
+        // each module as it loads: seconds for a large model).
         let plan = lpac_ir::kernel::plan::plan_memory(&program);
         let own: usize =
             program.buffers.iter().filter(|b| b.kind != BufferKind::Temp).map(|b| b.ty.size_bytes().max(1)).sum();
@@ -156,6 +151,13 @@ impl CudaExecutor {
                 gib(own),
                 gib(free)
             ));
+        }
+        let mut functions = Vec::with_capacity(emitted.kernels.len());
+        let mut by_kernel = vec![Vec::new(); program.kernels.len()];
+        for (f, k) in emitted.kernels.iter().enumerate() {
+            let module = gpu.ctx.load_module(Ptx::from_src(k.ptx.clone())).map_err(gpu_err(&k.entry))?;
+            functions.push(module.load_function(&k.entry).map_err(gpu_err(&k.entry))?);
+            by_kernel[k.kernel].push(f);
         }
         let alloc_err = |e: cudarc::driver::DriverError| format!("allocating {:.2} GiB on the GPU: {e}", gib(needed));
         let arena = gpu.stream.alloc_zeros::<u8>(plan.arena_bytes.max(1)).map_err(alloc_err)?;
