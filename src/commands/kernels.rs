@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use lpac_ir::kernel::{Expr, Kernel, Program};
+use lpac_ir::kernel::{Kernel, Program};
 use lpac_passes::optimizer::Kind;
 
 use crate::cli::{KernelTarget, KernelsArgs};
@@ -186,16 +186,13 @@ pub fn summary(
     let (mut flops, mut bytes) = (0u64, 0u64);
     let _ = writeln!(out, "{:<5} {:<7} {:<40} {:>14} {:>14}  code", "id", "kind", "name", "FLOPs", "bytes");
     for (i, k) in program.kernels.iter().enumerate() {
-        let (kind, f) = match k {
-            Kernel::Loop(l) => (if l.reduce.is_empty() { "loop" } else { "reduce" }, loop_flops(l)),
-            Kernel::Rows(r) => ("rows", r.stages.iter().map(stage_flops).sum()),
-            Kernel::Multi(m) => ("multi", m.members.iter().map(loop_flops).sum()),
-            Kernel::Attention(a) => ("attn", attention_flops(a)),
-            Kernel::Gemm(g) => ("gemm", gemm_flops(g)),
-            Kernel::Gather { .. } => ("gather", 0),
-            Kernel::ScatterAdd { .. } => ("scatter", 0),
+        let kind = match k {
+            Kernel::Attention(_) => "attn",
+            Kernel::ScatterAdd { .. } => "scatter",
+            other => other.kind(),
         };
-        let b = kernel_bytes(program, k);
+        let f = k.flops();
+        let b = k.bytes_moved(program);
         flops += f;
         bytes += b;
         let compiled = kernels.get(i).map(Vec::as_slice).unwrap_or_default();
@@ -233,48 +230,4 @@ pub fn summary(
 
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
-}
-
-fn gemm_flops(g: &lpac_ir::kernel::GemmKernel) -> u64 {
-    2 * (g.m * g.k * g.n) as u64 * g.batch.iter().product::<usize>() as u64
-}
-
-fn stage_flops(s: &lpac_ir::kernel::RowStage) -> u64 {
-    match s {
-        lpac_ir::kernel::RowStage::Loop(l) => loop_flops(l),
-        lpac_ir::kernel::RowStage::Gemm(g) => gemm_flops(g),
-    }
-}
-
-/// Arithmetic expressions × iterations (reductions count their combine).
-fn loop_flops(l: &lpac_ir::kernel::LoopKernel) -> u64 {
-    let arithmetic =
-        l.exprs.iter().filter(|t| matches!(t.expr, Expr::Unary(..) | Expr::Binary(..) | Expr::Select(..))).count()
-            as u64;
-    let domain: u64 = l.domain.iter().product::<usize>() as u64;
-    let reduce: u64 = l.reduce.iter().product::<usize>() as u64;
-    domain * reduce * (arithmetic + u64::from(l.reduction.is_some()))
-}
-
-/// Multiply-adds of the tile products (×2), counting only the tiles a
-/// causal mask leaves (about half); the backward pass recomputes the scores
-/// twice (log-sum-exp sweep and gradient sweep).
-fn attention_flops(a: &lpac_ir::kernel::AttentionKernel) -> u64 {
-    let batches: u64 = a.batch.iter().product::<usize>() as u64;
-    let pairs = (a.tq * a.tk) as u64 / if a.causal { 2 } else { 1 };
-    let (d, dv) = (a.d as u64, a.dv as u64);
-    let per_pair = match &a.pass {
-        lpac_ir::kernel::AttentionPass::Forward { .. } => d + dv,
-        lpac_ir::kernel::AttentionPass::Backward { .. } => 2 * d + 2 * dv + 2 * d,
-    };
-    2 * batches * pairs * per_pair
-}
-
-/// Each distinct buffer read once and each written once.
-fn kernel_bytes(program: &Program, k: &Kernel) -> u64 {
-    let mut ids = k.reads();
-    ids.sort();
-    ids.dedup();
-    ids.extend(k.writes());
-    ids.iter().map(|b| program.buffer(*b).ty.size_bytes() as u64).sum()
 }

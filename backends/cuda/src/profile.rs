@@ -51,12 +51,15 @@ impl Profile {
             self.runs
         );
         let mut by_kind: BTreeMap<&str, Duration> = BTreeMap::new();
-        let mut by_name: BTreeMap<&str, (usize, Duration)> = BTreeMap::new();
+        // Per name: kernels, time, and per run bytes moved and FLOPs.
+        let mut by_name: BTreeMap<&str, (usize, Duration, u64, u64)> = BTreeMap::new();
         for (k, (_, t)) in program.kernels.iter().zip(&self.times) {
             *by_kind.entry(k.kind()).or_default() += *t;
             let e = by_name.entry(k.name()).or_default();
             e.0 += 1;
             e.1 += *t;
+            e.2 += k.bytes_moved(program);
+            e.3 += k.flops();
         }
         let _ = writeln!(out, "  by kind            ms a run   share");
         let mut kinds: Vec<_> = by_kind.into_iter().collect();
@@ -64,11 +67,25 @@ impl Profile {
         for (kind, t) in kinds {
             let _ = writeln!(out, "  {kind:<16} {:>10.2} {:>6.1}%", ms(t), share(t));
         }
-        let _ = writeln!(out, "  by name (kernels of one name added)   ms a run   share  kernels");
+        // Achieved rates against the least traffic and the arithmetic the
+        // kernels' descriptions imply: a memory-bound kernel far below the
+        // GPU's bandwidth, or a product far below its FLOP rate, is the one
+        // to look at.
+        let _ = writeln!(out, "  by name (kernels of one name added)   ms a run   share  kernels     GB/s  GFLOP/s");
         let mut names: Vec<_> = by_name.into_iter().collect();
         names.sort_by_key(|n| std::cmp::Reverse(n.1.1));
-        for (name, (count, t)) in names.iter().take(TOP_NAMES) {
-            let _ = writeln!(out, "  {:<36} {:>10.2} {:>6.1}% {count:>8}", clip(name, 36), ms(*t), share(*t));
+        for (name, (count, t, bytes, flops)) in names.iter().take(TOP_NAMES) {
+            let seconds = t.as_secs_f64() / runs;
+            let rate = |x: u64| if seconds > 0.0 { x as f64 / seconds / 1e9 } else { 0.0 };
+            let _ = writeln!(
+                out,
+                "  {:<36} {:>10.2} {:>6.1}% {count:>8} {:>8.0} {:>8.0}",
+                clip(name, 36),
+                ms(*t),
+                share(*t),
+                rate(*bytes),
+                rate(*flops)
+            );
         }
         let _ = writeln!(out, "  slowest kernels                       ms a run   share");
         let mut single: Vec<(usize, Duration)> = self.times.iter().map(|t| t.1).enumerate().collect();
@@ -93,7 +110,8 @@ fn clip(s: &str, n: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use lpac_ir::kernel::{BufferId, Kernel};
+    use lpac_ir::kernel::{Buffer, BufferId, BufferKind, Kernel};
+    use lpac_ir::{DType, TensorType};
 
     use super::*;
 
@@ -113,7 +131,14 @@ mod tests {
             out: BufferId(2),
             nodes: vec![],
         };
-        let program = Program { kernels: vec![scatter("layer"), scatter("layer"), gather], ..Program::default() };
+        // Buffers of 1, 2 and 4 GB (f32, described, not allocated): each
+        // kernel reads b0 and b1 and writes b2, 7 GB a run.
+        let buffer = |n: usize| Buffer { ty: TensorType::new(DType::F32, vec![n]), kind: BufferKind::Temp };
+        let program = Program {
+            kernels: vec![scatter("layer"), scatter("layer"), gather],
+            buffers: vec![buffer(250_000_000), buffer(500_000_000), buffer(1_000_000_000)],
+            ..Program::default()
+        };
         let mut p = Profile::new(3);
         for _ in 0..2 {
             p.record(0, Duration::from_millis(3));
@@ -126,6 +151,8 @@ mod tests {
         assert!(r.contains("scatter_add            8.00   80.0%"), "{r}");
         assert!(r.contains("gather                 2.00   20.0%"), "{r}");
         assert!(r.contains("layer                                      8.00   80.0%        2"), "{r}");
+        // 14 GB in 8 ms a run: 1,750 GB/s; no arithmetic.
+        assert!(r.contains("8.00   80.0%        2     1750        0"), "{r}");
         assert!(r.contains("k1 layer                                   5.00   50.0%"), "{r}");
     }
 }

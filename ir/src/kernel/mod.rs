@@ -27,6 +27,7 @@
 //! `reduce` axes. An [`IndexMap`] gives a buffer element as
 //! `offset + Σ strides[v] · var[v]`.
 
+pub mod cost;
 pub mod plan;
 pub mod print;
 
