@@ -384,20 +384,48 @@ fn key_rows(
     p.line(format!("@{lt} st.shared.f32 [{sa}], {lv};"));
     p.line("bar.sync 0;");
     if dk {
-        // D_i = dout_i · out_i for the tile's rows: a thread each.
-        let (drow, orow, dsum) = (p.r64(), p.r64(), p.f());
-        p.line(format!("@!{lt} bra $L_delta_done;"));
-        p.line(format!("mad.lo.u64 {drow}, {t}, {}, {dos};", dv * 4));
-        p.line(format!("mad.lo.u64 {orow}, {t}, {}, {os};", dv * 4));
+        // D_i = dout_i · out_i for the tile's rows: a warp per row (warp w
+        // takes rows w, w + warps, …), lanes over the columns — neighbouring
+        // lanes, neighbouring banks — then butterfly shuffles; lane 0 keeps
+        // it. (A thread per row would read the same bank in every lane.)
+        let warps = place.threads() / 32;
+        let (tid32, lane32, warp32) = (p.r32(), p.r32(), p.r32());
+        let (lane, row, c, drow, orow, dsum, more, first_lane) =
+            (p.r64(), p.r64(), p.r64(), p.r64(), p.r64(), p.f(), p.pred(), p.pred());
+        p.line(format!("cvt.u32.u64 {tid32}, {t};"));
+        p.line(format!("and.b32 {lane32}, {tid32}, 31;"));
+        p.line(format!("shr.u32 {warp32}, {tid32}, 5;"));
+        p.line(format!("cvt.u64.u32 {lane}, {lane32};"));
+        p.line(format!("cvt.u64.u32 {row}, {warp32};"));
+        p.line(format!("setp.eq.u32 {first_lane}, {lane32}, 0;"));
+        p.label("$L_delta_row");
+        p.line(format!("setp.ge.u64 {more}, {row}, {tile};"));
+        p.line(format!("@{more} bra $L_delta_done;"));
+        p.line(format!("mad.lo.u64 {drow}, {row}, {}, {dos};", dv * 4));
+        p.line(format!("mad.lo.u64 {orow}, {row}, {}, {os};", dv * 4));
         p.line(format!("mov.f32 {dsum}, {};", imm(0.0)));
-        for c in 0..dv {
-            let (x, y) = (p.f(), p.f());
-            p.line(format!("ld.shared.f32 {x}, [{drow}+{}];", c * 4));
-            p.line(format!("ld.shared.f32 {y}, [{orow}+{}];", c * 4));
-            p.line(format!("fma.rn.f32 {dsum}, {x}, {y}, {dsum};"));
+        p.line(format!("mov.u64 {c}, {lane};"));
+        p.label("$L_delta_col");
+        p.line(format!("setp.ge.u64 {more}, {c}, {dv};"));
+        p.line(format!("@{more} bra $L_delta_sum;"));
+        let (xa, ya, x, y) = (p.r64(), p.r64(), p.f(), p.f());
+        p.line(format!("mad.lo.u64 {xa}, {c}, 4, {drow};"));
+        p.line(format!("mad.lo.u64 {ya}, {c}, 4, {orow};"));
+        p.line(format!("ld.shared.f32 {x}, [{xa}];"));
+        p.line(format!("ld.shared.f32 {y}, [{ya}];"));
+        p.line(format!("fma.rn.f32 {dsum}, {x}, {y}, {dsum};"));
+        p.line(format!("add.u64 {c}, {c}, 32;"));
+        p.line("bra.uni $L_delta_col;");
+        p.label("$L_delta_sum");
+        for offset in [16, 8, 4, 2, 1] {
+            let other = p.f();
+            p.line(format!("shfl.sync.bfly.b32 {other}, {dsum}, {offset}, 31, -1;"));
+            p.line(format!("add.rn.f32 {dsum}, {dsum}, {other};"));
         }
-        p.line(format!("mad.lo.u64 {sa}, {t}, 4, {dds};"));
-        p.line(format!("st.shared.f32 [{sa}], {dsum};"));
+        p.line(format!("mad.lo.u64 {sa}, {row}, 4, {dds};"));
+        p.line(format!("@{first_lane} st.shared.f32 [{sa}], {dsum};"));
+        p.line(format!("add.u64 {row}, {row}, {warps};"));
+        p.line("bra.uni $L_delta_row;");
         p.label("$L_delta_done");
         p.line("bar.sync 0;");
     }
