@@ -315,17 +315,37 @@ pub(super) struct Tile<'a> {
 
 /// The whole block loads a tile, thread `t` taking elements `t, t +
 /// threads, …` (consecutive threads, consecutive columns: coalesced when
-/// the operand's rows are contiguous). The caller synchronises before use.
+/// the operand's rows are contiguous). Where the block's threads are a
+/// multiple of the tile's width (128 threads, rows of 64), a thread keeps
+/// one column and steps over rows, so the loop has no division; otherwise
+/// each element's row and column come from a 32-bit division. The caller
+/// synchronises before use.
 pub(super) fn load_tile(p: &mut Ptx, tile: &Tile, (t, threads): (&str, u32), label: &str) {
     let n = tile.rows * tile.width;
+    let width = tile.width as u64;
     let (e, key, col, row, inside, f, sa) = (p.r64(), p.r64(), p.r64(), p.r64(), p.pred(), p.f(), p.r64());
+    let fixed_column = u64::from(threads).is_multiple_of(width);
     p.line(format!("mov.u64 {e}, {t};"));
+    if fixed_column {
+        let (t32, k32, c32) = (p.r32(), p.r32(), p.r32());
+        p.line(format!("cvt.u32.u64 {t32}, {t};"));
+        p.line(format!("div.u32 {k32}, {t32}, {width};"));
+        p.line(format!("rem.u32 {c32}, {t32}, {width};"));
+        p.line(format!("cvt.u64.u32 {key}, {k32};"));
+        p.line(format!("cvt.u64.u32 {col}, {c32};"));
+    }
     p.label(label);
     let stop = p.pred();
     p.line(format!("setp.ge.u64 {stop}, {e}, {n};"));
     p.line(format!("@{stop} bra {label}_done;"));
-    p.line(format!("div.u64 {key}, {e}, {};", tile.width));
-    p.line(format!("rem.u64 {col}, {e}, {};", tile.width));
+    if !fixed_column {
+        let (e32, k32, c32) = (p.r32(), p.r32(), p.r32());
+        p.line(format!("cvt.u32.u64 {e32}, {e};"));
+        p.line(format!("div.u32 {k32}, {e32}, {width};"));
+        p.line(format!("rem.u32 {c32}, {e32}, {width};"));
+        p.line(format!("cvt.u64.u32 {key}, {k32};"));
+        p.line(format!("cvt.u64.u32 {col}, {c32};"));
+    }
     p.line(format!("add.u64 {row}, {}, {key};", tile.row0));
     p.line(format!("setp.lt.u64 {inside}, {row}, {};", tile.limit));
     p.line(format!("mov.f32 {f}, {};", imm(0.0)));
@@ -337,6 +357,9 @@ pub(super) fn load_tile(p: &mut Ptx, tile: &Tile, (t, threads): (&str, u32), lab
     p.line(format!("mad.lo.u64 {sa}, {e}, 4, {};", tile.shared));
     p.line(format!("st.shared.f32 [{sa}], {f};"));
     p.line(format!("add.u64 {e}, {e}, {threads};"));
+    if fixed_column {
+        p.line(format!("add.u64 {key}, {key}, {};", u64::from(threads) / width));
+    }
     p.line(format!("bra.uni {label};"));
     p.label(&format!("{label}_done"));
 }
