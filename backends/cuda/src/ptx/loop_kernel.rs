@@ -1648,4 +1648,37 @@ mod tests {
         // One slice when blocks would get less than a slice's worth.
         assert_eq!(block_reduce_shape(&sum_kernel(&[3], &[3000])), Some((1, 3000)));
     }
+
+    /// A sum over the first axis of `[rows, cols]` (`column`) or the last.
+    fn sum_of_loads(rows: usize, cols: usize, column: bool) -> LoopKernel {
+        let (outputs, count) = if column { (cols, rows) } else { (rows, cols) };
+        let strides = if column { vec![1, cols as i64] } else { vec![cols as i64, 1] };
+        LoopKernel {
+            exprs: vec![Typed {
+                expr: Expr::Load { buffer: BufferId(0), index: IndexMap { offset: 0, strides } },
+                dtype: DType::F32,
+            }],
+            ..sum_kernel(&[outputs], &[count])
+        }
+    }
+
+    #[test]
+    fn column_sums_with_many_outputs_take_a_thread_each() {
+        // The head bias's gradient: 32,001 columns × 16 slices of 256 rows.
+        assert!(thread_per_output(&sum_of_loads(256, 512_016, true)));
+        // Rows (the reduction's step is 1), few columns, or long columns: a warp.
+        assert!(!thread_per_output(&sum_of_loads(512_016, 256, false)));
+        assert!(!thread_per_output(&sum_of_loads(4096, 768, true)));
+        assert!(!thread_per_output(&sum_of_loads(100_000, 70_000, true)));
+    }
+
+    #[test]
+    fn long_rows_take_a_block_each() {
+        // Cross-entropy's 4,096 rows of 32,001; a few rows of 2,100; not
+        // 4,096 rows of 768 (a norm), nor many rows of 2,100.
+        assert!(rows_take_blocks(4096, &[sum_kernel(&[4096], &[32001])]));
+        assert!(rows_take_blocks(12, &[sum_kernel(&[12], &[2100])]));
+        assert!(!rows_take_blocks(4096, &[sum_kernel(&[4096], &[768])]));
+        assert!(!rows_take_blocks(4096, &[sum_kernel(&[4096], &[2100])]));
+    }
 }
