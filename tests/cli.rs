@@ -380,6 +380,17 @@ fn stats_reports_the_planned_step_memory() {
 }
 
 #[test]
+fn a_kernel_needing_more_shared_memory_than_a_block_may_use_is_refused_by_name() {
+    // One head of 512: the attention forward's K and V tiles would need
+    // 32 · (512 + 512) · 4 bytes a block.
+    let o = lpac(&["kernels", "models/tiny.lpa", "--set", "d=512", "--set", "heads=1", "--target", "ptx"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("_attention\"") && err.contains("131072 bytes of shared memory"), "{err}");
+    assert!(err.contains("49152"), "{err}");
+}
+
+#[test]
 fn kernels_writes_ptx_and_a_manifest() {
     let dir = temp_dir("kernels-ptx");
     let out = dir.join("p");
