@@ -16,9 +16,8 @@
 //! block starts at its first key row's queries. Pairs a row must not see
 //! (causal, or a row past the end) get `p = 0`, so they add nothing.
 
-use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program};
-
 use lpac_ir::Graph;
+use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program};
 
 use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{

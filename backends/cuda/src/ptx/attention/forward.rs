@@ -1,8 +1,7 @@
 //! The forward kernel (see the module documentation).
 
-use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
-
 use lpac_ir::Graph;
+use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
 
 use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{
