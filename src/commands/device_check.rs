@@ -62,6 +62,16 @@ impl G {
         self.0.add_output(name, n);
         self
     }
+    /// A softmax of `x` (of `shape`, rank 3) over its last axis.
+    fn softmax(&mut self, x: NodeId, shape: &[usize]) -> NodeId {
+        let m = self.reduce(ReduceOp::Max, &[2], x);
+        let mb = self.bcast(m, &[0, 1], shape);
+        let d = self.bin(BinaryOp::Sub, x, mb);
+        let e = self.un(UnaryOp::Exp, d);
+        let s = self.reduce(ReduceOp::Sum, &[2], e);
+        let sb = self.bcast(s, &[0, 1], shape);
+        self.bin(BinaryOp::Div, e, sb)
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -115,13 +125,7 @@ fn cases() -> Vec<Case> {
     let mut g = new();
     let shape = [6, 40, 301];
     let x = g.input("x", &shape);
-    let m = g.reduce(ReduceOp::Max, &[2], x);
-    let mb = g.bcast(m, &[0, 1], &shape);
-    let d = g.bin(BinaryOp::Sub, x, mb);
-    let e = g.un(UnaryOp::Exp, d);
-    let s = g.reduce(ReduceOp::Sum, &[2], e);
-    let sb = g.bcast(s, &[0, 1], &shape);
-    let p = g.bin(BinaryOp::Div, e, sb);
+    let p = g.softmax(x, &shape);
     let n = g.constant(301.0, &[6, 40]);
     let sum = g.reduce(ReduceOp::Sum, &[2], p);
     let mean = g.bin(BinaryOp::Div, sum, n);
@@ -143,13 +147,7 @@ fn cases() -> Vec<Case> {
     let mut g = new();
     let shape = [4, 16, 5000];
     let x = g.input("x", &shape);
-    let m = g.reduce(ReduceOp::Max, &[2], x);
-    let mb = g.bcast(m, &[0, 1], &shape);
-    let d = g.bin(BinaryOp::Sub, x, mb);
-    let e = g.un(UnaryOp::Exp, d);
-    let s = g.reduce(ReduceOp::Sum, &[2], e);
-    let sb = g.bcast(s, &[0, 1], &shape);
-    let p = g.bin(BinaryOp::Div, e, sb);
+    let p = g.softmax(x, &shape);
     cases.push(Case {
         name: "softmax over long rows (a block per row)",
         graph: g.out("p", p).0,
