@@ -74,6 +74,19 @@ if ! timeout 120 "$LPAC" device-check 2>&1 | tee -a "$OUT/summary.txt"; then
   done
 fi
 
+median_tokens() {  # $1 metrics.jsonl: median tokens/s after two warm-up steps, and the losses
+  python3 - "$1" <<'PY'
+import json, sys, statistics
+try:
+    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+    t = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
+    losses = [round(r["loss"], 3) for r in rows if "loss" in r]
+    print(f"median tokens/s {statistics.median(t):.0f} over {len(t)} steps; losses {losses}" if t else "no timed steps")
+except OSError:
+    print("no metrics (see the log)")
+PY
+}
+
 check_model() {  # $1 label, $2 model file, $3 steps
   local label=$1 model=$2 steps=$3
   log "== $label: $model, $steps steps, CPU against GPU"
@@ -129,16 +142,7 @@ for lowrank in "" 128; do
   rm -rf "$OUT/llama-$variant"
   timeout 300 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
     ${lowrank:+--lowrank $lowrank} --out "$OUT/llama-$variant" > "$OUT/llama-$variant.log" 2>&1
-  log "lpac $variant: exit $?; $(python3 - "$OUT/llama-$variant/metrics.jsonl" <<'PY'
-import json, sys, statistics
-try:
-    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-    t = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
-    print(f"median tokens/s {statistics.median(t):.0f} over {len(t)} steps" if t else "no timed steps")
-except OSError:
-    print("no metrics (see the log)")
-PY
-)"
+  log "lpac $variant: exit $?; $(median_tokens "$OUT/llama-$variant/metrics.jsonl")"
   timeout 400 python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes "${MODES:-eager,compile}" ${lowrank:+--lowrank $lowrank} 2>&1 \
     | tee -a "$OUT/summary.txt"
 done
@@ -147,15 +151,7 @@ rm -rf "$OUT/llama-bf16"
 timeout 300 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
   --precision bf16 --out "$OUT/llama-bf16" > "$OUT/llama-bf16.log" 2>&1
 log "lpac dense bf16: exit $?; $(tail -1 "$OUT/llama-bf16.log")"
-python3 - "$OUT/llama-bf16/metrics.jsonl" <<'PY' | tee -a "$OUT/summary.txt"
-import json, sys, statistics
-try:
-    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-    t = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
-    print(f"lpac bf16 median tokens/s {statistics.median(t):.0f} over {len(t)} steps; losses {[round(r['loss'], 3) for r in rows]}" if t else "no timed steps")
-except OSError:
-    print("no metrics (see llama-bf16.log)")
-PY
+log "lpac bf16: $(median_tokens "$OUT/llama-bf16/metrics.jsonl")"
 timeout 200 python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes eager --precision bf16 2>&1 \
   | grep framework | tee -a "$OUT/summary.txt"
 
