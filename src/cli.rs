@@ -102,7 +102,7 @@ pub enum IrFormat {
 /// `--lowrank R [--lowrank-target T]`: LPA as the first pass.
 #[derive(Args, Clone, Default)]
 pub struct LowrankArgs {
-    /// Factor projections W[d_in,d_out] into A[d_in,R]·B[R,d_out] (Low-dimensional
+    /// Factor projections `W[d_in,d_out]` into `A[d_in,R]·B[R,d_out]` (Low-dimensional
     /// Projected Attention); runs the `lowrank` pass before any other.
     #[arg(long, value_name = "R")]
     pub lowrank: Option<usize>,
@@ -356,7 +356,7 @@ pub struct CompareArgs {
     /// Sequences per step (the model's `batch`).
     #[arg(long)]
     pub batch: Option<usize>,
-    /// The report folder (default runs/compare-<model>): report.md,
+    /// The report folder (default `runs/compare-<model>`): report.md,
     /// report.json, loss plots, and a run folder per variant.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,

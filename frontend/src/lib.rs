@@ -1,7 +1,7 @@
 //! lpac's model language: lexer, parser, name resolution, staged evaluation
 //! (shape checking happens as the graph is built) and lowering to the graph IR.
 //!
-//! The entry point is [`compile`] (or [`compile_file`]): source text and
+//! The entry point is [`compile()`] (or [`compile_file`]): source text and
 //! `--set` overrides in, a [`Model`] with its forward graph out, or a
 //! [`CompileError`] holding every diagnostic.
 

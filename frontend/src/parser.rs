@@ -1,4 +1,4 @@
-//! The parser: tokens to an [`ast::File`], by recursive descent (precedence
+//! The parser: tokens to an [`ast::File`](crate::ast::File), by recursive descent (precedence
 //! climbing for binary operators).
 //!
 //! It always returns a tree, possibly partial, and every diagnostic it found.

@@ -303,7 +303,7 @@ fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, String> {
 /// type, in the model's order). The error names the first missing tensor, the
 /// first unexpected one and the first with a wrong dtype or shape, each with
 /// how many more there are, e.g. "checkpoint tensor `layers.0.attn.q.weight`
-/// is f32[64,64], the model expects f32[64,32]".
+/// is `f32[64,64]`, the model expects `f32[64,32]`".
 pub fn check_params(ck: &Checkpoint, expected: &[(String, TensorType)]) -> Result<(), String> {
     let more = |n: usize, what: &str| if n > 1 { format!(" (and {} more {what})", n - 1) } else { String::new() };
     let mut problems = Vec::new();

@@ -3,7 +3,7 @@
 //! - [`memory`]: buffer storage (64-byte aligned bytes), the pointer table
 //!   kernels see, host tensors in and out;
 //! - [`check`]: static checks of a program before it runs;
-//! - [`reference`]: the plain evaluator of every kernel kind (the oracle and
+//! - [`reference`](mod@reference): the plain evaluator of every kernel kind (the oracle and
 //!   the fallback for loop kernels without compiled code);
 //! - [`gemm`]: matrix products through the gemm crate;
 //! - [`attention`]: fused attention, forward and backward, over tiles;

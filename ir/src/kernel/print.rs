@@ -38,7 +38,7 @@ pub fn print(p: &Program) -> String {
     out
 }
 
-/// One kernel's text, as [`print`] writes it inside the program.
+/// One kernel's text, as [`print()`] writes it inside the program.
 pub fn print_kernel_text(p: &Program, index: usize) -> String {
     let mut out = String::new();
     print_kernel(&mut out, index, &p.kernels[index]);

@@ -10,7 +10,7 @@
 //! }
 //! ```
 //!
-//! [`print`] writes exactly this layout; [`parse`] reads it back (and is a little
+//! [`print()`] writes exactly this layout; [`parse()`] reads it back (and is a little
 //! more forgiving about spacing, blank lines and `#` comment lines), checking
 //! every node with [`crate::typing::result_type`]. `parse(print(g)) == g` and
 //! `print(parse(t)) == t` for every printed `t`. `docs/ir.md` has the grammar.
@@ -18,9 +18,9 @@
 //! Names that may hold any text are written bare when that cannot be misread
 //! and as double-quoted strings otherwise, so every graph round-trips:
 //! - graph, output and pass names are bare when they are made of
-//!   `[A-Za-z0-9_.-]` only (see [`is_bare_name`]);
+//!   `[A-Za-z0-9_.-]` only (see `is_bare_name`);
 //! - source file names in provenance comments are bare unless they are empty or
-//!   hold whitespace, control characters, `#`, `"` or `\` (see [`is_bare_file`]);
+//!   hold whitespace, control characters, `#`, `"` or `\` (see `is_bare_file`);
 //! - input names and parameter paths are always quoted.
 //!
 //! Strings escape `"` as `\"`, `\` as `\\`, newline as `\n`, carriage return as

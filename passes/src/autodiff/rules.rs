@@ -425,8 +425,8 @@ fn reshape(e: &mut Emitter, s: &Site) -> Grads {
     one(e.reshape(s.g, &shape)?)
 }
 
-/// permute: output axis i is input axis perm[i], so the gradient is permuted
-/// by the inverse: gx = permute(g, inv) with inv[perm[i]] = i.
+/// permute: output axis i is input axis `perm[i]`, so the gradient is permuted
+/// by the inverse: `gx = permute(g, inv)` with `inv[perm[i]] = i`.
 fn permute(e: &mut Emitter, s: &Site, perm: &[usize]) -> Grads {
     let mut inv = vec![0; perm.len()];
     for (i, &p) in perm.iter().enumerate() {
@@ -435,7 +435,7 @@ fn permute(e: &mut Emitter, s: &Site, perm: &[usize]) -> Grads {
     one(e.permute(s.g, inv)?)
 }
 
-/// broadcast: x's axis i lands on output axis dims[i]; each element of x is
+/// broadcast: x's axis i lands on output axis `dims[i]`; each element of x is
 /// copied to every position of the new axes and of its stretched size-1 axes,
 /// so gx = reduce_sum(g) over the new axes and the stretched ones, reshaped to
 /// x's shape (which puts back the size-1 axes).

@@ -9,14 +9,14 @@
 //!    iotas, random numbers — is inlined into the kernel of the value that
 //!    uses it.
 //! 2. **Views are index maps.** A load through broadcasts, permutes, slices
-//!    and (splitting or merging) reshapes is one affine [`IndexMap`] over the
+//!    and (splitting or merging) reshapes is one affine [`IndexMap`](lpac_ir::kernel::IndexMap) over the
 //!    kernel's loop variables: a transpose or a broadcast is a stride, never
 //!    a copy. Pads and concats become guarded loads. Where a view cannot be
 //!    expressed (a reshape that splits a non-contiguous axis, a pad of a
 //!    computed value, a matmul operand that is not a strided buffer), the
 //!    value under it gets a buffer: the builder asks for it, and fusion runs
 //!    again until every kernel can be built.
-//! 3. **Kernels.** A matmul becomes a [`GemmKernel`] whose operand strides
+//! 3. **Kernels.** A matmul becomes a [`GemmKernel`](lpac_ir::kernel::GemmKernel) whose operand strides
 //!    absorb transposes and shared (stride-0) batches; a reduction a loop
 //!    kernel with inner reduce loops, with its operand's producers fused in
 //!    (so `sum(exp(x - m))` reads `x` and `m` once); gather and scatter-add

@@ -2,12 +2,12 @@
 //! each with one or two threads per row and the other operand streamed
 //! through shared memory in tiles.
 //!
-//! - [`forward`]: a block takes [`ROWS`] query rows of one batch index, the
+//! - [`forward()`]: a block takes [`ROWS`] query rows of one batch index, the
 //!   query row in registers; keys and values come in tiles of [`TILE`]
 //!   rows; the online softmax runs over groups of keys (running maximum and
 //!   sum, the output row rescaled once a group as the maximum grows). With a
 //!   log-sum-exp buffer, `m + ln l` is kept for the backward pass.
-//! - [`backward`]: dq over key/value tiles, a query row each; dv and dk over
+//! - [`backward()`]: dq over key/value tiles, a query row each; dv and dk over
 //!   query tiles (with dout, the log-sum-exp and, for dk, `D_i = dout_i ·
 //!   out_i` computed per tile), a key row each. Probabilities are
 //!   recomputed from the log-sum-exp. Each row's output belongs to its

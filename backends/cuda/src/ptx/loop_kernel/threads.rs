@@ -32,7 +32,7 @@ impl<'a> Em<'a> {
         Ok(())
     }
 
-    /// An elementwise kernel four elements at a time ([`vector_loads`]):
+    /// An elementwise kernel four elements at a time ([`vector_loads`](super::shape::vector_loads)):
     /// the loads at the element's own position as one 16-byte load each,
     /// the expressions for each of the four elements, each output as one
     /// 16-byte store.
@@ -139,7 +139,7 @@ impl<'a> Em<'a> {
     /// elementwise stage with the lanes taking the row's elements in turn —
     /// with `bar.warp.sync` between stages so each sees what the last wrote.
     ///
-    /// With `block_per_row` ([`rows_take_blocks`]) the same with a block: a
+    /// With `block_per_row` ([`rows_take_blocks`](super::shape::rows_take_blocks)) the same with a block: a
     /// row's reductions over all its threads, combined across warps in
     /// shared memory as a one-slice [`BlockReduce`] (thread 0 stores), its
     /// elementwise stages a thread per element in turn, and `bar.sync`
@@ -233,7 +233,7 @@ impl<'a> Em<'a> {
     /// Several elementwise kernels in one grid-stride loop over their
     /// elements laid end to end: element `i` belongs to the member whose
     /// range holds it. With `quads` (every member qualifies for
-    /// [`vector_loads`], so every range starts at a multiple of 4) a thread
+    /// [`vector_loads`](super::shape::vector_loads), so every range starts at a multiple of 4) a thread
     /// takes four elements at a time, as [`Em::function_quads`].
     pub(super) fn fused(&mut self, members: &'a [LoopKernel], quads: Option<&[Vec<usize>]>) -> R<()> {
         for m in &members[1..] {
