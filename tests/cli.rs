@@ -391,6 +391,37 @@ fn a_kernel_needing_more_shared_memory_than_a_block_may_use_is_refused_by_name()
 }
 
 #[test]
+fn ptx_is_ascii_for_a_model_file_with_a_non_ascii_name() {
+    // The headers name source lines; ptxas and the driver refuse non-ASCII
+    // bytes anywhere, comments included.
+    let dir = temp_dir("kernels-ascii");
+    let model = dir.join("modèle.lpa");
+    std::fs::copy("models/tiny.lpa", &model).unwrap();
+    let out = dir.join("p");
+    let o = lpac(&[
+        "kernels",
+        model.to_str().unwrap(),
+        "--set",
+        "layers=1",
+        "--target",
+        "ptx",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let mut files = 0;
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "ptx") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.is_ascii(), "{}", path.display());
+            files += 1;
+        }
+    }
+    assert!(files > 10, "{files} PTX files");
+}
+
+#[test]
 fn kernels_writes_ptx_and_a_manifest() {
     let dir = temp_dir("kernels-ptx");
     let out = dir.join("p");

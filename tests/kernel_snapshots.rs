@@ -58,6 +58,8 @@ fn ptx_snapshot(label: &str, lowrank: Option<usize>) {
             .unwrap_or_else(|| panic!("{}: no graph nodes", k.entry));
         assert!(nodes.contains("(models/tiny.lpa:"), "{}: no source lines in `{nodes}`", k.entry);
         assert!(header.iter().any(|l| l.contains("launch: grid")), "{}: no launch in its header", k.entry);
+        // ptxas and the driver refuse any byte that is not ASCII.
+        assert!(k.ptx.is_ascii(), "{}: not ASCII", k.entry);
         text.push_str(&k.ptx);
         text.push('\n');
     }

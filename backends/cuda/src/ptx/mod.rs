@@ -305,7 +305,7 @@ impl Module<'_> {
         use std::fmt::Write as _;
         let mut ptx = String::from("//\n");
         for line in self.comment {
-            let _ = writeln!(ptx, "// {line}");
+            let _ = writeln!(ptx, "// {}", ascii(line));
         }
         let _ = writeln!(ptx, "//\n.version {PTX_VERSION}\n.target {}\n.address_size 64\n", self.arch.name());
         let params: Vec<String> = self.params.iter().map(|n| format!("\t.param .u64 {n}")).collect();
@@ -344,8 +344,51 @@ pub(crate) fn node_list(nodes: &[NodeId], graph: Option<&Graph>) -> String {
     if items.is_empty() { "none".into() } else { items.join(" ") }
 }
 
+/// `text` in ASCII, as PTX must be (ptxas and the driver refuse any other
+/// byte, comments included): the mathematical signs lpac's comments use
+/// become their ASCII spelling, anything else (a model file's non-ASCII
+/// name) `?`.
+pub(crate) fn ascii(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            c if c.is_ascii() => c.to_string(),
+            '·' | '×' => "*".into(),
+            '−' | '–' | '—' => "-".into(),
+            '∞' => "inf".into(),
+            '…' => "...".into(),
+            '≤' => "<=".into(),
+            '≥' => ">=".into(),
+            _ => "?".into(),
+        })
+        .collect()
+}
+
 /// A kernel name as part of a PTX identifier.
 fn sanitize(name: &str) -> String {
     let s: String = name.chars().take(48).map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     if s.is_empty() { "kernel".into() } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_are_ascii_whatever_their_comments_hold() {
+        // A model file with a non-ASCII name, and the signs the comments use.
+        let comment = ["graph nodes: %3 (modèle.lpa:2:5)".to_string(), "s = q·k, −∞ where masked".to_string()];
+        let ptx = Module {
+            comment: &comment,
+            arch: Arch::Sm90,
+            entry: "k0_0_f",
+            params: &[],
+            shared: &[],
+            regs: &[],
+            body: "\tret;\n",
+            max_registers: None,
+        }
+        .text();
+        assert!(ptx.is_ascii(), "{ptx}");
+        assert!(ptx.contains("// graph nodes: %3 (mod?le.lpa:2:5)") && ptx.contains("// s = q*k, -inf where masked"));
+    }
 }

@@ -227,6 +227,7 @@ fn query_rows(
     let goff = batch_offset(&mut p, &b, &a.batch, grad);
     // Fixed per row: q_i, dout_i (this thread's columns), D_i = dout_i ·
     // out_i, lse_i.
+    p.comment("this thread's columns of q_i, dout_i and out_i; D_i = dout_i·out_i; lse_i");
     let q_i = place.load_part(&mut p, (&bases[0], &offs[0]), &i, &a.q, d, &valid);
     let do_i = place.load_part(&mut p, (&bases[4], &offs[4]), &i, ops.dout, dv, &valid);
     let out_i = place.load_part(&mut p, (&bases[3], &offs[3]), &i, ops.out, dv, &valid);
@@ -258,6 +259,7 @@ fn query_rows(
     p.label("$L_tile");
     p.line(format!("setp.ge.u64 {more}, {j0}, {kend};"));
     p.line(format!("@{more} bra $L_tiles_done;"));
+    p.comment(&format!("a tile of {tile} keys and values into shared memory (zero past the end)"));
     for (which, o, width, shared) in [(1usize, &a.k, d, &ks), (2usize, &a.v, dv, &vs)] {
         let tile =
             Tile { o, base: &bases[which], off: &offs[which], row0: &j0, limit: a.tk, rows: tile, width, shared };
@@ -281,6 +283,9 @@ fn query_rows(
     let (krow, vrow) = (p.r64(), p.r64());
     p.line(format!("mad.lo.u64 {krow}, {jj}, {}, {ks_part};", d * 4));
     p.line(format!("mad.lo.u64 {vrow}, {jj}, {}, {vs_part};", dv * 4));
+    p.comment(
+        "key j: p = exp(q_i·k_j·scale − lse_i) (0 where masked), ds = p (dout_i·v_j − D_i) scale, dq_i += ds k_j",
+    );
     let s = row_dot(&mut p, &place, &q_i, &krow);
     let prob = probability(&mut p, &s, a.scale, &lse_i, &seen);
     let dp = row_dot(&mut p, &place, &do_i, &vrow);
@@ -293,6 +298,7 @@ fn query_rows(
     p.line(format!("add.u64 {j0}, {j0}, {tile};"));
     p.line("bra.uni $L_tile;");
     p.label("$L_tiles_done");
+    p.comment("the gradient row (this thread's columns)");
     place.store_part(&mut p, (&bases[6], &goff), &i, grad, &acc, &valid);
     p.line("ret;");
     let shared =
@@ -364,6 +370,7 @@ fn key_rows(
     if dk {
         tiles.push((3, ops.out, dv, &os));
     }
+    p.comment(&format!("a tile of {tile} queries, douts (and outs) into shared memory, then their lse"));
     for (which, o, width, shared) in tiles {
         let tile =
             Tile { o, base: &bases[which], off: &offs[which], row0: &i0, limit: a.tq, rows: tile, width, shared };
@@ -383,6 +390,7 @@ fn key_rows(
     p.line(format!("@{lt} st.shared.f32 [{sa}], {lv};"));
     p.line("bar.sync 0;");
     if dk {
+        p.comment("D_i = dout_i·out_i for the tile's rows, a warp a row");
         // D_i = dout_i · out_i for the tile's rows: a warp per row (warp w
         // takes rows w, w + warps, …), lanes over the columns — neighbouring
         // lanes, neighbouring banks — then butterfly shuffles; lane 0 keeps
@@ -447,6 +455,11 @@ fn key_rows(
     p.line(format!("mad.lo.u64 {dorow}, {ii}, {}, {dos_part};", dv * 4));
     p.line(format!("mad.lo.u64 {lat}, {ii}, 4, {ls};"));
     p.line(format!("ld.shared.f32 {lse_i}, [{lat}];"));
+    p.comment(if dk {
+        "query i: p = exp(q_i·k_j·scale − lse_i) (0 where masked), ds = p (dout_i·v_j − D_i) scale, dk_j += ds q_i"
+    } else {
+        "query i: p = exp(q_i·k_j·scale − lse_i) (0 where masked), dv_j += p dout_i"
+    });
     let s = row_dot(&mut p, &place, &k_j, &qrow);
     let prob = probability(&mut p, &s, a.scale, &lse_i, &seen);
     if dk {
@@ -466,6 +479,7 @@ fn key_rows(
     p.line(format!("add.u64 {i0}, {i0}, {tile};"));
     p.line("bra.uni $L_tile;");
     p.label("$L_tiles_done");
+    p.comment("the gradient row (this thread's columns)");
     place.store_part(&mut p, (&bases[6], &goff), &j, grad, &acc, &valid);
     p.line("ret;");
     let mut shared = vec![

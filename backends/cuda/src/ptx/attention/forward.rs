@@ -44,6 +44,7 @@ fn key_group(
     acc: &[String],
 ) {
     let (d, dv) = (a.d, a.dv);
+    p.comment(&format!("scores of the group's {GROUP} keys: s = q·k·scale, −∞ where masked"));
     let scores: Vec<String> = (0..GROUP)
         .map(|u| {
             let (ok, after, jj, j) = (p.pred(), p.pred(), p.r64(), p.r64());
@@ -65,6 +66,7 @@ fn key_group(
         .collect();
     // The new running maximum; exponents are taken against 0 while it is
     // still −∞ (no key counted yet), where every p and the rescale are 0.
+    p.comment("the group's maximum; l and the output row rescaled once");
     let mut level = scores.clone();
     while level.len() > 1 {
         level = level
@@ -87,6 +89,7 @@ fn key_group(
         p.line(format!("mul.rn.f32 {o}, {o}, {corr};"));
     }
     p.line(format!("mov.f32 {m}, {mn};"));
+    p.comment("p = exp(s − m) for each key: l += p, out += p·v");
     for (u, s) in scores.iter().enumerate() {
         let shifted = p.f();
         p.line(format!("sub.rn.f32 {shifted}, {s}, {base};"));
@@ -148,6 +151,7 @@ pub(in crate::ptx) fn forward(
     p.line(format!("setp.lt.u64 {valid}, {i}, {};", a.tq));
     let offs: Vec<String> = [&a.q, &a.k, &a.v, out].iter().map(|o| batch_offset(&mut p, &b, &a.batch, o)).collect();
     // The thread's part of the query row in registers (zero past the end).
+    p.comment("this thread's columns of its query row");
     let qreg = place.load_part(&mut p, (&bases[0], &offs[0]), &i, &a.q, d, &valid);
     let (m, l) = (p.f(), p.f());
     p.line(format!("mov.f32 {m}, {};", imm(f64::NEG_INFINITY)));
@@ -173,6 +177,7 @@ pub(in crate::ptx) fn forward(
     p.line(format!("setp.ge.u64 {more}, {j0}, {kend};"));
     p.line(format!("@{more} bra $L_tiles_done;"));
     // Cooperative load of the K and V tiles (rows past tk are zero).
+    p.comment(&format!("a tile of {TILE} keys and values into shared memory (zero past the end)"));
     for (which, o, width, sbase) in [(1usize, &a.k, d, &ks), (2usize, &a.v, dv, &vs)] {
         let tile = Tile {
             o,
@@ -192,6 +197,7 @@ pub(in crate::ptx) fn forward(
     let count = p.r64();
     p.line(format!("sub.u64 {count}, {kend}, {j0};"));
     p.line(format!("min.u64 {count}, {count}, {TILE};"));
+    p.comment(&format!("the tile's keys, {GROUP} at a time"));
     let (first, past, ksg, vsg) = (p.r64(), p.pred(), p.r64(), p.r64());
     p.line(format!("mov.u64 {first}, 0;"));
     p.label("$L_group");
@@ -210,6 +216,7 @@ pub(in crate::ptx) fn forward(
     p.label("$L_tiles_done");
     // out = acc / l (each thread its columns); lse = m + ln l (the row's
     // first thread).
+    p.comment("out = acc / l; lse = m + ln l");
     p.line(format!("@!{valid} bra $L_done;"));
     let inv = p.f();
     p.line(format!("rcp.rn.f32 {inv}, {l};"));

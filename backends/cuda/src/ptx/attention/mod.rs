@@ -84,6 +84,11 @@ impl Ptx {
     pub fn label(&mut self, s: &str) {
         let _ = writeln!(self.code, "{s}:");
     }
+    /// A comment line in the emitted text, naming the phase that follows
+    /// (the kernels are long; a reader of the PTX needs the landmarks).
+    pub fn comment(&mut self, s: &str) {
+        let _ = writeln!(self.code, "\t// {}", super::ascii(s));
+    }
 }
 
 pub(super) fn imm(v: f64) -> String {
