@@ -22,6 +22,7 @@
 #      on the CPU and on the GPU from the same seed, the two loss curves side
 #      by side (largest relative difference over the first 10 steps and over
 #      all) and both devices' tokens/s.
+#      Then `lpac eval` (GPU and CPU) and `lpac sample` on the GPU from the tiny run.
 #   4. the 130M Setting-2 model (models/llama.lpa) dense and LPA r=128: lpac's
 #      tokens/s on the GPU next to PyTorch eager and torch.compile
 #      (bench/gpu/llama_torch.py) on the same GPU;
@@ -135,6 +136,13 @@ PY
 
 check_model mlp bench/gpu/mlp.lpa "$STEPS"
 check_model tiny models/tiny.lpa "$STEPS"
+
+log "== eval and sample on the GPU (the tiny run just trained), and eval on the CPU to compare"
+for device in cuda cpu; do
+  log "eval --device $device: $(timeout 120 "$LPAC" eval "$OUT/tiny-cuda" --device "$device" 2>&1 | tail -1)"
+done
+timeout 60 "$LPAC" sample "$OUT/tiny-cuda" --device cuda --prompt "ROMEO:" --tokens 80 --seed 1 2>&1 \
+  | tail -3 | tee -a "$OUT/summary.txt"
 
 log "== the 130M Setting-2 model (models/llama.lpa), batch ${BATCH:=16} x seq 256: lpac against PyTorch"
 for lowrank in "" 128; do
