@@ -22,7 +22,7 @@ use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program
 use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{
     MAX_REGISTERS, Place, Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm,
-    load_params, load_tile, split_of, zeroed,
+    keys_needed, load_params, load_tile, pair_seen, split_of, zeroed,
 };
 
 pub(in crate::ptx) fn backward(
@@ -243,14 +243,7 @@ fn query_rows(
     p.line(format!("mad.lo.u64 {laddr}, {lrow}, 4, {};", bases[5]));
     p.line(format!("@{valid} ld.global.f32 {lse_i}, [{laddr}];"));
     let acc = zeroed(&mut p, d / place.split);
-    // Keys this block needs: all, or (causal) up to its last row.
-    let kend = p.r64();
-    if a.causal {
-        p.line(format!("add.u64 {kend}, {first}, {ROWS};"));
-        p.line(format!("min.u64 {kend}, {kend}, {};", a.tk));
-    } else {
-        p.line(format!("mov.u64 {kend}, {};", a.tk));
-    }
+    let kend = keys_needed(&mut p, a, &first);
     let (ks, vs, j0, more) = (p.r64(), p.r64(), p.r64(), p.pred());
     p.line(format!("mov.u64 {ks}, Ks;"));
     p.line(format!("mov.u64 {vs}, Vs;"));
@@ -274,12 +267,7 @@ fn query_rows(
     p.line(format!("setp.ge.u64 {stop}, {jj}, {count};"));
     p.line(format!("@{stop} bra $L_keys_done;"));
     p.line(format!("add.u64 {j}, {j0}, {jj};"));
-    if a.causal {
-        p.line(format!("setp.le.u64 {seen}, {j}, {i};"));
-        p.line(format!("and.pred {seen}, {seen}, {valid};"));
-    } else {
-        p.line(format!("mov.pred {seen}, {valid};"));
-    }
+    pair_seen(&mut p, a.causal, (&j, &i), &valid, &seen);
     let (krow, vrow) = (p.r64(), p.r64());
     p.line(format!("mad.lo.u64 {krow}, {jj}, {}, {ks_part};", d * 4));
     p.line(format!("mad.lo.u64 {vrow}, {jj}, {}, {vs_part};", dv * 4));
@@ -444,12 +432,7 @@ fn key_rows(
     p.line(format!("setp.ge.u64 {stop}, {ii}, {count};"));
     p.line(format!("@{stop} bra $L_queries_done;"));
     p.line(format!("add.u64 {i}, {i0}, {ii};"));
-    if a.causal {
-        p.line(format!("setp.ge.u64 {seen}, {i}, {j};"));
-        p.line(format!("and.pred {seen}, {seen}, {valid};"));
-    } else {
-        p.line(format!("mov.pred {seen}, {valid};"));
-    }
+    pair_seen(&mut p, a.causal, (&j, &i), &valid, &seen);
     let (qrow, dorow, lat, lse_i) = (p.r64(), p.r64(), p.r64(), p.f());
     p.line(format!("mad.lo.u64 {qrow}, {ii}, {}, {qs_part};", d * 4));
     p.line(format!("mad.lo.u64 {dorow}, {ii}, {}, {dos_part};", dv * 4));

@@ -6,7 +6,7 @@ use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
 use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{
     MAX_REGISTERS, Place, Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm,
-    load_params, load_tile, split_of, zeroed,
+    keys_needed, load_params, load_tile, pair_seen, split_of, zeroed,
 };
 
 /// Keys scored together: their scores live in registers while the running
@@ -47,15 +47,12 @@ fn key_group(
     p.comment(&format!("scores of the group's {GROUP} keys: s = q·k·scale, −∞ where masked"));
     let scores: Vec<String> = (0..GROUP)
         .map(|u| {
-            let (ok, after, jj, j) = (p.pred(), p.pred(), p.r64(), p.r64());
+            let (ok, in_tile, jj, j) = (p.pred(), p.pred(), p.r64(), p.r64());
             p.line(format!("add.u64 {jj}, {}, {u};", g.first));
-            p.line(format!("setp.lt.u64 {ok}, {jj}, {};", g.count));
-            p.line(format!("and.pred {ok}, {ok}, {};", g.valid));
-            if a.causal {
-                p.line(format!("add.u64 {j}, {}, {jj};", g.j0));
-                p.line(format!("setp.gt.u64 {after}, {j}, {};", g.i));
-                p.line(format!("and.pred {ok}, {ok}, !{after};"));
-            }
+            p.line(format!("add.u64 {j}, {}, {jj};", g.j0));
+            pair_seen(p, a.causal, (&j, g.i), g.valid, &ok);
+            p.line(format!("setp.lt.u64 {in_tile}, {jj}, {};", g.count));
+            p.line(format!("and.pred {ok}, {ok}, {in_tile};"));
             let part = dot_shared(p, qreg, (ks, u * d * 4), 4);
             let dot = place.across_row(p, &part);
             let s = p.f();
@@ -157,14 +154,9 @@ pub(in crate::ptx) fn forward(
     p.line(format!("mov.f32 {m}, {};", imm(f64::NEG_INFINITY)));
     p.line(format!("mov.f32 {l}, {};", imm(0.0)));
     let acc = zeroed(&mut p, dv / place.split);
-    // Keys this block needs: all, or (causal) up to its last row.
-    let kend = p.r64();
-    if a.causal {
-        p.line(format!("mad.lo.u64 {kend}, {qb}, {ROWS}, {ROWS};"));
-        p.line(format!("min.u64 {kend}, {kend}, {};", a.tk));
-    } else {
-        p.line(format!("mov.u64 {kend}, {};", a.tk));
-    }
+    let first = p.r64();
+    p.line(format!("mul.lo.u64 {first}, {qb}, {ROWS};"));
+    let kend = keys_needed(&mut p, a, &first);
     let (ks, vs) = (p.r64(), p.r64());
     p.line(format!("mov.u64 {ks}, Ks;"));
     p.line(format!("mov.u64 {vs}, Vs;"));

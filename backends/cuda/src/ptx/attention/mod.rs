@@ -30,7 +30,7 @@ pub(in crate::ptx) use forward::forward;
 
 use std::fmt::Write as _;
 
-use lpac_ir::kernel::Operand;
+use lpac_ir::kernel::{AttentionKernel, Operand};
 
 /// Rows (query or key) per block, one or two threads each: blocks of 128
 /// threads (or 64) fill a multiprocessor in finer steps than larger ones
@@ -214,6 +214,29 @@ pub(super) fn batch_offset(p: &mut Ptx, b: &str, batch: &[usize], o: &Operand) -
         rest = q;
     }
     off
+}
+
+/// The keys a block of query rows from `first` on needs: all `tk`, or
+/// (causal) up to its last row. A u64 register.
+pub(super) fn keys_needed(p: &mut Ptx, a: &AttentionKernel, first: &str) -> String {
+    let kend = p.r64();
+    if a.causal {
+        p.line(format!("add.u64 {kend}, {first}, {ROWS};"));
+        p.line(format!("min.u64 {kend}, {kend}, {};", a.tk));
+    } else {
+        p.line(format!("mov.u64 {kend}, {};", a.tk));
+    }
+    kend
+}
+
+/// `seen` = query row `i` sees key `j`: the row exists and (causal) `j ≤ i`.
+pub(super) fn pair_seen(p: &mut Ptx, causal: bool, (j, i): (&str, &str), valid: &str, seen: &str) {
+    if causal {
+        p.line(format!("setp.le.u64 {seen}, {j}, {i};"));
+        p.line(format!("and.pred {seen}, {seen}, {valid};"));
+    } else {
+        p.line(format!("mov.pred {seen}, {valid};"));
+    }
 }
 
 /// `exp(x)` through `ex2`.
