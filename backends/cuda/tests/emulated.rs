@@ -7,7 +7,8 @@
 //! cuBLAS would (f32 accumulation). The cases: attention forward and backward across tiles and blocks, causal and
 //! not; reductions with few outputs (blocks per output, the last combining
 //! them) and many (a warp each); a softmax and layer norm (rows kernels);
-//! an optimiser-like multi kernel.
+//! an optimiser-like multi kernel; tiny.lpa's step in mixed precision; and a
+//! whole training step of models/llama.lpa (LPA, AdamW) at a small size.
 
 mod emulator;
 
@@ -174,10 +175,14 @@ fn product(program: &Program, g: &GemmKernel, mem: &mut Memory) {
 /// Every output within `tolerance` (‖got − want‖ / ‖want‖) of the f64
 /// interpreter; NaN fails.
 fn check(name: &str, graph: &Graph, tolerance: f64) {
-    let inputs = random_inputs(graph, 11);
-    let got = run_emulated(graph, &inputs);
+    check_with(name, graph, &random_inputs(graph, 11), tolerance);
+}
+
+/// [`check`] on the given inputs.
+fn check_with(name: &str, graph: &Graph, inputs: &BTreeMap<String, Tensor>, tolerance: f64) {
+    let got = run_emulated(graph, inputs);
     let ctx = RunContext { seed: 3, step: 1 };
-    let want = lpac_ir::interp::run(graph, Precision::F64, &inputs, &inputs, ctx).unwrap();
+    let want = lpac_ir::interp::run(graph, Precision::F64, inputs, inputs, ctx).unwrap();
     for (out, w) in want {
         let w = w.to_f64_vec();
         let g = &got[&out];
@@ -444,4 +449,42 @@ fn a_transformer_step_in_mixed_precision() {
     // The same roundings on both sides: far closer than bf16's 2^-9 (which
     // an f32 product would be off by).
     check("tiny, bf16 products", &g, 1e-3);
+}
+
+#[test]
+fn a_whole_llama_training_step_with_lpa_and_adamw() {
+    // The step `lpac train --lowrank` runs on the GPU for models/llama.lpa
+    // (rotary embeddings, RMSNorm, SwiGLU, causal attention fused, LPA's
+    // factored projections, dropout's random numbers, the gradient norm and
+    // AdamW's update of every parameter and its state), at a small size, on
+    // the emulator against the interpreter in f64: every output — loss,
+    // gradient norm, new parameters, new optimiser state.
+    let sets = ["layers=2", "d=32", "heads=2", "ffn=48", "seq=16", "batch=2", "vocab=50", "dropout=0.1"];
+    let overrides: Vec<_> = sets.iter().map(|s| lpac_frontend::Override::parse(s).unwrap()).collect();
+    let g = lpac_frontend::compile_file(std::path::Path::new("../../models/llama.lpa"), &overrides).unwrap().graph;
+    let pipeline = "lowrank{rank=4},attention,autodiff,optimizer{kind=adamw},simplify{explain=false},cse,dce";
+    let g = lpac_passes::manager::run_text(g, pipeline).unwrap();
+    assert!(g.outputs.iter().any(|o| o.name.starts_with("adam_v:")), "the step updates the optimiser state");
+    // The first step's optimiser inputs, as `lpac train` feeds them: zero
+    // state (so the new moments are the clipped gradients, scaled, and
+    // check them directly) and the default hyperparameters, weight decay on.
+    let mut inputs = random_inputs(&g, 5);
+    let hyper = [
+        ("hp:lr", 1e-3),
+        ("hp:beta1", 0.9),
+        ("hp:beta2", 0.95),
+        ("hp:eps", 1e-5),
+        ("hp:weight_decay", 0.1),
+        ("hp:clip", 1.0),
+        ("hp:step", 1.0),
+    ];
+    for (name, value) in hyper {
+        inputs.insert(name.to_string(), Tensor::from_f32(vec![], vec![value as f32]));
+    }
+    for (name, t) in inputs.iter_mut() {
+        if name.starts_with("adam_") {
+            *t = Tensor::from_f32(t.shape.clone(), vec![0.0; t.numel()]);
+        }
+    }
+    check_with("llama step, LPA r=4, AdamW", &g, &inputs, 1e-4);
 }
