@@ -219,6 +219,22 @@ fn cases() -> Vec<Case> {
         let name = if causal { "attention, causal (forward, dq, dk, dv)" } else { "attention (forward, dq, dk, dv)" };
         cases.push(Case { name, graph: g.0, tolerance: 1e-4, reference: Device::Cpu });
     }
+    // Heads 128 wide (gpt.lpa's): four threads a row, dk in tiles of 16.
+    let mut g = new();
+    let shape = [2, 2, 100, 128];
+    let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
+    let out = g.add(Op::Attention { scale: 0.088, causal: true }, vec![q, k, v], None);
+    g = g.out("out", out);
+    for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        let grad = g.add(Op::AttentionGrad { scale: 0.088, causal: true, wrt }, vec![q, k, v, out, dy], None);
+        g = g.out(name, grad);
+    }
+    cases.push(Case {
+        name: "attention, causal, heads of 128 (forward, dq, dk, dv)",
+        graph: g.0,
+        tolerance: 1e-4,
+        reference: Device::Cpu,
+    });
     // Gather and scatter-add.
     let mut g = new();
     let table = g.input("table", &[50, 33]);

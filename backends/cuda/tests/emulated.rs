@@ -356,24 +356,45 @@ fn attention_with_head_dimensions_not_multiples_of_four() {
     }
 }
 
-#[test]
-fn attention_with_head_dimension_128_uses_smaller_tiles_where_needed() {
-    // dk's tiles of 32 rows (q, dout, out: 3 × 128 columns) would need 49 KiB
-    // of shared memory; it takes 16 rows at a time instead.
-    let mut g = G(Graph::new("attention128"));
-    let shape = [1, 1, 40, 128];
-    let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
-    let out = g.add(Op::Attention { scale: 0.088, causal: true }, vec![q, k, v], None);
+/// Causal attention over `[2, 1, 70, d]` queries and keys and `[2, 1, 70,
+/// dv]` values: its forward and every gradient, fused and emitted.
+fn attention_step(d: usize, dv: usize, scale: f64) -> (Graph, lpac_cuda::PtxProgram) {
+    let mut g = G(Graph::new("attention-wide"));
+    let (qk, vs) = ([2, 1, 70, d], [2, 1, 70, dv]);
+    let (q, k, v) = (g.input("q", &qk), g.input("k", &qk), g.input("v", &vs));
+    let dy = g.input("dy", &vs);
+    let out = g.add(Op::Attention { scale, causal: true }, vec![q, k, v], None);
     g.0.add_output("out", out);
     for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
-        let grad = g.add(Op::AttentionGrad { scale: 0.088, causal: true, wrt }, vec![q, k, v, out, dy], None);
+        let grad = g.add(Op::AttentionGrad { scale, causal: true, wrt }, vec![q, k, v, out, dy], None);
         g.0.add_output(*name, grad);
     }
     let program = lpac_passes::fuse::fuse(&g.0).unwrap();
     let emitted = emit_program(&program, Arch::Sm90, Some(&g.0)).unwrap();
-    let dk = emitted.kernels.iter().find(|k| k.entry.ends_with("attention_dk")).unwrap();
-    assert!(dk.ptx.contains("tiles of 16 rows"), "{}", dk.ptx.lines().take(5).collect::<Vec<_>>().join("\n"));
-    check("attention, head dimension 128", &g.0, 1e-5);
+    (g.0, emitted)
+}
+
+#[test]
+fn attention_with_heads_wider_than_64_takes_four_threads_a_row() {
+    // Four threads a row (32 of a row's columns each, so nothing spills at
+    // 128), blocks of 32 rows: 70 rows span three blocks. Two butterfly
+    // shuffles finish each dot product. At 128, dk's tiles of 32 rows (q,
+    // dout, out: 3 × 128 columns) would need 49 KiB of shared memory; it
+    // takes 16 rows at a time instead. A width of 66 (even, not a multiple
+    // of 4) keeps two threads a row.
+    for (d, dv, threads) in [(128, 128, 4), (96, 96, 4), (64, 128, 4), (66, 66, 2)] {
+        let (graph, emitted) = attention_step(d, dv, 0.088);
+        for k in emitted.kernels.iter().filter(|k| k.entry.contains("attention")) {
+            assert!(k.ptx.contains(&format!("{threads} thread(s)")), "{}: {}", k.entry, k.ptx.lines().nth(3).unwrap());
+            let shuffles = k.ptx.matches("shfl.sync.bfly").count();
+            assert!(shuffles >= threads / 2, "{}: {shuffles} shuffles", k.entry);
+        }
+        if d == 128 {
+            let dk = emitted.kernels.iter().find(|k| k.entry.ends_with("attention_dk")).unwrap();
+            assert!(dk.ptx.contains("tiles of 16 rows"), "{}", dk.ptx.lines().take(5).collect::<Vec<_>>().join("\n"));
+        }
+        check(&format!("attention, head dimensions {d} and {dv}"), &graph, 1e-5);
+    }
 }
 
 #[test]

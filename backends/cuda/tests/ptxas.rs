@@ -93,6 +93,33 @@ fn the_shipped_models_steps_assemble() {
 }
 
 #[test]
+fn attention_at_the_shipped_models_head_widths_does_not_spill() {
+    // llama's heads are 64 wide (two threads a row), gpt's 128 (four): under
+    // `.maxnreg` every attention function keeps its rows in registers. A
+    // spill is local memory traffic in the innermost loop.
+    let Some(ptxas) = require_ptxas("attention_at_the_shipped_models_head_widths_does_not_spill") else { return };
+    let dir = std::env::temp_dir().join(format!("lpac-ptxas-attention-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, width) in [("llama.lpa", 64), ("gpt.lpa", 128)] {
+        let (graph, program) = model_step(file, &["layers=1", "seq=64", "batch=2", "vocab=300"], None);
+        for arch in Arch::ALL {
+            let emitted = emit_program(&program, arch, Some(&graph)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let attention: Vec<_> = emitted.kernels.iter().filter(|k| k.entry.contains("attention")).collect();
+            assert_eq!(attention.len(), 4, "{file}: forward, dq, dk, dv");
+            for k in attention {
+                assert!(k.ptx.contains(&format!("d {width} dv {width}")), "{file}: {}", k.entry);
+                let report = lpac_cuda::ptxas::assemble(&ptxas, &k.ptx, arch, &dir, &k.entry)
+                    .unwrap_or_else(|e| panic!("{file}: {}: {e}", k.entry));
+                println!("{file} {} {}: {report:?}", arch.name(), k.entry);
+                assert_eq!((report.spill_stores, report.spill_loads), (0, 0), "{file} {}: {report:?}", k.entry);
+                assert!(report.registers > 0, "{file} {}: no report read", k.entry);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_large_models_parameter_update_is_split_within_the_parameter_limit() {
     // llama's 12 layers have 111 parameter tensors; their AdamW update as one
     // function would take over 6 KB of addresses, and PTX 8.0 allows 4,352

@@ -1,6 +1,6 @@
 //! The backward kernels (see the module documentation): up to three
 //! functions, every probability recomputed from the forward pass's
-//! log-sum-exp, one or two threads a row ([`Place`]).
+//! log-sum-exp, one, two or four threads a row ([`Place`]).
 //!
 //! - body 0, dq, a query row `i` (its `q_i` and `dout_i` in registers,
 //!   `D_i = dout_i · out_i` computed once), over tiles of keys and values in
@@ -21,8 +21,8 @@ use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program
 
 use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{
-    MAX_REGISTERS, Place, Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm,
-    keys_needed, load_params, load_tile, pair_seen, split_of, zeroed,
+    MAX_REGISTERS, Place, Ptx, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm, keys_needed,
+    load_params, load_tile, pair_seen, rows_per_block, split_of, zeroed,
 };
 
 pub(in crate::ptx) fn backward(
@@ -98,7 +98,7 @@ const CHAINS: usize = 2;
 const PARAMS: [&str; 7] = ["q", "k", "v", "out", "dout", "lse", "grad"];
 
 /// The block's batch index and first row, and this thread's row: `(b,
-/// first, me)` as u64 registers, [`ROWS`] rows a block.
+/// first, me)` as u64 registers, [`Place::rows`] rows a block.
 fn block_rows(p: &mut Ptx, place: &Place, blocks: u64) -> (String, String, String) {
     let ctaid = p.r32();
     p.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
@@ -106,7 +106,7 @@ fn block_rows(p: &mut Ptx, place: &Place, blocks: u64) -> (String, String, Strin
     p.line(format!("cvt.u64.u32 {cta}, {ctaid};"));
     p.line(format!("div.u64 {b}, {cta}, {blocks};"));
     p.line(format!("rem.u64 {blk}, {cta}, {blocks};"));
-    p.line(format!("mul.lo.u64 {first}, {blk}, {ROWS};"));
+    p.line(format!("mul.lo.u64 {first}, {blk}, {};", place.rows()));
     p.line(format!("add.u64 {me}, {first}, {};", place.row));
     (b, first, me)
 }
@@ -202,7 +202,7 @@ fn finish(
     PtxKernel::new(entry, (kernel, body), ptx, (grid, place.threads()), args)
 }
 
-/// dq: a thread per query row, key and value tiles in shared memory.
+/// dq: a query row a [`Place`], key and value tiles in shared memory.
 fn query_rows(
     a: &AttentionKernel,
     kernel: usize,
@@ -214,11 +214,12 @@ fn query_rows(
     let tile = tile_rows((d + dv) * 4, "dq", a)?;
     let shared_bytes = tile * (d + dv) * 4;
     let nb: u64 = a.batch.iter().map(|&x| x as u64).product();
-    let blocks = (a.tq as u64).div_ceil(u64::from(ROWS));
+    let split = split_of(d, dv);
+    let blocks = (a.tq as u64).div_ceil(u64::from(rows_per_block(split)));
     let grid = (nb * blocks).clamp(1, u64::from(u32::MAX)) as u32;
     let mut p = Ptx { code: String::new(), counts: [0; 4] };
     let bases = load_params(&mut p, &PARAMS);
-    let place = Place::new(&mut p, split_of(d, dv));
+    let place = Place::new(&mut p, split);
     let (b, first, i) = block_rows(&mut p, &place, blocks);
     let valid = p.pred();
     p.line(format!("setp.lt.u64 {valid}, {i}, {};", a.tq));
@@ -243,7 +244,7 @@ fn query_rows(
     p.line(format!("mad.lo.u64 {laddr}, {lrow}, 4, {};", bases[5]));
     p.line(format!("@{valid} ld.global.f32 {lse_i}, [{laddr}];"));
     let acc = zeroed(&mut p, d / place.split);
-    let kend = keys_needed(&mut p, a, &first);
+    let kend = keys_needed(&mut p, a, (&first, place.rows()));
     let (ks, vs, j0, more) = (p.r64(), p.r64(), p.r64(), p.pred());
     p.line(format!("mov.u64 {ks}, Ks;"));
     p.line(format!("mov.u64 {vs}, Vs;"));
@@ -301,7 +302,7 @@ fn neg(p: &mut Ptx, x: &str) -> String {
     r
 }
 
-/// dv or dk: a thread per key row, tiles of queries, dout, the
+/// dv or dk: a key row a [`Place`], tiles of queries, dout, the
 /// log-sum-exp (and for dk, out, to form `D_i`) in shared memory.
 fn key_rows(
     a: &AttentionKernel,
@@ -318,11 +319,12 @@ fn key_rows(
     let tile = tile_rows(per_row, role.name(), a)?;
     let shared_bytes = tile * per_row;
     let nb: u64 = a.batch.iter().map(|&x| x as u64).product();
-    let blocks = (a.tk as u64).div_ceil(u64::from(ROWS));
+    let split = split_of(d, dv);
+    let blocks = (a.tk as u64).div_ceil(u64::from(rows_per_block(split)));
     let grid = (nb * blocks).clamp(1, u64::from(u32::MAX)) as u32;
     let mut p = Ptx { code: String::new(), counts: [0; 4] };
     let bases = load_params(&mut p, &PARAMS);
-    let place = Place::new(&mut p, split_of(d, dv));
+    let place = Place::new(&mut p, split);
     let t = place.t.clone();
     let (b, first, j) = block_rows(&mut p, &place, blocks);
     let valid = p.pred();

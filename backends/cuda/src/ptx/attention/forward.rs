@@ -5,8 +5,8 @@ use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
 
 use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{
-    MAX_REGISTERS, Place, Ptx, ROWS, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm,
-    keys_needed, load_params, load_tile, pair_seen, split_of, zeroed,
+    MAX_REGISTERS, Place, Ptx, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm, keys_needed,
+    load_params, load_tile, pair_seen, rows_per_block, split_of, zeroed,
 };
 
 /// Keys scored together: their scores live in registers while the running
@@ -121,7 +121,9 @@ pub(in crate::ptx) fn forward(
     }
     let _ = program;
     let nb: u64 = a.batch.iter().map(|&x| x as u64).product();
-    let qblocks = (a.tq as u64).div_ceil(u64::from(ROWS));
+    let split = split_of(d, dv);
+    let rows = rows_per_block(split);
+    let qblocks = (a.tq as u64).div_ceil(u64::from(rows));
     let grid = (nb * qblocks).clamp(1, u64::from(u32::MAX)) as u32;
     let mut p = Ptx { code: String::new(), counts: [0; 4] };
 
@@ -136,14 +138,14 @@ pub(in crate::ptx) fn forward(
     });
     // Which batch index and query rows this block has; which columns of
     // its row this thread holds.
-    let place = Place::new(&mut p, split_of(d, dv));
+    let place = Place::new(&mut p, split);
     let ctaid = p.r32();
     p.line(format!("mov.u32 {ctaid}, %ctaid.x;"));
     let (cta, b, qb, i) = (p.r64(), p.r64(), p.r64(), p.r64());
     p.line(format!("cvt.u64.u32 {cta}, {ctaid};"));
     p.line(format!("div.u64 {b}, {cta}, {qblocks};"));
     p.line(format!("rem.u64 {qb}, {cta}, {qblocks};"));
-    p.line(format!("mad.lo.u64 {i}, {qb}, {ROWS}, {};", place.row));
+    p.line(format!("mad.lo.u64 {i}, {qb}, {rows}, {};", place.row));
     let valid = p.pred();
     p.line(format!("setp.lt.u64 {valid}, {i}, {};", a.tq));
     let offs: Vec<String> = [&a.q, &a.k, &a.v, out].iter().map(|o| batch_offset(&mut p, &b, &a.batch, o)).collect();
@@ -155,8 +157,8 @@ pub(in crate::ptx) fn forward(
     p.line(format!("mov.f32 {l}, {};", imm(0.0)));
     let acc = zeroed(&mut p, dv / place.split);
     let first = p.r64();
-    p.line(format!("mul.lo.u64 {first}, {qb}, {ROWS};"));
-    let kend = keys_needed(&mut p, a, &first);
+    p.line(format!("mul.lo.u64 {first}, {qb}, {rows};"));
+    let kend = keys_needed(&mut p, a, (&first, rows));
     let (ks, vs) = (p.r64(), p.r64());
     p.line(format!("mov.u64 {ks}, Ks;"));
     p.line(format!("mov.u64 {vs}, Vs;"));
@@ -240,10 +242,9 @@ pub(in crate::ptx) fn forward(
         ),
         format!("graph nodes: {}", node_list(&a.nodes, graph)),
         format!(
-            "launch: grid {grid} x block {threads} (a block per {ROWS} query rows of a batch index, {split} thread(s) a \
+            "launch: grid {grid} x block {threads} (a block per {rows} query rows of a batch index, {split} thread(s) a \
              row); {shared} bytes of static shared memory (K and V tiles of {TILE} rows)",
             threads = place.threads(),
-            split = place.split
         ),
     ];
     let mut params: Vec<String> = names.iter().map(|n| n.to_string()).collect();

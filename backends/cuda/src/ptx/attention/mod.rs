@@ -1,8 +1,9 @@
 //! Attention as PTX: a forward kernel and up to three backward kernels,
-//! each with one or two threads per row and the other operand streamed
-//! through shared memory in tiles.
+//! each with one, two or four threads per row and the other operand
+//! streamed through shared memory in tiles.
 //!
-//! - [`forward()`]: a block takes [`ROWS`] query rows of one batch index, the
+//! - [`forward()`]: a block takes [`ROWS`] query rows of one batch index (32
+//!   where four threads share a row), the
 //!   query row in registers; keys and values come in tiles of [`TILE`]
 //!   rows; the online softmax runs over groups of keys (running maximum and
 //!   sum, the output row rescaled once a group as the maximum grows). With a
@@ -13,10 +14,11 @@
 //!   recomputed from the log-sum-exp. Each row's output belongs to its
 //!   threads alone: no atomics, and every sum runs in index order.
 //!
-//! Where both head dimensions are even, two neighbouring threads share a
-//! row ([`split_of`]): each holds half its columns (half the registers: a
-//! row of 64 plus its gradient no longer spills) and dot products are
-//! finished with one shuffle between the two, which then hold the same
+//! Where both head dimensions are even, neighbouring threads share a row
+//! ([`split_of`]): two, or four where a head is wider than 64 — so a thread
+//! holds at most 32 of a row's columns (a row of 64 or 128 plus its gradient
+//! fits in registers without spilling) — and dot products are finished with
+//! one or two butterfly shuffles among them, which then hold the same
 //! score. Keys a row must not see (causal, past the end) are masked — their
 //! probability is 0 — rather than branched around, so both threads of a row
 //! always reach the shuffle together. Scores never exist in memory. Loops
@@ -32,17 +34,20 @@ use std::fmt::Write as _;
 
 use lpac_ir::kernel::{AttentionKernel, Operand};
 
-/// Rows (query or key) per block, one or two threads each: blocks of 128
-/// threads (or 64) fill a multiprocessor in finer steps than larger ones
-/// would, and a causal pass's blocks differ less in work.
+/// Rows (query or key) per block where one or two threads take a row (32
+/// where four do, [`rows_per_block`]): blocks of 128 threads (or 64) fill a
+/// multiprocessor in finer steps than larger ones would, and a causal
+/// pass's blocks differ less in work.
 pub const ROWS: u32 = 64;
 /// Registers a thread may use (`.maxnreg`): 168 lets three blocks of 128
 /// threads share a multiprocessor's 65,536 (12 warps to hide latency
-/// with); at head dimension 64 the kernels need no more, at 128 they spill.
+/// with); with at most 32 of a row's columns a thread (head dimensions up
+/// to 128, [`split_of`]) the kernels need no more.
 pub(super) const MAX_REGISTERS: u32 = 168;
 /// Key rows per shared-memory tile.
 pub const TILE: usize = 32;
 // A tile's per-row values (log-sum-exp, `D_i`) are loaded a thread a row.
+// A block has at least ROWS threads (one a row, ROWS rows).
 const _: () = assert!(TILE as u32 <= ROWS, "a block has a thread for every row of a tile");
 
 /// Static shared memory a block may use without opting in.
@@ -95,15 +100,32 @@ pub(super) fn imm(v: f64) -> String {
     format!("0f{:08X}", (v as f32).to_bits())
 }
 
-/// Threads per row: two where both head dimensions are even (each takes
-/// half the row's columns), else one.
+/// Threads per row: four where a head is wider than 64 and both head
+/// dimensions are multiples of 4, two where both are even, else one. Each
+/// thread takes `1/split` of a row's columns: at most 32 for heads up to
+/// 128, which keeps a row, its partner operand and a gradient row in
+/// registers.
 pub(super) fn split_of(d: usize, dv: usize) -> usize {
-    if d.is_multiple_of(2) && dv.is_multiple_of(2) { 2 } else { 1 }
+    let divides = |s: usize| d.is_multiple_of(s) && dv.is_multiple_of(s);
+    if d.max(dv) > 64 && divides(4) {
+        4
+    } else if divides(2) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Rows a block takes with `split` threads a row: [`ROWS`], or fewer so
+/// that a block has at most `2·ROWS` threads (more threads a block would
+/// mean fewer blocks on a multiprocessor under [`MAX_REGISTERS`]).
+pub(super) fn rows_per_block(split: usize) -> u32 {
+    ROWS.min(2 * ROWS / split as u32)
 }
 
 /// A thread's place in its block: its index `t`, its row within the block
 /// and which part of the row's columns it holds (u64 registers), and how
-/// many threads share a row.
+/// many threads share a row (1, 2 or 4).
 pub(super) struct Place {
     pub t: String,
     pub row: String,
@@ -116,30 +138,41 @@ impl Place {
         let (tid, t, row, part) = (p.r32(), p.r64(), p.r64(), p.r64());
         p.line(format!("mov.u32 {tid}, %tid.x;"));
         p.line(format!("cvt.u64.u32 {t}, {tid};"));
-        if split == 2 {
-            p.line(format!("shr.u64 {row}, {t}, 1;"));
-            p.line(format!("and.b64 {part}, {t}, 1;"));
-        } else {
+        assert!(matches!(split, 1 | 2 | 4), "split_of gives 1, 2 or 4 threads a row");
+        if split == 1 {
             p.line(format!("mov.u64 {row}, {t};"));
             p.line(format!("mov.u64 {part}, 0;"));
+        } else {
+            p.line(format!("shr.u64 {row}, {t}, {};", split.trailing_zeros()));
+            p.line(format!("and.b64 {part}, {t}, {};", split - 1));
         }
         Place { t, row, part, split }
     }
 
-    /// Threads in a block.
-    pub fn threads(&self) -> u32 {
-        ROWS * self.split as u32
+    /// Rows in a block ([`rows_per_block`]).
+    pub fn rows(&self) -> u32 {
+        rows_per_block(self.split)
     }
 
-    /// `x` added over the row's threads: the partner's value by a butterfly
-    /// shuffle (lanes `2r` and `2r + 1`), the same sum in both.
+    /// Threads in a block.
+    pub fn threads(&self) -> u32 {
+        self.rows() * self.split as u32
+    }
+
+    /// `x` added over the row's threads (lanes `s·r … s·r + s − 1`) by
+    /// butterfly shuffles, offsets 1 then 2: every thread of the row ends
+    /// with the same sum, bit for bit (each adds the same pairs, and a
+    /// float addition does not depend on its operands' order).
     pub fn across_row(&self, p: &mut Ptx, x: &str) -> String {
-        if self.split == 1 {
-            return x.to_string();
+        let mut sum = x.to_string();
+        let mut offset = 1;
+        while offset < self.split {
+            let (other, next) = (p.f(), p.f());
+            p.line(format!("shfl.sync.bfly.b32 {other}, {sum}, {offset}, 31, -1;"));
+            p.line(format!("add.rn.f32 {next}, {sum}, {other};"));
+            sum = next;
+            offset *= 2;
         }
-        let (other, sum) = (p.f(), p.f());
-        p.line(format!("shfl.sync.bfly.b32 {other}, {x}, 1, 31, -1;"));
-        p.line(format!("add.rn.f32 {sum}, {x}, {other};"));
         sum
     }
 
@@ -216,12 +249,12 @@ pub(super) fn batch_offset(p: &mut Ptx, b: &str, batch: &[usize], o: &Operand) -
     off
 }
 
-/// The keys a block of query rows from `first` on needs: all `tk`, or
-/// (causal) up to its last row. A u64 register.
-pub(super) fn keys_needed(p: &mut Ptx, a: &AttentionKernel, first: &str) -> String {
+/// The keys a block of `rows` query rows from `first` on needs: all `tk`,
+/// or (causal) up to its last row. A u64 register.
+pub(super) fn keys_needed(p: &mut Ptx, a: &AttentionKernel, (first, rows): (&str, u32)) -> String {
     let kend = p.r64();
     if a.causal {
-        p.line(format!("add.u64 {kend}, {first}, {ROWS};"));
+        p.line(format!("add.u64 {kend}, {first}, {rows};"));
         p.line(format!("min.u64 {kend}, {kend}, {};", a.tk));
     } else {
         p.line(format!("mov.u64 {kend}, {};", a.tk));
