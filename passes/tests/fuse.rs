@@ -55,3 +55,19 @@ fn print_tiny() {
     let g = graph("../models/tiny.lpa", &["layers=1"], "simplify,cse,dce");
     println!("{}", lpac_ir::kernel::print::print(&fuse(&g).unwrap()));
 }
+
+#[test]
+fn a_gather_moves_the_rows_it_picks_not_its_table() {
+    // 1000 rows of 64 floats, 10 picked: 2,560 bytes of rows read, 2,560
+    // written, 40 of indices — not the table's 256,000.
+    use lpac_ir::{DType, Graph, Op, Origin, TensorType};
+    let mut g = Graph::new("lookup");
+    let ty = |dtype, shape: &[usize]| Some(TensorType::new(dtype, shape.to_vec()));
+    let table = g.add(Op::Input { name: "table".into() }, vec![], ty(DType::F32, &[1000, 64]), Origin::default());
+    let idx = g.add(Op::Input { name: "idx".into() }, vec![], ty(DType::I32, &[10]), Origin::default());
+    let rows = g.add(Op::Gather, vec![table.unwrap(), idx.unwrap()], None, Origin::default()).unwrap();
+    g.add_output("rows", rows);
+    let program = fuse(&g).unwrap();
+    let gather = program.kernels.iter().find(|k| matches!(k, Kernel::Gather { .. })).expect("a gather kernel");
+    assert_eq!(gather.bytes_moved(&program), 2560 + 2560 + 40);
+}
