@@ -25,7 +25,9 @@
 #      Then `lpac eval` (GPU and CPU) and `lpac sample` on the GPU from the tiny run.
 #   4. the 130M Setting-2 model (models/llama.lpa) dense and LPA r=128: lpac's
 #      tokens/s on the GPU next to PyTorch eager and torch.compile
-#      (bench/gpu/llama_torch.py) on the same GPU;
+#      (bench/gpu/llama_torch.py) on the same GPU, then a table of the two and
+#      the targets (within 1.5x of eager's step time; LPA faster than dense),
+#      each MET or NOT MET;
 #   5. mixed precision: the dense 130M step with --precision bf16 against
 #      PyTorch's autocast;
 #   6. where lpac's GPU time goes: the dense 130M step with every kernel
@@ -152,8 +154,44 @@ for lowrank in "" 128; do
     ${lowrank:+--lowrank $lowrank} --out "$OUT/llama-$variant" > "$OUT/llama-$variant.log" 2>&1
   log "lpac $variant: exit $?; $(median_tokens "$OUT/llama-$variant/metrics.jsonl")"
   timeout 400 python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes "${MODES:-eager,compile}" ${lowrank:+--lowrank $lowrank} 2>&1 \
-    | tee -a "$OUT/summary.txt"
+    | tee "$OUT/torch-$variant.jsonl" | tee -a "$OUT/summary.txt"
 done
+# The issue's targets, read off the runs above: lpac's step within 1.5x of
+# PyTorch eager's time, and LPA faster than dense.
+python3 - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
+import json, os, statistics, sys
+out = sys.argv[1]
+def lpac(variant):
+    try:
+        rows = [json.loads(l) for l in open(os.path.join(out, f"llama-{variant}", "metrics.jsonl")) if l.strip()]
+    except OSError:
+        return None
+    t = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][2:]
+    return statistics.median(t) if t else None
+def torch(variant, mode):
+    try:
+        for line in open(os.path.join(out, f"torch-{variant}.jsonl")):
+            if line.startswith("{") and json.loads(line).get("framework") == f"torch-{mode}":
+                return json.loads(line)["tokens_per_s"]
+    except (OSError, ValueError):
+        pass
+    return None
+fmt = lambda x: f"{x:,.0f}" if x else "-"
+print("| | lpac tokens/s | PyTorch eager | torch.compile | lpac's step time / eager's |")
+print("|---|---|---|---|---|")
+verdicts = []
+for variant in ["dense", "lpa-r128"]:
+    l, e, c = lpac(variant), torch(variant, "eager"), torch(variant, "compile")
+    ratio = f"{e / l:.2f}x" if l and e else "-"
+    print(f"| {variant} | {fmt(l)} | {fmt(e)} | {fmt(c)} | {ratio} |")
+    if l and e:
+        met = "MET" if e / l <= 1.5 else "NOT MET"
+        verdicts.append(f"target, {variant} within 1.5x of PyTorch eager's step time: {met} ({e / l:.2f}x)")
+d, r = lpac("dense"), lpac("lpa-r128")
+if d and r:
+    verdicts.append(f"target, LPA r=128 faster than dense in lpac: {'MET' if r > d else 'NOT MET'} ({r / d:.2f}x the tokens/s)")
+print("\n".join(verdicts or ["targets: no timings to compare (see the logs above)"]))
+PY
 log "== mixed precision (--precision bf16): the 130M dense step, lpac against PyTorch autocast (eager)"
 rm -rf "$OUT/llama-bf16"
 timeout 300 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
