@@ -59,7 +59,10 @@ if [ -n "$cublas" ]; then
 fi
 
 log "== 1. the machine"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/summary.txt"
+if ! nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/summary.txt"; then
+  log "no NVIDIA GPU here (nvidia-smi failed or is missing): this check needs one"
+  exit 1
+fi
 if [ -e "$OUT/lib/libcublas.so" ]; then
   log "cuBLAS for lpac: $(readlink -f "$OUT/lib/libcublas.so")"
 else
