@@ -3,9 +3,8 @@
 //! streamed through shared memory in tiles.
 //!
 //! - [`forward()`]: a block takes [`ROWS`] query rows of one batch index (32
-//!   where four threads share a row), the
-//!   query row in registers; keys and values come in tiles of [`TILE`]
-//!   rows; the online softmax runs over groups of keys (running maximum and
+//!   where four threads share a row), the query row in registers; keys and
+//!   values come in tiles of [`TILE`] rows; the online softmax runs over groups of keys (running maximum and
 //!   sum, the output row rescaled once a group as the maximum grows). With a
 //!   log-sum-exp buffer, `m + ln l` is kept for the backward pass.
 //! - [`backward()`]: dq over key/value tiles, a query row each; dv and dk over
@@ -20,8 +19,8 @@
 //! fits in registers without spilling) — and dot products are finished with
 //! one or two butterfly shuffles among them, which then hold the same
 //! score. Keys a row must not see (causal, past the end) are masked — their
-//! probability is 0 — rather than branched around, so both threads of a row
-//! always reach the shuffle together. Scores never exist in memory. Loops
+//! probability is 0 — rather than branched around, so all threads of a row
+//! always reach the shuffles together. Scores never exist in memory. Loops
 //! over the head dimension are unrolled (`d` and `dv` are known).
 
 mod backward;
@@ -46,8 +45,9 @@ pub const ROWS: u32 = 64;
 pub(super) const MAX_REGISTERS: u32 = 168;
 /// Key rows per shared-memory tile.
 pub const TILE: usize = 32;
-// A tile's per-row values (log-sum-exp, `D_i`) are loaded a thread a row.
-// A block has at least ROWS threads (one a row, ROWS rows).
+// A tile's per-row values (log-sum-exp, `D_i`) are loaded a thread a row,
+// and a block has at least ROWS threads (at least 32 rows, `ROWS·2/split`
+// of them, times `split` threads).
 const _: () = assert!(TILE as u32 <= ROWS, "a block has a thread for every row of a tile");
 
 /// Static shared memory a block may use without opting in.
