@@ -62,6 +62,21 @@ impl G {
         self.0.add_output(name, n);
         self
     }
+    /// Attention over inputs `q`, `k`, `v` of `shape` (batch, heads, rows,
+    /// width; scale 1/sqrt(width)) and its three gradients for an incoming
+    /// gradient `dy`: outputs `out`, `dq`, `dk`, `dv`.
+    fn attention(mut self, shape: &[usize; 4], causal: bool) -> Self {
+        let scale = 1.0 / (shape[3] as f64).sqrt();
+        let (q, k, v, dy) =
+            (self.input("q", shape), self.input("k", shape), self.input("v", shape), self.input("dy", shape));
+        let out = self.add(Op::Attention { scale, causal }, vec![q, k, v], None);
+        self = self.out("out", out);
+        for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
+            let grad = self.add(Op::AttentionGrad { scale, causal, wrt }, vec![q, k, v, out, dy], None);
+            self = self.out(name, grad);
+        }
+        self
+    }
     /// A softmax of `x` (of `shape`, rank 3) over its last axis.
     fn softmax(&mut self, x: NodeId, shape: &[usize]) -> NodeId {
         let m = self.reduce(ReduceOp::Max, &[2], x);
@@ -205,36 +220,15 @@ fn cases() -> Vec<Case> {
         tolerance: 1e-3,
         reference: Device::Interp,
     });
-    // Attention forward and backward, causal and not.
-    for causal in [true, false] {
-        let mut g = new();
-        let shape = [2, 3, 100, 64];
-        let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
-        let out = g.add(Op::Attention { scale: 0.125, causal }, vec![q, k, v], None);
-        g = g.out("out", out);
-        for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
-            let grad = g.add(Op::AttentionGrad { scale: 0.125, causal, wrt }, vec![q, k, v, out, dy], None);
-            g = g.out(name, grad);
-        }
-        let name = if causal { "attention, causal (forward, dq, dk, dv)" } else { "attention (forward, dq, dk, dv)" };
-        cases.push(Case { name, graph: g.0, tolerance: 1e-4, reference: Device::Cpu });
+    // Attention forward and backward, causal and not; and heads 128 wide
+    // (gpt.lpa's: four threads a row, dk in tiles of 16).
+    for (name, shape, causal) in [
+        ("attention, causal (forward, dq, dk, dv)", [2, 3, 100, 64], true),
+        ("attention (forward, dq, dk, dv)", [2, 3, 100, 64], false),
+        ("attention, causal, heads of 128 (forward, dq, dk, dv)", [2, 2, 100, 128], true),
+    ] {
+        cases.push(Case { name, graph: new().attention(&shape, causal).0, tolerance: 1e-4, reference: Device::Cpu });
     }
-    // Heads 128 wide (gpt.lpa's): four threads a row, dk in tiles of 16.
-    let mut g = new();
-    let shape = [2, 2, 100, 128];
-    let (q, k, v, dy) = (g.input("q", &shape), g.input("k", &shape), g.input("v", &shape), g.input("dy", &shape));
-    let out = g.add(Op::Attention { scale: 0.088, causal: true }, vec![q, k, v], None);
-    g = g.out("out", out);
-    for (wrt, name) in ["dq", "dk", "dv"].iter().enumerate() {
-        let grad = g.add(Op::AttentionGrad { scale: 0.088, causal: true, wrt }, vec![q, k, v, out, dy], None);
-        g = g.out(name, grad);
-    }
-    cases.push(Case {
-        name: "attention, causal, heads of 128 (forward, dq, dk, dv)",
-        graph: g.0,
-        tolerance: 1e-4,
-        reference: Device::Cpu,
-    });
     // Gather and scatter-add.
     let mut g = new();
     let table = g.input("table", &[50, 33]);
