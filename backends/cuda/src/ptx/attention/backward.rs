@@ -22,7 +22,7 @@ use lpac_ir::kernel::{AttentionKernel, AttentionPass, BufferId, Operand, Program
 use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{
     MAX_REGISTERS, Place, Ptx, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm, keys_needed,
-    load_params, load_tile, pair_seen, rows_per_block, split_of, zeroed,
+    load_params, load_tile, next_tile, pair_seen, rows_per_block, split_of, zeroed,
 };
 
 pub(in crate::ptx) fn backward(
@@ -283,10 +283,7 @@ fn query_rows(
     p.line(format!("add.u64 {jj}, {jj}, 1;"));
     p.line("bra.uni $L_key;");
     p.label("$L_keys_done");
-    p.line("bar.sync 0;");
-    p.line(format!("add.u64 {j0}, {j0}, {tile};"));
-    p.line("bra.uni $L_tile;");
-    p.label("$L_tiles_done");
+    next_tile(&mut p, &j0, tile);
     p.comment("the gradient row (this thread's columns)");
     place.store_part(&mut p, (&bases[6], &goff), &i, grad, &acc, &valid);
     p.line("ret;");
@@ -460,10 +457,7 @@ fn key_rows(
     p.line(format!("add.u64 {ii}, {ii}, 1;"));
     p.line("bra.uni $L_query;");
     p.label("$L_queries_done");
-    p.line("bar.sync 0;");
-    p.line(format!("add.u64 {i0}, {i0}, {tile};"));
-    p.line("bra.uni $L_tile;");
-    p.label("$L_tiles_done");
+    next_tile(&mut p, &i0, tile);
     p.comment("the gradient row (this thread's columns)");
     place.store_part(&mut p, (&bases[6], &goff), &j, grad, &acc, &valid);
     p.line("ret;");

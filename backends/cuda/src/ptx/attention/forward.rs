@@ -6,7 +6,7 @@ use lpac_ir::kernel::{AttentionKernel, AttentionPass, Program};
 use super::super::{Arch, Module, PtxError, PtxKernel, node_list};
 use super::{
     MAX_REGISTERS, Place, Ptx, SHARED_LIMIT, TILE, Tile, axpy_shared, batch_offset, dot_shared, exp, imm, keys_needed,
-    load_params, load_tile, pair_seen, rows_per_block, split_of, zeroed,
+    load_params, load_tile, next_tile, pair_seen, rows_per_block, split_of, zeroed,
 };
 
 /// Keys scored together: their scores live in registers while the running
@@ -204,10 +204,7 @@ pub(in crate::ptx) fn forward(
     p.line(format!("add.u64 {first}, {first}, {GROUP};"));
     p.line("bra.uni $L_group;");
     p.label("$L_groups_done");
-    p.line("bar.sync 0;");
-    p.line(format!("add.u64 {j0}, {j0}, {TILE};"));
-    p.line("bra.uni $L_tile;");
-    p.label("$L_tiles_done");
+    next_tile(&mut p, &j0, TILE);
     // out = acc / l (each thread its columns); lse = m + ln l (the row's
     // first thread).
     p.comment("out = acc / l; lse = m + ln l");

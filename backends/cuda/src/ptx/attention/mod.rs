@@ -272,6 +272,16 @@ pub(super) fn pair_seen(p: &mut Ptx, causal: bool, (j, i): (&str, &str), valid: 
     }
 }
 
+/// The end of one tile's pass: every thread done with the tile (`bar.sync`)
+/// before the next is loaded over it, `row0 += rows`, back to `$L_tile`;
+/// `$L_tiles_done` follows the last tile.
+pub(super) fn next_tile(p: &mut Ptx, row0: &str, rows: usize) {
+    p.line("bar.sync 0;");
+    p.line(format!("add.u64 {row0}, {row0}, {rows};"));
+    p.line("bra.uni $L_tile;");
+    p.label("$L_tiles_done");
+}
+
 /// `exp(x)` through `ex2`.
 pub(super) fn exp(p: &mut Ptx, x: &str) -> String {
     let (t, r) = (p.f(), p.f());
