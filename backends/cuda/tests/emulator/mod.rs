@@ -11,9 +11,15 @@
 //! hardware approximations' error (about 2 ulp). Global memory is a list of
 //! buffers, an address being `(buffer + 1) << 40 | byte offset`; shared
 //! memory is per block, addressed from 0 in declaration order. Anything
-//! outside the subset is an error naming the instruction.
+//! outside the subset is an error naming the instruction, and so is a data
+//! race (`races.rs`): two threads' accesses to a byte, at least one a write,
+//! that no barrier, or fence and atomic, orders.
+
+mod races;
 
 use std::collections::HashMap;
+
+use races::{Access, Kind, Race, Races};
 
 /// A parsed `.entry` function.
 pub struct Function {
@@ -265,6 +271,7 @@ pub fn launch(f: &Function, grid: u32, block: u32, args: &[u64], mem: &mut Memor
         return Err(format!("{}: {} arguments for {} parameters", f.name, args.len(), f.params.len()));
     }
     let params: HashMap<&str, u64> = f.params.iter().map(String::as_str).zip(args.iter().copied()).collect();
+    let mut races = Races::new(f.shared_bytes.max(4));
     for cta in 0..grid {
         let mut shared = vec![0u8; f.shared_bytes.max(4)];
         let mut threads: Vec<Thread> =
@@ -279,12 +286,13 @@ pub fn launch(f: &Function, grid: u32, block: u32, args: &[u64], mem: &mut Memor
         // missing barrier shows either way — and one warp runs ahead of the
         // others as far as the hardware would let it.
         let warps = threads.len().div_ceil(32);
+        races.start_block(cta, warps);
         let mut descending = false;
         loop {
             let order: Vec<usize> = if descending { (0..warps).rev().collect() } else { (0..warps).collect() };
             for w in order {
                 let lanes: Vec<usize> = (w * 32..((w + 1) * 32).min(threads.len())).collect();
-                run_warp(&ctx, &mut threads, &lanes, descending, mem, &mut shared)?;
+                run_warp(&ctx, &mut threads, &lanes, descending, mem, &mut shared, &mut races)?;
             }
             descending = !descending;
             let live: Vec<usize> = (0..threads.len()).filter(|&t| threads[t].wait != Wait::Done).collect();
@@ -298,9 +306,34 @@ pub fn launch(f: &Function, grid: u32, block: u32, args: &[u64], mem: &mut Memor
                 threads[t].pc += 1;
                 threads[t].wait = Wait::No;
             }
+            races.block_barrier();
         }
     }
     Ok(())
+}
+
+/// A race as an error: the byte and both instructions.
+fn describe(f: &Function, race: &Race) -> String {
+    let place = if race.shared {
+        format!("shared byte {}", race.address)
+    } else {
+        format!("byte {} of buffer {}", race.address & ((1 << 40) - 1), (race.address >> 40) - 1)
+    };
+    let who = |a: &Access| {
+        let verb = match a.kind {
+            Kind::Read => "reads",
+            Kind::Write => "writes",
+            Kind::Atomic => "atomically updates",
+        };
+        format!("thread {} of block {} {verb} it (`{}`)", a.thread, a.block, f.insts[a.pc].text)
+    };
+    format!(
+        "{}: a data race on {place}: {} after {}, and nothing orders the two (a bar.sync, a bar.warp.sync within a \
+         warp, or across blocks membar.gl and an atomic on both sides)",
+        f.name,
+        who(&race.later),
+        who(&race.earlier)
+    )
 }
 
 /// Runs the threads `lanes` of one warp until each waits at a block barrier
@@ -313,12 +346,13 @@ fn run_warp(
     descending: bool,
     mem: &mut Memory,
     shared: &mut [u8],
+    races: &mut Races,
 ) -> Result<(), String> {
     loop {
         let order: Vec<usize> = if descending { lanes.iter().rev().copied().collect() } else { lanes.to_vec() };
         for t in order {
             if threads[t].wait == Wait::No {
-                run_thread(ctx, &mut threads[t], t as u32, mem, shared)?;
+                run_thread(ctx, &mut threads[t], t as u32, mem, shared, races)?;
             }
         }
         let live: Vec<usize> = lanes.iter().copied().filter(|&l| threads[l].wait != Wait::Done).collect();
@@ -332,6 +366,7 @@ fn run_warp(
                 threads[l].pc += 1;
                 threads[l].wait = Wait::No;
             }
+            races.warp_barrier(lanes[0] / 32);
         } else if live.iter().all(|&l| threads[l].wait == Wait::Bar) {
             return Ok(());
         } else {
@@ -381,7 +416,14 @@ struct Ctx<'a> {
     block: u32,
 }
 
-fn run_thread(ctx: &Ctx, th: &mut Thread, tid: u32, mem: &mut Memory, shared: &mut [u8]) -> Result<(), String> {
+fn run_thread(
+    ctx: &Ctx,
+    th: &mut Thread,
+    tid: u32,
+    mem: &mut Memory,
+    shared: &mut [u8],
+    races: &mut Races,
+) -> Result<(), String> {
     let f = ctx.f;
     let mut steps = 0u64;
     loop {
@@ -419,7 +461,22 @@ fn run_thread(ctx: &Ctx, th: &mut Thread, tid: u32, mem: &mut Memory, shared: &m
             }
             _ => {}
         }
-        step(ctx, inst, th, tid, mem, shared).map_err(|e| format!("{}: `{}`: {e}", f.name, inst.text))?;
+        if inst.op[0] == "membar" {
+            races.fence(tid);
+        } else if matches!(inst.op[0].as_str(), "ld" | "st" | "atom") {
+            let touched =
+                memory_op(ctx, inst, th, tid, mem, shared).map_err(|e| format!("{}: `{}`: {e}", f.name, inst.text))?;
+            if let Some(Touched { shared, address, len }) = touched {
+                let kind = match inst.op[0].as_str() {
+                    "ld" => Kind::Read,
+                    "st" => Kind::Write,
+                    _ => Kind::Atomic,
+                };
+                races.access(shared, address, len, tid, th.pc, kind).map_err(|race| describe(f, &race))?;
+            }
+        } else {
+            step(ctx, inst, th, tid).map_err(|e| format!("{}: `{}`: {e}", f.name, inst.text))?;
+        }
         th.pc += 1;
     }
 }
@@ -500,7 +557,7 @@ fn fmax_nan(a: f32, b: f32, nan: bool, max: bool) -> f32 {
     if max { a.max(b) } else { a.min(b) }
 }
 
-fn step(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, mem: &mut Memory, shared: &mut [u8]) -> Result<(), String> {
+fn step(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32) -> Result<(), String> {
     let op = &inst.op;
     let base = op[0].as_str();
     let t = ty_of(op.last().unwrap()).unwrap_or(Ty::U64);
@@ -512,8 +569,6 @@ fn step(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, mem: &mut Memory, sha
     let result: u64 = match base {
         "mov" => v(1)?,
         "cvta" => v(1)?,
-        "ld" | "st" | "atom" => return memory_op(ctx, inst, th, tid, mem, shared),
-        "membar" => return Ok(()),
         "cvt" => convert(op, v(1)?)?,
         "setp" => {
             let cmp = op[1].as_str();
@@ -668,6 +723,13 @@ fn convert(op: &[String], bits: u64) -> Result<u64, String> {
     })
 }
 
+/// The bytes a memory instruction touched (none for `ld.param`).
+struct Touched {
+    shared: bool,
+    address: u64,
+    len: usize,
+}
+
 fn memory_op(
     ctx: &Ctx,
     inst: &Inst,
@@ -675,7 +737,7 @@ fn memory_op(
     tid: u32,
     mem: &mut Memory,
     shared: &mut [u8],
-) -> Result<(), String> {
+) -> Result<Option<Touched>, String> {
     let op = &inst.op;
     let is_shared = op.iter().any(|o| o == "shared");
     let t = ty_of(op.last().unwrap()).ok_or("memory type")?;
@@ -696,7 +758,7 @@ fn memory_op(
         if let Arg::Reg(d) = inst.args[0] {
             th.regs[d] = addr;
         }
-        return Ok(());
+        return Ok(None);
     }
     let bytes: &mut [u8] = if is_shared {
         let a = addr as usize;
@@ -730,7 +792,7 @@ fn memory_op(
             }
         }
     }
-    Ok(())
+    Ok(Some(Touched { shared: is_shared, address: addr, len: size }))
 }
 
 /// Where a 16-byte access goes.
@@ -741,7 +803,14 @@ enum Space<'a> {
 
 /// `ld.v4` / `st.v4` (global or shared): four elements at a 16-byte aligned
 /// address.
-fn vector_op(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, space: Space, size: usize) -> Result<(), String> {
+fn vector_op(
+    ctx: &Ctx,
+    inst: &Inst,
+    th: &mut Thread,
+    tid: u32,
+    space: Space,
+    size: usize,
+) -> Result<Option<Touched>, String> {
     let load = inst.op[0] == "ld";
     let (regs, at) = if load { (&inst.args[0], &inst.args[1]) } else { (&inst.args[1], &inst.args[0]) };
     let (Arg::Regs(regs), Arg::Mem(base, off)) = (regs, at) else { return Err("vector operands".into()) };
@@ -749,6 +818,7 @@ fn vector_op(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, space: Space, si
     if !addr.is_multiple_of(16) {
         return Err(format!("a 16-byte access at {addr:#x}, not 16-byte aligned"));
     }
+    let shared = matches!(space, Space::Shared(_));
     let bytes = match space {
         Space::Global(mem) => mem.at(addr, 4 * size)?,
         Space::Shared(shared) => {
@@ -766,5 +836,8 @@ fn vector_op(ctx: &Ctx, inst: &Inst, th: &mut Thread, tid: u32, space: Space, si
             lane.copy_from_slice(&th.regs[r].to_le_bytes()[..size]);
         }
     }
-    Ok(())
+    Ok(Some(Touched { shared, address: addr, len: 4 * size }))
 }
+
+#[cfg(test)]
+mod tests;
