@@ -16,24 +16,26 @@
 #      kernels, the multi kernel, products, attention forward and backward,
 #      gather/scatter-add, random numbers) on the GPU against the CPU backend
 #      on random inputs, ‖gpu − cpu‖ / ‖cpu‖ per output;
-#   3. `lpac train` of bench/gpu/mlp.lpa (no attention: gather, cuBLAS
+#   3. the 130M Setting-2 model (models/llama.lpa) dense and LPA r=128: lpac's
+#      tokens/s on the GPU next to PyTorch eager and torch.compile
+#      (bench/gpu/llama_torch.py) on the same GPU, then a table of the two and
+#      the targets (within 1.5x of eager's step time; LPA faster than dense),
+#      each MET or NOT MET;
+#   4. mixed precision: the dense 130M step with --precision bf16 against
+#      PyTorch's autocast;
+#   5. where lpac's GPU time goes: the dense 130M step with every kernel
+#      timed (LPAC_CUDA_PROFILE=1): by kind, by name, the slowest kernels;
+#   6. `lpac train` of bench/gpu/mlp.lpa (no attention: gather, cuBLAS
 #      products, rows kernels, the one-kernel AdamW, scatter-add) and of
 #      models/tiny.lpa (attention forward and backward too) for STEPS steps
 #      on the CPU and on the GPU from the same seed, the two loss curves side
 #      by side (largest relative difference over the first 10 steps and over
 #      all) and both devices' tokens/s.
 #      Then `lpac eval` (GPU and CPU) and `lpac sample` on the GPU from the tiny run.
-#   4. the 130M Setting-2 model (models/llama.lpa) dense and LPA r=128: lpac's
-#      tokens/s on the GPU next to PyTorch eager and torch.compile
-#      (bench/gpu/llama_torch.py) on the same GPU, then a table of the two and
-#      the targets (within 1.5x of eager's step time; LPA faster than dense),
-#      each MET or NOT MET;
-#   5. mixed precision: the dense 130M step with --precision bf16 against
-#      PyTorch's autocast;
-#   6. where lpac's GPU time goes: the dense 130M step with every kernel
-#      timed (LPAC_CUDA_PROFILE=1): by kind, by name, the slowest kernels;
 #   7. a model too large for the GPU's memory: refused before allocating,
 #      with the sizes, exit 1.
+# The timings come before the CPU-against-GPU trainings (whose CPU runs take
+# most of the time): a run cut short by the device's time limit still has them.
 # A failing device-check reruns each case alone (--case N) with every launch
 # synchronised (LPAC_CUDA_SYNC=1), so a fault names its kernel.
 set -uo pipefail
@@ -139,16 +141,6 @@ print(f"  verdict: {'AGREE' if first < 1e-3 else 'DISAGREE (first steps differ b
 PY
 }
 
-check_model mlp bench/gpu/mlp.lpa "$STEPS"
-check_model tiny models/tiny.lpa "$STEPS"
-
-log "== eval and sample on the GPU (the tiny run just trained), and eval on the CPU to compare"
-for device in cuda cpu; do
-  log "eval --device $device: $(timeout 120 "$LPAC" eval "$OUT/tiny-cuda" --device "$device" 2>&1 | tail -1)"
-done
-timeout 60 "$LPAC" sample "$OUT/tiny-cuda" --device cuda --prompt "ROMEO:" --tokens 80 --seed 1 2>&1 \
-  | tail -3 | tee -a "$OUT/summary.txt"
-
 log "== the 130M Setting-2 model (models/llama.lpa), batch ${BATCH:=16} x seq 256: lpac against PyTorch"
 for lowrank in "" 128; do
   variant=${lowrank:+lpa-r$lowrank}; variant=${variant:-dense}
@@ -209,6 +201,16 @@ LPAC_CUDA_PROFILE=1 timeout 200 "$LPAC" train models/llama.lpa --set batch="$BAT
   --eval-every 0 --out "$OUT/llama-profile" > "$OUT/llama-profile.log" 2>&1
 log "exit $? (the whole output in llama-profile.log)"
 sed -n '/GPU time by kernel/,$p' "$OUT/llama-profile.log" | grep -v "^evaluating\|^test perplexity" | tee -a "$OUT/summary.txt"
+
+check_model mlp bench/gpu/mlp.lpa "$STEPS"
+check_model tiny models/tiny.lpa "$STEPS"
+
+log "== eval and sample on the GPU (the tiny run just trained), and eval on the CPU to compare"
+for device in cuda cpu; do
+  log "eval --device $device: $(timeout 120 "$LPAC" eval "$OUT/tiny-cuda" --device "$device" 2>&1 | tail -1)"
+done
+timeout 60 "$LPAC" sample "$OUT/tiny-cuda" --device cuda --prompt "ROMEO:" --tokens 80 --seed 1 2>&1 \
+  | tail -3 | tee -a "$OUT/summary.txt"
 
 log "== a model too large for the GPU (llama, batch 4096): a clear refusal and exit 1 expected"
 timeout 120 "$LPAC" train models/llama.lpa --set batch=4096 --steps 1 --device cuda --eval-every 0 \
