@@ -327,13 +327,20 @@ fn describe(f: &Function, race: &Race) -> String {
         };
         format!("thread {} of block {} {verb} it (`{}`)", a.thread, a.block, f.insts[a.pc].text)
     };
-    format!(
-        "{}: a data race on {place}: {} after {}, and nothing orders the two (a bar.sync, a bar.warp.sync within a \
-         warp, or across blocks membar.gl and an atomic on both sides)",
-        f.name,
-        who(&race.later),
-        who(&race.earlier)
-    )
+    match &race.earlier {
+        Some(earlier) => format!(
+            "{}: a data race on {place}: {} after {}, and nothing orders the two (a bar.sync, a bar.warp.sync \
+             within a warp, or across blocks membar.gl and an atomic on both sides)",
+            f.name,
+            who(&race.later),
+            who(earlier)
+        ),
+        None => format!(
+            "{}: {} before any thread of the block wrote it: shared memory starts undefined on a GPU",
+            f.name,
+            who(&race.later).replacen(" it ", &format!(" {place} "), 1)
+        ),
+    }
 }
 
 /// Runs the threads `lanes` of one warp until each waits at a block barrier

@@ -17,6 +17,9 @@
 //!   atomic before it — in the same thread, or in another thread before a
 //!   `bar.sync` (an acquire). Two atomics never race.
 //!
+//! Shared memory starts undefined on a GPU (the emulator's is zero): reading
+//! a shared byte no thread of the block has written is an error too.
+//!
 //! Each byte keeps its last write and its last two reads by different
 //! threads, so a read by a third thread can hide an unordered one: the
 //! detector finds races, it does not prove their absence.
@@ -44,12 +47,14 @@ pub enum Kind {
     Atomic,
 }
 
-/// Two accesses to one byte that nothing orders.
+/// Two accesses to one byte that nothing orders, or (`earlier: None`) a
+/// read of shared memory that no thread of the block wrote: on a GPU it
+/// holds whatever the last block there left.
 #[derive(Debug)]
 pub struct Race {
     pub shared: bool,
     pub address: u64,
-    pub earlier: Access,
+    pub earlier: Option<Access>,
     pub later: Access,
 }
 
@@ -164,7 +169,12 @@ impl Races {
         let order = Order { fences: &self.fences, acquired: self.acquired };
         for a in address..address + len as u64 {
             let cell = if shared { &mut self.shared[a as usize] } else { self.global.entry(a).or_default() };
-            order.check(cell, &me).map_err(|earlier| Box::new(Race { shared, address: a, earlier, later: me }))?;
+            if shared && kind == Kind::Read && cell.write.is_none() {
+                return Err(Box::new(Race { shared, address: a, earlier: None, later: me }));
+            }
+            order
+                .check(cell, &me)
+                .map_err(|earlier| Box::new(Race { shared, address: a, earlier: Some(earlier), later: me }))?;
             match kind {
                 Kind::Read => {
                     if !cell.reads[0].is_some_and(|r| r.block == me.block && r.thread == me.thread) {

@@ -13,12 +13,13 @@ fn module(name: &str, params: &[&str], shared: usize, body: &str) -> Function {
     Function::parse(&ptx).unwrap()
 }
 
-/// Thread `t` stores `t` in shared word `t`, then (after `sync`) reads word
-/// `t + 1 mod n` into `out[t]`.
+/// Thread `t` clears shared word `t` (a barrier after), stores `t` there,
+/// then (after `sync`) reads word `t + 1 mod n` into `out[t]`.
 fn neighbours(sync: &str, n: u32) -> Function {
     let body = format!(
         "ld.param.u64 %rd1, [out];\nmov.u32 %r1, %tid.x;\nmul.wide.u32 %rd2, %r1, 4;\nmov.u64 %rd3, s;\n\
-         add.u64 %rd4, %rd3, %rd2;\nst.shared.u32 [%rd4], %r1;\n{sync}\nadd.u32 %r2, %r1, 1;\nrem.u32 %r2, %r2, {n};\n\
+         add.u64 %rd4, %rd3, %rd2;\nst.shared.u32 [%rd4], 0;\nbar.sync 0;\nst.shared.u32 [%rd4], %r1;\n{sync}\n\
+         add.u32 %r2, %r1, 1;\nrem.u32 %r2, %r2, {n};\n\
          mul.wide.u32 %rd5, %r2, 4;\nadd.u64 %rd5, %rd3, %rd5;\nld.shared.u32 %r3, [%rd5];\nadd.u64 %rd6, %rd1, %rd2;\n\
          st.global.u32 [%rd6], %r3;\nret;"
     );
@@ -40,6 +41,7 @@ fn run(f: &Function, grid: u32, block: u32, buffers: Vec<Vec<u8>>) -> Result<Vec
 fn shared_memory_read_by_another_thread_needs_a_barrier() {
     let err = run(&neighbours("", 64), 1, 64, vec![vec![0; 256]]).unwrap_err();
     assert!(err.contains("a data race on shared byte") && err.contains("ld.shared.u32"), "{err}");
+    assert!(err.contains("st.shared.u32 [%rd4], %r1;"), "{err}");
     // A warp barrier orders lanes of one warp, not the two warps here.
     let err = run(&neighbours("bar.warp.sync -1;", 64), 1, 64, vec![vec![0; 256]]).unwrap_err();
     assert!(err.contains("a data race on shared byte"), "{err}");
@@ -90,4 +92,24 @@ fn across_blocks_a_fence_and_an_atomic_order_writes_before_reads() {
         err.contains("byte 0 of buffer 0: thread 0 of block 3 reads it") && err.contains("block 0 writes it"),
         "{err}"
     );
+}
+
+/// Threads below `writers` store their id in shared word `id`; after a
+/// barrier, thread `t` reads word `(t + 1) mod 32` into `out[t]`.
+fn some_write(writers: u32) -> Function {
+    let body = format!(
+        "ld.param.u64 %rd1, [out];\nmov.u32 %r1, %tid.x;\nmul.wide.u32 %rd2, %r1, 4;\nmov.u64 %rd3, s;\n\
+         add.u64 %rd4, %rd3, %rd2;\nsetp.lt.u32 %p1, %r1, {writers};\n@%p1 st.shared.u32 [%rd4], %r1;\nbar.sync 0;\n\
+         add.u32 %r2, %r1, 1;\nand.b32 %r2, %r2, 31;\nmul.wide.u32 %rd5, %r2, 4;\nadd.u64 %rd5, %rd3, %rd5;\n\
+         ld.shared.u32 %r3, [%rd5];\nadd.u64 %rd6, %rd1, %rd2;\nst.global.u32 [%rd6], %r3;\nret;"
+    );
+    module("some_write", &["out"], 128, &body)
+}
+
+#[test]
+fn reading_shared_memory_no_thread_wrote_is_an_error() {
+    let err = run(&some_write(16), 1, 32, vec![vec![0; 128]]).unwrap_err();
+    assert!(err.contains("reads shared byte") && err.contains("before any thread of the block wrote it"), "{err}");
+    let out = run(&some_write(32), 1, 32, vec![vec![0; 128]]).unwrap();
+    assert_eq!(words(&out[0]), (0..32).map(|t| (t + 1) % 32).collect::<Vec<u32>>());
 }
