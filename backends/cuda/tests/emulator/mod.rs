@@ -11,9 +11,12 @@
 //! hardware approximations' error (about 2 ulp). Global memory is a list of
 //! buffers, an address being `(buffer + 1) << 40 | byte offset`; shared
 //! memory is per block, addressed from 0 in declaration order. Anything
-//! outside the subset is an error naming the instruction, and so is a data
-//! race (`races.rs`): two threads' accesses to a byte, at least one a write,
-//! that no barrier, or fence and atomic, orders.
+//! outside the subset is an error naming the instruction, and so is what a
+//! GPU would get wrong where this emulator's fixed order gets it right: a
+//! data race (`races.rs`: two threads' accesses to a byte, at least one a
+//! write, that no barrier, or fence and atomic, orders), a read of shared
+//! memory no thread of the block wrote, a full-mask warp instruction with
+//! lanes missing, an access not aligned to its size.
 
 mod races;
 
@@ -364,6 +367,18 @@ fn run_warp(
         }
         let live: Vec<usize> = lanes.iter().copied().filter(|&l| threads[l].wait != Wait::Done).collect();
         let all = |s: Wait| !live.is_empty() && live.iter().all(|&l| threads[l].wait == s);
+        if (all(Wait::Shfl) || all(Wait::Vote) || all(Wait::Warp)) && live.len() != 32 {
+            // lpac's warp-collective instructions all name the full warp
+            // (member mask -1): with a lane exited or absent, a GPU's
+            // behaviour is undefined.
+            let inst = &ctx.f.insts[threads[live[0]].pc];
+            return Err(format!(
+                "{}: `{}` names all 32 lanes, but {} of the warp are live",
+                ctx.f.name,
+                inst.text,
+                live.len()
+            ));
+        }
         if all(Wait::Shfl) {
             shuffle(ctx.f, threads, &live)?;
         } else if all(Wait::Vote) {
@@ -383,9 +398,6 @@ fn run_warp(
 }
 
 fn shuffle(f: &Function, threads: &mut [Thread], live: &[usize]) -> Result<(), String> {
-    if live.len() != 32 {
-        return Err(format!("{}: a shuffle with {} lanes", f.name, live.len()));
-    }
     let inst = &f.insts[threads[live[0]].pc];
     let (Arg::Reg(d), Arg::Reg(a)) = (&inst.args[0], &inst.args[1]) else { return Err(format!("`{}`", inst.text)) };
     let Arg::Imm(offset) = inst.args[2] else { return Err(format!("`{}`", inst.text)) };
@@ -766,6 +778,9 @@ fn memory_op(
             th.regs[d] = addr;
         }
         return Ok(None);
+    }
+    if !addr.is_multiple_of(size as u64) {
+        return Err(format!("a {size}-byte access at {addr:#x}, not {size}-byte aligned (a GPU faults)"));
     }
     let bytes: &mut [u8] = if is_shared {
         let a = addr as usize;

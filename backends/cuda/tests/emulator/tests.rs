@@ -113,3 +113,14 @@ fn reading_shared_memory_no_thread_wrote_is_an_error() {
     let out = run(&some_write(32), 1, 32, vec![vec![0; 128]]).unwrap();
     assert_eq!(words(&out[0]), (0..32).map(|t| (t + 1) % 32).collect::<Vec<u32>>());
 }
+
+#[test]
+fn what_a_gpu_leaves_undefined_or_faults_on_is_an_error() {
+    // A full-warp barrier in a block of 48 threads: the second warp has 16.
+    let err = run(&neighbours("bar.warp.sync -1;", 48), 1, 48, vec![vec![0; 192]]).unwrap_err();
+    assert!(err.contains("`bar.warp.sync -1;` names all 32 lanes, but 16 of the warp are live"), "{err}");
+    // A 4-byte store two bytes into a buffer.
+    let f = module("misaligned", &["out"], 4, "ld.param.u64 %rd1, [out];\nst.global.u32 [%rd1+2], 7;\nret;");
+    let err = run(&f, 1, 1, vec![vec![0; 8]]).unwrap_err();
+    assert!(err.contains("not 4-byte aligned"), "{err}");
+}
