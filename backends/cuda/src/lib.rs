@@ -5,6 +5,9 @@
 //! - [`ptxas`]: finding NVIDIA's assembler, assembling, and its register and
 //!   spill report.
 //!
+//! - [`schedule`]: the order of products and launches that runs a program,
+//!   and what each function parameter is bound to (the runtime and the
+//!   tests' PTX emulator both follow it).
 //! - [`runtime`]: running a kernel program on a GPU through cudarc (driver
 //!   and cuBLAS loaded at run time, so lpac builds and runs without CUDA).
 //!
@@ -19,5 +22,6 @@ mod profile;
 pub mod ptx;
 pub mod ptxas;
 pub mod runtime;
+pub mod schedule;
 
 pub use ptx::{Arch, PARAM_BYTES, PtxError, PtxKernel, PtxProgram, emit_program};

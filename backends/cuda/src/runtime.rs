@@ -21,10 +21,11 @@ use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use lpac_ir::interp::Tensor;
-use lpac_ir::kernel::{BufferId, BufferKind, GemmKernel, Kernel, Operand, Program, RowStage};
+use lpac_ir::kernel::{BufferId, BufferKind, GemmKernel, Operand, Program};
 use lpac_ir::types::{DType, TensorType};
 
 use crate::profile::Profile;
+use crate::schedule::{Binding, Step};
 use crate::{Arch, PtxProgram, emit_program};
 
 /// An open GPU: context, stream, cuBLAS handle.
@@ -82,8 +83,9 @@ pub struct CudaExecutor {
     program: Arc<Program>,
     emitted: PtxProgram,
     functions: Vec<CudaFunction>,
-    /// Kernel index → its functions (in body order).
-    by_kernel: Vec<Vec<usize>>,
+    /// Kernel index → its products and functions, in order (shared like
+    /// `program`).
+    schedule: Arc<Vec<Vec<Step>>>,
     /// Temps, placed by the memory plan (`lpac_ir::kernel::plan`).
     arena: CudaSlice<u8>,
     /// Inputs and parameters: an allocation each (temps: `None`).
@@ -93,9 +95,12 @@ pub struct CudaExecutor {
     /// Every temp's byte range in the arena (`None`: external or unused).
     ranges: Vec<Option<(usize, usize)>>,
     error_cell: CudaSlice<u32>,
+    error_ptr: u64,
     /// Block-level reductions' counters and partial results (zeroed once;
-    /// the kernels leave their counters at 0).
-    scratch: CudaSlice<u8>,
+    /// the kernels leave their counters at 0). Kernels get `scratch_ptr`;
+    /// this owns the allocation.
+    _scratch: CudaSlice<u8>,
+    scratch_ptr: u64,
     /// `LPAC_CUDA_SYNC=1`: wait for every launch and product, so that a
     /// failing one is named (launches are asynchronous: without this a
     /// fault surfaces at the next copy, with no kernel to blame).
@@ -124,12 +129,7 @@ impl CudaExecutor {
     pub fn new(gpu: Gpu, program: Program) -> Result<CudaExecutor, String> {
         let arch = gpu.arch()?;
         let emitted = emit_program(&program, arch, None).map_err(|e| e.to_string())?;
-        for (i, why) in &emitted.skipped {
-            let runnable = matches!(&program.kernels[*i], Kernel::Gemm(_) | Kernel::Rows(_));
-            if !runnable {
-                return Err(format!("kernel k{i} {:?} cannot run on CUDA yet: {why}", program.kernels[*i].name()));
-            }
-        }
+        let schedule = emitted.schedule(&program)?;
         // Temps share one arena as the memory plan places them; inputs and
         // parameters have their own allocations. Refuse a program that does
         // not fit before loading or allocating any of it (the driver compiles
@@ -153,11 +153,9 @@ impl CudaExecutor {
             ));
         }
         let mut functions = Vec::with_capacity(emitted.kernels.len());
-        let mut by_kernel = vec![Vec::new(); program.kernels.len()];
-        for (f, k) in emitted.kernels.iter().enumerate() {
+        for k in &emitted.kernels {
             let module = gpu.ctx.load_module(Ptx::from_src(k.ptx.clone())).map_err(gpu_err(&k.entry))?;
             functions.push(module.load_function(&k.entry).map_err(gpu_err(&k.entry))?);
-            by_kernel[k.kernel].push(f);
         }
         let alloc_err = |e: cudarc::driver::DriverError| format!("allocating {:.2} GiB on the GPU: {e}", gib(needed));
         let arena = gpu.stream.alloc_zeros::<u8>(plan.arena_bytes.max(1)).map_err(alloc_err)?;
@@ -181,6 +179,7 @@ impl CudaExecutor {
         let error_cell = gpu.stream.alloc_zeros::<u32>(1).map_err(gpu_err("allocating the error cell"))?;
         let scratch_bytes = emitted.kernels.iter().map(|k| k.scratch_bytes).max().unwrap_or(0).max(4);
         let scratch = gpu.stream.alloc_zeros::<u8>(scratch_bytes).map_err(gpu_err("allocating the scratch area"))?;
+        let (error_ptr, scratch_ptr) = (error_cell.device_ptr(&gpu.stream).0, scratch.device_ptr(&gpu.stream).0);
         let sync_each = std::env::var("LPAC_CUDA_SYNC").is_ok_and(|v| v == "1");
         let profile =
             std::env::var("LPAC_CUDA_PROFILE").is_ok_and(|v| v == "1").then(|| Profile::new(program.kernels.len()));
@@ -189,13 +188,15 @@ impl CudaExecutor {
             program: Arc::new(program),
             emitted,
             functions,
-            by_kernel,
+            schedule: Arc::new(schedule),
             arena,
             external,
             ptrs,
             ranges,
             error_cell,
-            scratch,
+            error_ptr,
+            _scratch: scratch,
+            scratch_ptr,
             sync_each,
             profile,
         })
@@ -361,52 +362,35 @@ impl CudaExecutor {
     }
 
     fn queue_kernel(&mut self, i: usize, seed: u64, step: u64) -> Result<(), String> {
-        let program = Arc::clone(&self.program);
-        match &program.kernels[i] {
-            Kernel::Gemm(g) => self.gemm(g),
-            Kernel::Rows(r) if r.stages.iter().any(|s| matches!(s, RowStage::Gemm(_))) => {
-                // Stage by stage over all rows: what chunk-by-chunk equals.
-                let mut loops = self.by_kernel[i].clone().into_iter();
-                for stage in &r.stages {
-                    match stage {
-                        RowStage::Gemm(g) => self.gemm(g)?,
-                        RowStage::Loop(_) => {
-                            let f = loops.next().ok_or("a rows stage without its function")?;
-                            self.launch(f, seed, step)?;
-                        }
-                    }
-                }
-                Ok(())
-            }
-            _ => {
-                for f in self.by_kernel[i].clone() {
-                    self.launch(f, seed, step)?;
-                }
-                Ok(())
+        let schedule = Arc::clone(&self.schedule);
+        for s in &schedule[i] {
+            match s {
+                Step::Product(g) => self.gemm(g)?,
+                &Step::Function(f) => self.launch(f, seed, step)?,
             }
         }
+        Ok(())
     }
 
     fn launch(&mut self, f: usize, seed: u64, step: u64) -> Result<(), String> {
         let k = &self.emitted.kernels[f];
-        let keys: Vec<u64> = k.stream_keys.iter().map(|&key| lpac_ir::random::dropout_key(seed, step, key)).collect();
+        let values: Vec<u64> = k
+            .bindings()
+            .map(|b| match b {
+                Binding::Buffer(id) => self.ptrs[id as usize],
+                Binding::StreamKey(key) => lpac_ir::random::dropout_key(seed, step, key),
+                Binding::Scratch => self.scratch_ptr,
+                Binding::ErrorCell => self.error_ptr,
+            })
+            .collect();
         let cfg =
             LaunchConfig { grid_dim: (k.grid, 1, 1), block_dim: (k.block, 1, 1), shared_mem_bytes: k.shared_bytes };
         let mut args = self.gpu.stream.launch_builder(&self.functions[f]);
-        for &b in &k.args {
-            args.arg(&self.ptrs[b as usize]);
-        }
-        for key in &keys {
-            args.arg(key);
-        }
-        if k.scratch_bytes > 0 {
-            args.arg(&self.scratch);
-        }
-        if k.error_flag {
-            args.arg(&self.error_cell);
+        for v in &values {
+            args.arg(v);
         }
         // SAFETY: the arguments match the function's parameters (the
-        // emitter's manifest), every buffer has its type's size, and the
+        // emitter's bindings), every buffer has its type's size, and the
         // program was checked by the emitter.
         unsafe { args.launch(cfg) }.map_err(gpu_err(&k.entry))?;
         self.settle(&k.entry)

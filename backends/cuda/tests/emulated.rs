@@ -16,9 +16,10 @@ mod emulator;
 use std::collections::BTreeMap;
 
 use emulator::{Function, Memory, launch};
+use lpac_cuda::schedule::{Binding, Step};
 use lpac_cuda::{Arch, emit_program};
 use lpac_ir::interp::{Precision, RunContext, Tensor};
-use lpac_ir::kernel::{BufferKind, GemmKernel, Kernel, Operand, Program, RowStage};
+use lpac_ir::kernel::{BufferKind, GemmKernel, Operand, Program};
 use lpac_ir::{BinaryOp, DType, Graph, NodeId, Op, Origin, ReduceOp, TensorType, UnaryOp};
 
 fn f32t(shape: &[usize]) -> TensorType {
@@ -80,37 +81,24 @@ fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> BTreeMap<St
             };
         }
     }
-    for (i, kernel) in program.kernels.iter().enumerate() {
-        let mut functions = emitted.kernels.iter().filter(|k| k.kernel == i);
-        let mut run_function = |mem: &mut Memory| {
-            let k = functions.next().unwrap_or_else(|| panic!("k{i}: a stage without its function"));
-            let f = Function::parse(&k.ptx).unwrap_or_else(|e| panic!("{}: {e}", k.entry));
-            let mut args: Vec<u64> = k.args.iter().map(|&b| Memory::address(b as usize)).collect();
-            args.extend(k.stream_keys.iter().map(|&key| lpac_ir::random::dropout_key(3, 1, key)));
-            if k.scratch_bytes > 0 {
-                args.push(Memory::address(n));
-            }
-            if k.error_flag {
-                args.push(Memory::address(n + 1));
-            }
-            launch(&f, k.grid, k.block, &args, mem).unwrap_or_else(|e| panic!("{e}"));
-        };
-        // Products as the runtime runs them (cuBLAS there, `product` here):
-        // a product kernel, or a rows kernel's product stages in order with
-        // its loop stages' functions.
-        match kernel {
-            Kernel::Gemm(g) => product(&program, g, &mut mem),
-            Kernel::Rows(r) if r.stages.iter().any(|s| matches!(s, RowStage::Gemm(_))) => {
-                for stage in &r.stages {
-                    match stage {
-                        RowStage::Gemm(g) => product(&program, g, &mut mem),
-                        RowStage::Loop(_) => run_function(&mut mem),
-                    }
-                }
-            }
-            _ => {
-                for _ in 0..emitted.kernels.iter().filter(|k| k.kernel == i).count() {
-                    run_function(&mut mem);
+    // The runtime's order of products and launches, and its bindings.
+    for steps in emitted.schedule(&program).unwrap() {
+        for step in steps {
+            match step {
+                Step::Product(g) => product(&program, &g, &mut mem),
+                Step::Function(f) => {
+                    let k = &emitted.kernels[f];
+                    let function = Function::parse(&k.ptx).unwrap_or_else(|e| panic!("{}: {e}", k.entry));
+                    let args: Vec<u64> = k
+                        .bindings()
+                        .map(|b| match b {
+                            Binding::Buffer(b) => Memory::address(b as usize),
+                            Binding::StreamKey(key) => lpac_ir::random::dropout_key(3, 1, key),
+                            Binding::Scratch => Memory::address(n),
+                            Binding::ErrorCell => Memory::address(n + 1),
+                        })
+                        .collect();
+                    launch(&function, k.grid, k.block, &args, &mut mem).unwrap_or_else(|e| panic!("{e}"));
                 }
             }
         }

@@ -27,6 +27,8 @@ use std::fmt;
 use lpac_ir::kernel::{Kernel, LoopKernel, Program, RowStage};
 use lpac_ir::{Graph, NodeId};
 
+use crate::schedule::Binding;
+
 /// A GPU architecture lpac emits PTX for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -191,12 +193,13 @@ impl PtxProgram {
                     "static_shared_bytes": k.static_shared_bytes,
                     "dynamic_shared_bytes": k.shared_bytes,
                     "args": k
-                        .args
-                        .iter()
-                        .map(|b| format!("b{b}"))
-                        .chain(k.stream_keys.iter().map(|key| format!("stream_key({key})")))
-                        .chain((k.scratch_bytes > 0).then(|| format!("scratch({} bytes)", k.scratch_bytes)))
-                        .chain(k.error_flag.then(|| "error_cell".to_string()))
+                        .bindings()
+                        .map(|b| match b {
+                            Binding::Buffer(b) => format!("b{b}"),
+                            Binding::StreamKey(key) => format!("stream_key({key})"),
+                            Binding::Scratch => format!("scratch({} bytes)", k.scratch_bytes),
+                            Binding::ErrorCell => "error_cell".to_string(),
+                        })
                         .collect::<Vec<_>>(),
                 })
             })
