@@ -16,7 +16,8 @@
 //! data race (`races.rs`: two threads' accesses to a byte, at least one a
 //! write, that no barrier, or fence and atomic, orders), a read of shared
 //! memory no thread of the block wrote, a full-mask warp instruction with
-//! lanes missing, an access not aligned to its size.
+//! lanes missing, a block barrier some threads exited before, an access not
+//! aligned to its size.
 
 mod races;
 
@@ -304,6 +305,18 @@ pub fn launch(f: &Function, grid: u32, block: u32, args: &[u64], mem: &mut Memor
             }
             if !live.iter().all(|&t| threads[t].wait == Wait::Bar) {
                 return Err(format!("{}: block {cta} cannot go on (threads wait at different barriers)", f.name));
+            }
+            if live.len() != threads.len() {
+                // CUDA leaves a barrier that some threads of the block never
+                // reach undefined (a hang, or a barrier that orders nothing).
+                let gone = (0..threads.len()).find(|&t| threads[t].wait == Wait::Done).expect("some exited");
+                let at = &f.insts[threads[live[0]].pc].text;
+                return Err(format!(
+                    "{}: block {cta}: {} threads wait at `{at}`, but thread {gone} has exited (every thread must reach \
+                     a block's barriers)",
+                    f.name,
+                    live.len()
+                ));
             }
             for t in live {
                 threads[t].pc += 1;

@@ -119,6 +119,10 @@ fn what_a_gpu_leaves_undefined_or_faults_on_is_an_error() {
     // A full-warp barrier in a block of 48 threads: the second warp has 16.
     let err = run(&neighbours("bar.warp.sync -1;", 48), 1, 48, vec![vec![0; 192]]).unwrap_err();
     assert!(err.contains("`bar.warp.sync -1;` names all 32 lanes, but 16 of the warp are live"), "{err}");
+    // Threads from 32 on leave before the barrier the others wait at.
+    let early_exit = neighbours("setp.ge.u32 %p1, %r1, 32;\n@%p1 ret;\nbar.sync 0;", 64);
+    let err = run(&early_exit, 1, 64, vec![vec![0; 256]]).unwrap_err();
+    assert!(err.contains("32 threads wait at `bar.sync 0;`, but thread 32 has exited"), "{err}");
     // A 4-byte store two bytes into a buffer.
     let f = module("misaligned", &["out"], 4, "ld.param.u64 %rd1, [out];\nst.global.u32 [%rd1+2], 7;\nret;");
     let err = run(&f, 1, 1, vec![vec![0; 8]]).unwrap_err();
