@@ -6,8 +6,8 @@
 #   STEPS=50 MODES=eager bash bench/gpu-check.sh   # shorter: fewer steps, no torch.compile
 #
 # Expect several minutes: two trainings per model and device, and torch.compile of the 130M
-# model twice (dense, LPA). STEPS (default 200), BATCH (llama, default 16) and MODES
-# (default eager,compile) size it.
+# model twice (dense, LPA). STEPS (default 100), BATCH (llama, default 16), MODES
+# (default eager,compile) and BUDGET (seconds, default 540) size it.
 #
 # What it does (docs/backends.md says what is emitted; docs/gpu.md holds the
 # results of each run):
@@ -42,10 +42,20 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 LPAC=${LPAC:-target/release/lpac}
 OUT=${OUT:-gpu-check}
-STEPS=${STEPS:-200}
+STEPS=${STEPS:-100}
+# Seconds the whole check may take: a lent machine runs one command for at
+# most 600 s. A section that would not fit in what is left is skipped, said so.
+BUDGET=${BUDGET:-540}
 mkdir -p "$OUT"
 log() { echo "$*" | tee -a "$OUT/summary.txt"; }
 : > "$OUT/summary.txt"
+# True when section $2, needing about $1 seconds, fits in BUDGET.
+fits() {
+  if (( SECONDS + $1 > BUDGET )); then
+    log "-- $2 skipped (${SECONDS} s gone, ~$1 s needed, BUDGET=$BUDGET): rerun with a larger BUDGET or fewer STEPS"
+    return 1
+  fi
+}
 
 # lpac loads the CUDA driver and cuBLAS at run time. cuBLAS may live only in
 # pip's nvidia-cublas wheel or the toolkit, under a versioned name
@@ -101,7 +111,7 @@ check_model() {  # $1 label, $2 model file, $3 steps
   for device in cpu cuda; do
     rm -rf "$OUT/$label-$device"
     start=$(date +%s.%N)
-    timeout 300 "$LPAC" train "$model" --steps "$steps" --seed 7 --device "$device" --eval-every 0 \
+    timeout 150 "$LPAC" train "$model" --steps "$steps" --seed 7 --device "$device" --eval-every 0 \
       --out "$OUT/$label-$device" > "$OUT/$label-$device.log" 2>&1
     status=$?
     if [ "$status" != 0 ] && [ "$device" = cuda ]; then
@@ -188,33 +198,39 @@ if d and r:
 print("\n".join(verdicts or ["targets: no timings to compare (see the logs above)"]))
 PY
 log "== mixed precision (--precision bf16): the 130M dense step, lpac against PyTorch autocast (eager)"
-rm -rf "$OUT/llama-bf16"
-timeout 300 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
-  --precision bf16 --out "$OUT/llama-bf16" > "$OUT/llama-bf16.log" 2>&1
-log "lpac dense bf16: exit $?; $(tail -1 "$OUT/llama-bf16.log")"
-log "lpac bf16: $(median_tokens "$OUT/llama-bf16/metrics.jsonl")"
-timeout 200 python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes eager --precision bf16 2>&1 \
-  | grep framework | tee -a "$OUT/summary.txt"
+if fits 90 "mixed precision"; then
+  rm -rf "$OUT/llama-bf16"
+  timeout 300 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
+    --precision bf16 --out "$OUT/llama-bf16" > "$OUT/llama-bf16.log" 2>&1
+  log "lpac dense bf16: exit $?; $(tail -1 "$OUT/llama-bf16.log")"
+  log "lpac bf16: $(median_tokens "$OUT/llama-bf16/metrics.jsonl")"
+  timeout 200 python3 bench/gpu/llama_torch.py --batch "$BATCH" --seq 256 --modes eager --precision bf16 2>&1 \
+    | grep framework | tee -a "$OUT/summary.txt"
+fi
 
 log "== where lpac's GPU time goes: llama dense, 3 steps, each kernel waited for and timed (LPAC_CUDA_PROFILE=1)"
-LPAC_CUDA_PROFILE=1 timeout 200 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 3 --device cuda \
-  --eval-every 0 --out "$OUT/llama-profile" > "$OUT/llama-profile.log" 2>&1
-log "exit $? (the whole output in llama-profile.log)"
-sed -n '/GPU time by kernel/,$p' "$OUT/llama-profile.log" | grep -v "^evaluating\|^test perplexity" | tee -a "$OUT/summary.txt"
-
-check_model mlp bench/gpu/mlp.lpa "$STEPS"
-check_model tiny models/tiny.lpa "$STEPS"
-
-log "== eval and sample on the GPU (the tiny run just trained), and eval on the CPU to compare"
-for device in cuda cpu; do
-  log "eval --device $device: $(timeout 120 "$LPAC" eval "$OUT/tiny-cuda" --device "$device" 2>&1 | tail -1)"
-done
-timeout 60 "$LPAC" sample "$OUT/tiny-cuda" --device cuda --prompt "ROMEO:" --tokens 80 --seed 1 2>&1 \
-  | tail -3 | tee -a "$OUT/summary.txt"
+if fits 60 "the profile"; then
+  LPAC_CUDA_PROFILE=1 timeout 200 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 3 --device cuda \
+    --eval-every 0 --out "$OUT/llama-profile" > "$OUT/llama-profile.log" 2>&1
+  log "exit $? (the whole output in llama-profile.log)"
+  sed -n '/GPU time by kernel/,$p' "$OUT/llama-profile.log" | grep -v "^evaluating\|^test perplexity" | tee -a "$OUT/summary.txt"
+fi
 
 log "== a model too large for the GPU (llama, batch 4096): a clear refusal and exit 1 expected"
 timeout 120 "$LPAC" train models/llama.lpa --set batch=4096 --steps 1 --device cuda --eval-every 0 \
   --out "$OUT/too-large" > "$OUT/too-large.log" 2>&1
 log "exit $?: $(grep -v '^\s*$' "$OUT/too-large.log" | tail -2)"
+
+fits 90 "the mlp training, CPU against GPU" && check_model mlp bench/gpu/mlp.lpa "$STEPS"
+fits 120 "the tiny training, CPU against GPU" && check_model tiny models/tiny.lpa "$STEPS"
+
+if [ -d "$OUT/tiny-cuda" ] && fits 40 "eval and sample"; then
+  log "== eval and sample on the GPU (the tiny run just trained), and eval on the CPU to compare"
+  for device in cuda cpu; do
+    log "eval --device $device: $(timeout 120 "$LPAC" eval "$OUT/tiny-cuda" --device "$device" 2>&1 | tail -1)"
+  done
+  timeout 60 "$LPAC" sample "$OUT/tiny-cuda" --device cuda --prompt "ROMEO:" --tokens 80 --seed 1 2>&1 \
+    | tail -3 | tee -a "$OUT/summary.txt"
+fi
 rm -f "$OUT"/*/checkpoint.safetensors
 log "done; results in $OUT/summary.txt"
