@@ -61,8 +61,9 @@ fn random_inputs(graph: &Graph, seed: u64) -> BTreeMap<String, Tensor> {
 }
 
 /// Fuses `graph`, emits its PTX for sm_90 and runs every kernel on the
-/// emulator; the outputs by name.
-fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> BTreeMap<String, Vec<f32>> {
+/// emulator; the outputs by name, and the error cell (an index out of
+/// range: not 0).
+fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> (BTreeMap<String, Vec<f32>>, u32) {
     let program = lpac_passes::fuse::fuse(graph).unwrap();
     let emitted = emit_program(&program, Arch::Sm90, Some(graph)).unwrap();
     let n = program.buffers.len();
@@ -103,14 +104,16 @@ fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> BTreeMap<St
             }
         }
     }
-    program
+    let outputs = program
         .outputs
         .iter()
         .map(|(name, b)| {
             let bytes = &mem.buffers[b.index()];
             (name.clone(), bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
         })
-        .collect()
+        .collect();
+    let cell = &mem.buffers[n + 1];
+    (outputs, u32::from_le_bytes([cell[0], cell[1], cell[2], cell[3]]))
 }
 
 /// `c = a · b` as cuBLAS computes it for the runtime: f32 accumulation of
@@ -169,7 +172,8 @@ fn check(name: &str, graph: &Graph, tolerance: f64) {
 
 /// [`check`] on the given inputs.
 fn check_with(name: &str, graph: &Graph, inputs: &BTreeMap<String, Tensor>, tolerance: f64) {
-    let got = run_emulated(graph, inputs);
+    let (got, error_cell) = run_emulated(graph, inputs);
+    assert_eq!(error_cell, 0, "{name}: the error cell is set, with every index in range");
     let ctx = RunContext { seed: 3, step: 1 };
     let want = lpac_ir::interp::run(graph, Precision::F64, inputs, inputs, ctx).unwrap();
     for (out, w) in want {
@@ -311,6 +315,31 @@ fn updates_of_many_tensors_gather_scatter_and_random_numbers() {
     g.0.add_output("back", back);
     g.0.add_output("u", u);
     check("gather, scatter-add, random", &g.0, 1e-6);
+    // Token ids past the table (a corpus for a larger vocabulary): gather
+    // writes 0 for them and scatter-add skips them, and both set the error
+    // cell the runtime checks — from many threads at once, atomically.
+    let mut g = G(Graph::new("bad ids"));
+    let table = g.input("table", &[10, 33]);
+    let idx = g.add(Op::Input { name: "idx".into() }, vec![], Some(TensorType::new(DType::I32, vec![7, 9])));
+    let rows = g.add(Op::Gather, vec![table, idx], None);
+    let back = g.add(Op::ScatterAdd, vec![idx, rows], Some(f32t(&[10, 33])));
+    g.0.add_output("rows", rows);
+    g.0.add_output("back", back);
+    let inputs = random_inputs(&g.0, 11);
+    let ids = inputs["idx"].to_f64_vec();
+    assert!(ids.iter().any(|&i| i >= 10.0) && ids.iter().any(|&i| i < 10.0), "some ids in range, some not");
+    let (got, error_cell) = run_emulated(&g.0, &inputs);
+    assert_eq!(error_cell, 1, "an id out of range sets the error cell");
+    let table = inputs["table"].to_f64_vec();
+    for (j, &id) in ids.iter().enumerate() {
+        let row = &got["rows"][j * 33..(j + 1) * 33];
+        if id >= 10.0 {
+            assert!(row.iter().all(|&x| x == 0.0), "row {j} (id {id}) is zero");
+        } else {
+            let want = &table[id as usize * 33..(id as usize + 1) * 33];
+            assert!(row.iter().zip(want).all(|(&x, &w)| f64::from(x) == w), "row {j} (id {id}) is its table row");
+        }
+    }
     // A scatter-add over several chunks of indices (600: 256, 256 and 88)
     // into rows longer than a block (300 columns), most rows hit several
     // times.
@@ -463,8 +492,9 @@ fn a_transformer_step_in_mixed_precision() {
 
 /// A shipped model's whole training step at a small size (`sets`), through
 /// `pipeline`, on the emulator against the interpreter in f64: every output
-/// — loss, gradient norm, new parameters, new optimiser state.
-fn check_training_step(model: &str, sets: &[&str], pipeline: &str) {
+/// — loss, gradient norm, new parameters, new optimiser state. Returns the
+/// step's graph.
+fn check_training_step(model: &str, sets: &[&str], pipeline: &str) -> Graph {
     let overrides: Vec<_> = sets.iter().map(|s| lpac_frontend::Override::parse(s).unwrap()).collect();
     let path = format!("../../models/{model}.lpa");
     let g = lpac_frontend::compile_file(std::path::Path::new(&path), &overrides).unwrap().graph;
@@ -492,6 +522,7 @@ fn check_training_step(model: &str, sets: &[&str], pipeline: &str) {
         }
     }
     check_with(&format!("{model} step"), &g, &inputs, 1e-4);
+    g
 }
 
 #[test]
@@ -505,6 +536,20 @@ fn a_whole_llama_training_step_with_lpa_and_adamw() {
         &["layers=2", "d=32", "heads=2", "ffn=48", "seq=16", "batch=2", "vocab=50", "dropout=0.1"],
         "lowrank{rank=4},attention,autodiff,optimizer{kind=adamw},simplify{explain=false},cse,dce",
     );
+}
+
+#[test]
+fn a_twelve_layer_update_split_across_functions() {
+    // llama's 12 layers have 111 parameter tensors: AdamW's update of all of
+    // them in one function would take more addresses than PTX allows (4,352
+    // bytes), so the emitter splits it; every part runs here.
+    let g = check_training_step(
+        "llama",
+        &["layers=12", "d=16", "heads=2", "ffn=24", "seq=8", "batch=1", "vocab=50"],
+        "attention,autodiff,optimizer{kind=adamw},simplify{explain=false},cse,dce",
+    );
+    let emitted = emit_program(&lpac_passes::fuse::fuse(&g).unwrap(), Arch::Sm90, None).unwrap();
+    assert!(emitted.kernels.iter().any(|k| k.entry.contains("_fused1_")), "the update is split");
 }
 
 #[test]

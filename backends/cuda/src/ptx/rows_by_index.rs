@@ -4,6 +4,8 @@
 //!   element (grid-stride). An index outside `0..n` writes 0 and sets the
 //!   error cell (`err`, a `u32` the runtime clears before and checks after
 //!   the step), so a bad token id is reported, never read out of bounds.
+//!   Many threads may set it at once: `red.global.or`, an atomic, so that
+//!   is not a data race.
 //! - **scatter-add** `out = 0; out[idx[j], c] += src[j, c]`: a block per
 //!   output row `r` (grid-stride over rows). The block zeroes its row, then
 //!   reads the indices [`BLOCK`] at a time; each warp's matches (`idx[j] ==
@@ -100,7 +102,7 @@ pub(super) fn gather(
          \tmad.lo.u64 %rd9, %rd7, 4, %rd1;\n\tld.global.s32 %r4, [%rd9];\n\
          \tsetp.lt.s32 %p1, %r4, 0;\n\tsetp.ge.or.s32 %p1, %r4, {n}, %p1;\n\
          \tmov.f32 %f0, 0f00000000;\n\
-         \t@%p1 st.global.u32 [%rd3], 1;\n\
+         \t@%p1 red.global.or.b32 [%rd3], 1;\n\
          \t@!%p1 cvt.s64.s32 %rd10, %r4;\n\t@!%p1 mad.lo.s64 %rd11, %rd10, {row}, %rd8;\n\
          \t@!%p1 mad.lo.s64 %rd12, %rd11, 4, %rd0;\n\t@!%p1 ld.global.f32 %f0, [%rd12];\n\
          \tmad.lo.u64 %rd13, %rd4, 4, %rd2;\n\tst.global.f32 [%rd13], %f0;\n\
@@ -141,7 +143,7 @@ pub(super) fn scatter_add(
          \tadd.u64 %rd14, %rd13, %rd9;\n\tsetp.lt.u64 %p1, %rd14, {count};\n\tmov.u32 %r6, -1;\n\
          \tmad.lo.u64 %rd15, %rd14, 4, %rd0;\n\t@%p1 ld.global.s32 %r6, [%rd15];\n\
          \tsetp.lt.s32 %p2, %r6, 0;\n\tsetp.ge.or.s32 %p2, %r6, {n}, %p2;\n\tand.pred %p2, %p2, %p1;\n\
-         \t@%p2 st.global.u32 [%rd3], 1;\n\
+         \t@%p2 red.global.or.b32 [%rd3], 1;\n\
          \tsetp.eq.s32 %p2, %r6, %r7;\n\tvote.sync.ballot.b32 %r8, %p2, -1;\n\
          \tmul.wide.u32 %rd22, %r14, {mask_bytes};\n\tadd.u64 %rd22, %rd22, %rd20;\n\
          \t@%p3 st.shared.u32 [%rd22], %r8;\n\tbar.sync 0;\n\

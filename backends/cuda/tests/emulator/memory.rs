@@ -49,7 +49,7 @@ pub(super) fn memory_op(
     if op.iter().any(|o| o == "v4") {
         return vector_op(ctx, inst, th, tid, if is_shared { Space::Shared(shared) } else { Space::Global(mem) }, size);
     }
-    let mem_arg = if op[0] == "st" { &inst.args[0] } else { &inst.args[1] };
+    let mem_arg = if matches!(op[0].as_str(), "st" | "red") { &inst.args[0] } else { &inst.args[1] };
     let Arg::Mem(base, off) = mem_arg else { return Err("no address".into()) };
     let addr = (val(ctx, th, tid, base)? as i64 + off) as u64;
     if op[0] == "ld" && matches!(**base, Arg::Param(_)) {
@@ -85,11 +85,17 @@ pub(super) fn memory_op(
             bytes.copy_from_slice(&v.to_le_bytes()[..size]);
         }
         _ => {
-            // atom.global.add.u32 d, [a], b
-            let add = val(ctx, th, tid, &inst.args[2])?;
-            let new = (old as u32).wrapping_add(add as u32);
+            // atom.global.OP.u32 d, [a], b (d: the old value) or
+            // red.global.OP.b32 [a], b; OP add or or.
+            let returns = op[0] == "atom";
+            let b = val(ctx, th, tid, &inst.args[if returns { 2 } else { 1 }])? as u32;
+            let new = match op[2].as_str() {
+                "add" => (old as u32).wrapping_add(b),
+                "or" => old as u32 | b,
+                other => return Err(format!("atomic operation {other}")),
+            };
             bytes.copy_from_slice(&new.to_le_bytes()[..size]);
-            if let Arg::Reg(d) = inst.args[0] {
+            if returns && let Arg::Reg(d) = inst.args[0] {
                 th.regs[d] = old;
             }
         }

@@ -281,7 +281,7 @@ fn run_thread(
         }
         if inst.op[0] == "membar" {
             races.fence(tid);
-        } else if matches!(inst.op[0].as_str(), "ld" | "st" | "atom") {
+        } else if matches!(inst.op[0].as_str(), "ld" | "st" | "atom" | "red") {
             let touched =
                 memory_op(ctx, inst, th, tid, mem, shared).map_err(|e| format!("{}: `{}`: {e}", f.name, inst.text))?;
             if let Some(Touched { shared, address, len }) = touched {
