@@ -7,9 +7,10 @@
 //! cuBLAS would (f32 accumulation). The cases: attention forward and backward across tiles and blocks, causal and
 //! not; reductions with few outputs (blocks per output, the last combining
 //! them) and many (a warp each); a softmax and layer norm (rows kernels);
-//! an optimiser-like multi kernel; tiny.lpa's step in mixed precision; and
-//! whole training steps of models/llama.lpa (LPA, AdamW) and models/gpt.lpa
-//! (heads of 128) at small sizes.
+//! an optimiser-like multi kernel; gather and scatter-add (ids out of range
+//! too); tiny.lpa's step in mixed precision; and whole training steps of
+//! models/llama.lpa (LPA, AdamW; 12 layers, the update split) and
+//! models/gpt.lpa (heads of 128) at small sizes.
 
 mod emulator;
 
