@@ -70,17 +70,23 @@ fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> (BTreeMap<S
     let n = program.buffers.len();
     let scratch = emitted.kernels.iter().map(|k| k.scratch_bytes).max().unwrap_or(0).max(4);
     let mut buffers: Vec<Vec<u8>> = program.buffers.iter().map(|b| vec![0xFF; b.ty.size_bytes().max(1)]).collect();
-    buffers.push(vec![0; scratch]);
-    buffers.push(vec![0; 4]);
-    let mut mem = Memory { buffers };
     for (i, b) in program.buffers.iter().enumerate() {
         if let BufferKind::Input(name) | BufferKind::Param(name) = &b.kind {
             let values = inputs[name].to_f64_vec();
-            mem.buffers[i] = if b.ty.dtype == DType::I32 {
+            buffers[i] = if b.ty.dtype == DType::I32 {
                 values.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect()
             } else {
                 values.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()
             };
+        }
+    }
+    buffers.push(vec![0; scratch]);
+    buffers.push(vec![0; 4]);
+    let mut mem = Memory::new(buffers);
+    // Temps hold nothing until a kernel writes them (0xFF: NaN besides).
+    for (i, b) in program.buffers.iter().enumerate() {
+        if b.kind == BufferKind::Temp {
+            mem.unwritten(i);
         }
     }
     // The runtime's order of products and launches, and its bindings.
@@ -122,16 +128,13 @@ fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> (BTreeMap<S
 /// nearest even).
 fn product(program: &Program, g: &GemmKernel, mem: &mut Memory) {
     let read = |mem: &Memory, o: &Operand, at: i64| -> f32 {
-        let bytes = &mem.buffers[o.buffer.index()];
-        match program.buffers[o.buffer.index()].ty.dtype {
-            DType::BF16 => {
-                let i = at as usize * 2;
-                emulator::bf16_to_f32(u16::from_le_bytes([bytes[i], bytes[i + 1]]))
-            }
-            _ => {
-                let i = at as usize * 4;
-                f32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
-            }
+        let (b, bytes) = (o.buffer.index(), &mem.buffers[o.buffer.index()]);
+        let size = program.buffers[b].ty.dtype.size_bytes();
+        let i = at as usize * size;
+        assert!(mem.is_written(b, i, size), "{}: reads byte {i} of b{b} before anything wrote it", g.name);
+        match program.buffers[b].ty.dtype {
+            DType::BF16 => emulator::bf16_to_f32(u16::from_le_bytes([bytes[i], bytes[i + 1]])),
+            _ => f32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]),
         }
     };
     let batches: usize = g.batch.iter().product();
@@ -163,6 +166,7 @@ fn product(program: &Program, g: &GemmKernel, mem: &mut Memory) {
         DType::BF16 => out.iter().flat_map(|&v| emulator::f32_to_bf16(v).to_le_bytes()).collect(),
         _ => out.iter().flat_map(|&v| v.to_le_bytes()).collect(),
     };
+    mem.wrote(g.c.index());
 }
 
 /// Every output within `tolerance` (‖got − want‖ / ‖want‖) of the f64

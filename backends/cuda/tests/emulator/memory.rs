@@ -4,21 +4,68 @@ use super::instructions::val;
 use super::parse::{Arg, Inst, Ty, ty_of};
 use super::{Ctx, Thread};
 
-/// Global memory: buffers by index.
+/// Global memory: buffers by index, and which of their bytes anything has
+/// written.
 pub struct Memory {
     pub buffers: Vec<Vec<u8>>,
+    written: Vec<Vec<bool>>,
+}
+
+/// What an instruction does with the bytes it addresses.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Use {
+    Load,
+    Store,
+    /// An atomic read-modify-write.
+    Update,
 }
 
 impl Memory {
+    /// Buffers whose every byte counts as written (inputs, parameters, a
+    /// zeroed scratch area): [`Memory::unwritten`] marks the others.
+    pub fn new(buffers: Vec<Vec<u8>>) -> Memory {
+        let written = buffers.iter().map(|b| vec![true; b.len()]).collect();
+        Memory { buffers, written }
+    }
+
+    /// Marks buffer `b` as not written yet: a temp, whose memory on a GPU
+    /// holds whatever the memory plan placed there before. Loading from it
+    /// before a store is then an error.
+    pub fn unwritten(&mut self, b: usize) {
+        self.written[b].fill(false);
+    }
+
+    /// Whether `len` bytes of buffer `b` from `offset` have been written.
+    pub fn is_written(&self, b: usize, offset: usize, len: usize) -> bool {
+        self.written[b][offset..offset + len].iter().all(|&w| w)
+    }
+
+    /// Marks buffer `b` as written whole (by a product computed outside the
+    /// emulator).
+    pub fn wrote(&mut self, b: usize) {
+        self.written[b].fill(true);
+    }
+
     pub fn address(buffer: usize) -> u64 {
         ((buffer as u64) + 1) << 40
     }
-    fn at(&mut self, addr: u64, len: usize) -> Result<&mut [u8], String> {
+
+    fn at(&mut self, addr: u64, len: usize, using: Use) -> Result<&mut [u8], String> {
         let (b, off) = (((addr >> 40) as usize).wrapping_sub(1), (addr & ((1 << 40) - 1)) as usize);
         let buf = self.buffers.get_mut(b).ok_or(format!("address {addr:#x} is in no buffer"))?;
         let n = buf.len();
-        buf.get_mut(off..off + len)
-            .ok_or(format!("address {addr:#x}: offset {off} + {len} past buffer b{b} of {n} bytes"))
+        let bytes = buf
+            .get_mut(off..off + len)
+            .ok_or(format!("address {addr:#x}: offset {off} + {len} past buffer b{b} of {n} bytes"))?;
+        let written = &mut self.written[b][off..off + len];
+        if using != Use::Store && !written.iter().all(|&w| w) {
+            return Err(format!(
+                "loads byte {off} of buffer b{b}, which nothing has written yet (a temp read before it is computed: \
+                 on a GPU, whatever the memory plan put there before)"
+            ));
+        }
+        written.fill(true);
+        Ok(bytes)
     }
 }
 
@@ -67,7 +114,12 @@ pub(super) fn memory_op(
         let n = shared.len();
         shared.get_mut(a..a + size).ok_or(format!("shared address {a} past {n} bytes"))?
     } else {
-        mem.at(addr, size)?
+        let using = match op[0].as_str() {
+            "ld" => Use::Load,
+            "st" => Use::Store,
+            _ => Use::Update,
+        };
+        mem.at(addr, size, using)?
     };
     let mut raw = [0u8; 8];
     raw[..size].copy_from_slice(bytes);
@@ -128,7 +180,7 @@ pub(super) fn vector_op(
     }
     let shared = matches!(space, Space::Shared(_));
     let bytes = match space {
-        Space::Global(mem) => mem.at(addr, 4 * size)?,
+        Space::Global(mem) => mem.at(addr, 4 * size, if load { Use::Load } else { Use::Store })?,
         Space::Shared(shared) => {
             let (a, n) = (addr as usize, shared.len());
             shared.get_mut(a..a + 4 * size).ok_or(format!("shared address {a} past {n} bytes"))?

@@ -15,7 +15,8 @@
 //! GPU would get wrong where this emulator's fixed order gets it right: a
 //! data race (`races.rs`: two threads' accesses to a byte, at least one a
 //! write, that no barrier, or fence and atomic, orders), a read of shared
-//! memory no thread of the block wrote, a full-mask warp instruction with
+//! memory no thread of the block wrote, a load of global bytes nothing wrote
+//! ([`Memory::unwritten`]: a temp), a full-mask warp instruction with
 //! lanes missing, a block barrier some threads exited before, an access not
 //! aligned to its size.
 //!

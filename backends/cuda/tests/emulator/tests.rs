@@ -31,7 +31,7 @@ fn words(bytes: &[u8]) -> Vec<u32> {
 }
 
 fn run(f: &Function, grid: u32, block: u32, buffers: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, String> {
-    let mut mem = Memory { buffers };
+    let mut mem = Memory::new(buffers);
     let args: Vec<u64> = (0..mem.buffers.len()).map(Memory::address).collect();
     launch(f, grid, block, &args, &mut mem)?;
     Ok(mem.buffers)
@@ -127,4 +127,24 @@ fn what_a_gpu_leaves_undefined_or_faults_on_is_an_error() {
     let f = module("misaligned", &["out"], 4, "ld.param.u64 %rd1, [out];\nst.global.u32 [%rd1+2], 7;\nret;");
     let err = run(&f, 1, 1, vec![vec![0; 8]]).unwrap_err();
     assert!(err.contains("not 4-byte aligned"), "{err}");
+}
+
+#[test]
+fn loading_global_memory_nothing_wrote_is_an_error() {
+    // out[t] = in[t]: from a temp nothing has computed yet, and once written.
+    let f = module(
+        "copy",
+        &["input", "out"],
+        4,
+        "ld.param.u64 %rd1, [input];\nld.param.u64 %rd2, [out];\nmov.u32 %r1, %tid.x;\nmul.wide.u32 %rd3, %r1, 4;\n\
+         add.u64 %rd4, %rd1, %rd3;\nld.global.u32 %r2, [%rd4];\nadd.u64 %rd5, %rd2, %rd3;\nst.global.u32 [%rd5], %r2;\nret;",
+    );
+    let mut mem = Memory::new(vec![vec![7; 16], vec![0; 16]]);
+    mem.unwritten(0);
+    let args = [Memory::address(0), Memory::address(1)];
+    let err = launch(&f, 1, 4, &args, &mut mem).unwrap_err();
+    assert!(err.contains("loads byte 0 of buffer b0, which nothing has written yet"), "{err}");
+    mem.wrote(0);
+    launch(&f, 1, 4, &args, &mut mem).unwrap();
+    assert_eq!(words(&mem.buffers[1]), [0x0707_0707; 4]);
 }
