@@ -125,6 +125,9 @@ def main():
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA device for PyTorch")
+    # f32 products in full precision, as lpac's (no TF32; PyTorch's default
+    # too, made explicit so a changed default cannot flatter the baseline).
+    torch.set_float32_matmul_precision("highest")
     for mode in args.modes.split(","):
         print(json.dumps(time_mode(mode, args)), flush=True)
 
