@@ -21,8 +21,11 @@
 //! a shared byte no thread of the block has written is an error too.
 //!
 //! Each byte keeps its last write and its last two reads by different
-//! threads, so a read by a third thread can hide an unordered one: the
-//! detector finds races, it does not prove their absence.
+//! threads, so a read by a third thread can hide an unordered one; and
+//! since blocks run one after another here, an acquire is taken to see every
+//! earlier block's release — whether the counter a block reads really
+//! proves the others are done is the kernel's logic, not checked here. The
+//! detector finds races; it does not prove their absence.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
