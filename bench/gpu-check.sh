@@ -197,6 +197,13 @@ if d and r:
     verdicts.append(f"target, LPA r=128 faster than dense in lpac: {'MET' if r > d else 'NOT MET'} ({r / d:.2f}x the tokens/s)")
 print("\n".join(verdicts or ["targets: no timings to compare (see the logs above)"]))
 PY
+log "-- expected from lpac's own counts (bench/gpu/roofline.py: products at 45 TFLOP/s, attention 15, memory 3.5 TB/s; no launch gaps)"
+for lowrank in "" 128; do
+  variant=${lowrank:+LPA r=$lowrank}; variant=${variant:-dense}
+  log "$variant: $("$LPAC" kernels models/llama.lpa --set batch="$BATCH" ${lowrank:+--lowrank $lowrank} 2>/dev/null \
+    | python3 bench/gpu/roofline.py | tail -1 | awk '{print $NF}') ms a step"
+done
+
 log "== mixed precision (--precision bf16): the 130M dense step, lpac against PyTorch autocast (eager)"
 if fits 90 "mixed precision"; then
   rm -rf "$OUT/llama-bf16"
