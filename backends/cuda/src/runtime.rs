@@ -21,11 +21,11 @@ use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use lpac_ir::interp::Tensor;
-use lpac_ir::kernel::{BufferId, BufferKind, GemmKernel, Operand, Program};
+use lpac_ir::kernel::{BufferId, BufferKind, GemmKernel, Program};
 use lpac_ir::types::{DType, TensorType};
 
 use crate::profile::Profile;
-use crate::schedule::{Binding, Step};
+use crate::schedule::{Binding, BlasOperand, Step, blas_calls};
 use crate::{Arch, PtxProgram, emit_program};
 
 /// An open GPU: context, stream, cuBLAS handle.
@@ -405,11 +405,11 @@ impl CudaExecutor {
         Ok(())
     }
 
-    /// `c = a · b` by cuBLAS (column-major: `cᵀ = bᵀ · aᵀ`), one call per
-    /// batch: `sgemm` in f32, or — bf16 operands and result (mixed
-    /// precision) — `cublasGemmEx` with f32 accumulation.
+    /// `c = a · b` by cuBLAS, the calls [`blas_calls`] plans (column-major
+    /// `cᵀ = bᵀ · aᵀ`, a call per batch left after folding): `sgemm` in
+    /// f32, or — bf16 operands and result (mixed precision) —
+    /// `cublasGemmEx` with f32 accumulation.
     fn gemm(&mut self, g: &GemmKernel) -> Result<(), String> {
-        let g = g.folded();
         let dtype = |b: BufferId| self.program.buffers[b.index()].ty.dtype;
         let bf16 = match (dtype(g.a.buffer), dtype(g.b.buffer), dtype(g.c)) {
             (DType::F32, DType::F32, DType::F32) => false,
@@ -425,18 +425,18 @@ impl CudaExecutor {
             }
         };
         let size = if bf16 { 2u64 } else { 4 };
-        let (m, n, k) = (g.m as i32, g.n as i32, g.k as i32);
-        let (op_b, ld_b) = col_major(&g.b, g.k, g.n, &g.name)?;
-        let (op_a, ld_a) = col_major(&g.a, g.m, g.k, &g.name)?;
-        let batches: usize = g.batch.iter().product();
-        for batch in 0..batches.max(1) {
-            let (a_off, b_off) = (batch_offset(&g.batch, &g.a, batch), batch_offset(&g.batch, &g.b, batch));
-            let c_off = (batch * g.m * g.n) as u64 * size;
-            // Everything runs on one stream, in order: the pointers' read and
-            // write markers can go as soon as the addresses are known.
-            let a_ptr = self.ptrs[g.a.buffer.index()] + a_off as u64 * size;
-            let b_ptr = self.ptrs[g.b.buffer.index()] + b_off as u64 * size;
-            let c_ptr = self.ptrs[g.c.index()] + c_off;
+        let ptr = |buffer: BufferId, offset: i64| self.ptrs[buffer.index()] + offset as u64 * size;
+        let op = |o: &BlasOperand| {
+            use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+            if o.transpose { CUBLAS_OP_T } else { CUBLAS_OP_N }
+        };
+        for call in blas_calls(g)? {
+            let (m, n, k) = (call.m as i32, call.n as i32, call.k as i32);
+            let (lda, ldb, ldc) = (call.a.ld as i32, call.b.ld as i32, call.ldc as i32);
+            // Everything runs on one stream, in order: plain addresses do.
+            let a_ptr = ptr(call.a.buffer, call.a.offset);
+            let b_ptr = ptr(call.b.buffer, call.b.offset);
+            let c_ptr = ptr(call.c.0, call.c.1);
             let (alpha, beta) = (1.0f32, 0.0f32);
             let handle = *self.gpu.blas.handle();
             // SAFETY: the pointers address the operands' checked extents.
@@ -447,41 +447,41 @@ impl CudaExecutor {
                     use blas_sys::cudaDataType::CUDA_R_16BF;
                     blas::gemm_ex(
                         handle,
-                        op_b,
-                        op_a,
-                        n,
+                        op(&call.a),
+                        op(&call.b),
                         m,
+                        n,
                         k,
                         (&alpha as *const f32).cast(),
-                        b_ptr as *const std::ffi::c_void,
-                        CUDA_R_16BF,
-                        ld_b,
                         a_ptr as *const std::ffi::c_void,
                         CUDA_R_16BF,
-                        ld_a,
+                        lda,
+                        b_ptr as *const std::ffi::c_void,
+                        CUDA_R_16BF,
+                        ldb,
                         (&beta as *const f32).cast(),
                         c_ptr as *mut std::ffi::c_void,
                         CUDA_R_16BF,
-                        n,
+                        ldc,
                         CUBLAS_COMPUTE_32F,
                         CUBLAS_GEMM_DFALT,
                     )
                 } else {
                     blas::sgemm(
                         handle,
-                        op_b,
-                        op_a,
-                        n,
+                        op(&call.a),
+                        op(&call.b),
                         m,
+                        n,
                         k,
                         &alpha,
-                        b_ptr as *const f32,
-                        ld_b,
                         a_ptr as *const f32,
-                        ld_a,
+                        lda,
+                        b_ptr as *const f32,
+                        ldb,
                         &beta,
                         c_ptr as *mut f32,
-                        n,
+                        ldc,
                     )
                 }
             };
@@ -489,32 +489,6 @@ impl CudaExecutor {
         }
         self.settle(&g.name)
     }
-}
-
-/// How cuBLAS (column-major) reads a row-major logical `[rows, cols]`
-/// operand: the transpose flag that turns it into the `ᵀ` the call needs,
-/// and its leading dimension.
-fn col_major(o: &Operand, rows: usize, cols: usize, name: &str) -> Result<(blas_sys::cublasOperation_t, i32), String> {
-    use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-    if o.col_stride == 1 || cols == 1 {
-        Ok((CUBLAS_OP_N, o.row_stride.max(cols as i64) as i32))
-    } else if o.row_stride == 1 || rows == 1 {
-        Ok((CUBLAS_OP_T, o.col_stride.max(rows as i64) as i32))
-    } else {
-        Err(format!(
-            "{name}: an operand with row stride {} and column stride {} (cuBLAS needs one of them 1)",
-            o.row_stride, o.col_stride
-        ))
-    }
-}
-
-fn batch_offset(batch: &[usize], o: &Operand, mut flat: usize) -> i64 {
-    let mut off = o.offset;
-    for (d, &extent) in batch.iter().enumerate().rev() {
-        off += (flat % extent) as i64 * o.batch_strides[d];
-        flat /= extent;
-    }
-    off
 }
 
 /// A host tensor as the buffer's bytes (checked against its type).

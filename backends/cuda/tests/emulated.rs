@@ -3,8 +3,9 @@
 //! arithmetic, indexing, tiling and synchronisation checked on machines with
 //! no GPU (`lpac device-check` does the same on a real one).
 //!
-//! Products are cuBLAS calls at run time; here `product` computes them as
-//! cuBLAS would (f32 accumulation). The cases: attention forward and backward across tiles and blocks, causal and
+//! Products are cuBLAS calls at run time; here `product` makes the same
+//! calls (`blas_calls`) and computes each as cuBLAS defines it
+//! (column-major, f32 accumulation). The cases: attention forward and backward across tiles and blocks, causal and
 //! not; reductions with few outputs (blocks per output, the last combining
 //! them) and many (a warp each); a softmax and layer norm (rows kernels);
 //! an optimiser-like multi kernel; gather and scatter-add (ids out of range
@@ -17,10 +18,10 @@ mod emulator;
 use std::collections::BTreeMap;
 
 use emulator::{Function, Memory, launch};
-use lpac_cuda::schedule::{Binding, Step};
+use lpac_cuda::schedule::{Binding, BlasOperand, Step, blas_calls};
 use lpac_cuda::{Arch, emit_program};
 use lpac_ir::interp::{Precision, RunContext, Tensor};
-use lpac_ir::kernel::{BufferKind, GemmKernel, Operand, Program};
+use lpac_ir::kernel::{BufferId, BufferKind, GemmKernel, Program};
 use lpac_ir::{BinaryOp, DType, Graph, NodeId, Op, Origin, ReduceOp, TensorType, UnaryOp};
 
 fn f32t(shape: &[usize]) -> TensorType {
@@ -123,49 +124,45 @@ fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> (BTreeMap<S
     (outputs, u32::from_le_bytes([cell[0], cell[1], cell[2], cell[3]]))
 }
 
-/// `c = a · b` as cuBLAS computes it for the runtime: f32 accumulation of
-/// f32 or bf16 operands, the result stored in `c`'s dtype (bf16: rounded to
-/// nearest even).
+/// `c = a · b` as the runtime has cuBLAS compute it: the calls it makes
+/// ([`blas_calls`]), each run as cuBLAS defines it (column-major,
+/// `C = op(A) · op(B)`), f32 accumulation of f32 or bf16 operands, the
+/// result stored in `c`'s dtype (bf16: rounded to nearest even). So a wrong
+/// transpose flag or leading dimension in the runtime's calls fails here.
 fn product(program: &Program, g: &GemmKernel, mem: &mut Memory) {
-    let read = |mem: &Memory, o: &Operand, at: i64| -> f32 {
-        let (b, bytes) = (o.buffer.index(), &mem.buffers[o.buffer.index()]);
-        let size = program.buffers[b].ty.dtype.size_bytes();
-        let i = at as usize * size;
-        assert!(mem.is_written(b, i, size), "{}: reads byte {i} of b{b} before anything wrote it", g.name);
-        match program.buffers[b].ty.dtype {
+    let dtype = |b: BufferId| program.buffers[b.index()].ty.dtype;
+    let read = |mem: &Memory, b: BufferId, at: i64| -> f32 {
+        let size = dtype(b).size_bytes();
+        let (i, bytes) = (at as usize * size, &mem.buffers[b.index()]);
+        assert!(mem.is_written(b.index(), i, size), "{}: reads byte {i} of {b:?} before anything wrote it", g.name);
+        match dtype(b) {
             DType::BF16 => emulator::bf16_to_f32(u16::from_le_bytes([bytes[i], bytes[i + 1]])),
             _ => f32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]),
         }
     };
-    let batches: usize = g.batch.iter().product();
-    let c_dtype = program.buffers[g.c.index()].ty.dtype;
-    let mut out = Vec::with_capacity(batches * g.m * g.n);
-    for flat in 0..batches {
-        let offset = |o: &Operand| {
-            let (mut off, mut rest) = (o.offset, flat);
-            for (d, &extent) in g.batch.iter().enumerate().rev() {
-                off += (rest % extent) as i64 * o.batch_strides[d];
-                rest /= extent;
-            }
-            off
-        };
-        let (oa, ob) = (offset(&g.a), offset(&g.b));
-        for i in 0..g.m as i64 {
-            for j in 0..g.n as i64 {
+    // op(X)(i, j): X's element (i, j), or (j, i) when transposed.
+    let element = |mem: &Memory, x: &BlasOperand, i: usize, j: usize| {
+        let (row, col) = if x.transpose { (j, i) } else { (i, j) };
+        read(mem, x.buffer, x.offset + (row + col * x.ld) as i64)
+    };
+    for call in blas_calls(g).unwrap() {
+        let (c, at) = call.c;
+        let size = dtype(c).size_bytes();
+        for j in 0..call.n {
+            for i in 0..call.m {
                 let mut acc = 0.0f32;
-                for p in 0..g.k as i64 {
-                    let x = read(mem, &g.a, oa + i * g.a.row_stride + p * g.a.col_stride);
-                    let y = read(mem, &g.b, ob + p * g.b.row_stride + j * g.b.col_stride);
-                    acc = x.mul_add(y, acc);
+                for p in 0..call.k {
+                    acc = element(mem, &call.a, i, p).mul_add(element(mem, &call.b, p, j), acc);
                 }
-                out.push(acc);
+                let bytes = match dtype(c) {
+                    DType::BF16 => emulator::f32_to_bf16(acc).to_le_bytes().to_vec(),
+                    _ => acc.to_le_bytes().to_vec(),
+                };
+                let o = (at as usize + i + j * call.ldc) * size;
+                mem.buffers[c.index()][o..o + size].copy_from_slice(&bytes);
             }
         }
     }
-    mem.buffers[g.c.index()] = match c_dtype {
-        DType::BF16 => out.iter().flat_map(|&v| emulator::f32_to_bf16(v).to_le_bytes()).collect(),
-        _ => out.iter().flat_map(|&v| v.to_le_bytes()).collect(),
-    };
     mem.wrote(g.c.index());
 }
 
