@@ -121,3 +121,52 @@ pub fn batch_and_seq(graph: &Graph) -> (usize, usize) {
 pub fn param_types(graph: &Graph) -> Vec<(String, TensorType)> {
     graph.params().map(|(id, path)| (path.to_string(), graph.ty(id).clone())).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use lpac_cuda::{Arch, emit_program};
+
+    use super::*;
+
+    /// Every graph `lpac train / eval / sample --device cuda` builds for the
+    /// shipped models — dense and LPA, f32 and mixed precision, at small
+    /// sizes that keep their head widths (64; gpt's 128) — emits for both
+    /// architectures and schedules: every kernel a function or cuBLAS calls
+    /// (no operand cuBLAS cannot read). All that `CudaExecutor::new` does
+    /// before it needs the GPU.
+    #[test]
+    fn every_shipped_models_graphs_have_a_cuda_schedule() {
+        let small = ["layers=2", "seq=32", "batch=2", "ffn=64"];
+        let models: [(&str, &[&str], bool); 4] = [
+            ("models/tiny.lpa", &["d=128", "heads=2"], true),
+            ("models/gpt.lpa", &["d=256", "heads=2", "vocab=300"], true),
+            ("models/llama.lpa", &["d=128", "heads=2", "vocab=300"], true),
+            ("bench/gpu/mlp.lpa", &["d=64"], false),
+        ];
+        for (file, sets, has_attention) in models {
+            let overrides: Vec<Override> =
+                small.iter().chain(sets.iter()).map(|s| Override::parse(s).unwrap()).collect();
+            let factorings = if has_attention { vec![None, Some((8, "attention".to_string()))] } else { vec![None] };
+            for lowrank in factorings {
+                let what = format!("{file} (lowrank {lowrank:?})");
+                let spec = ModelSpec::read(Path::new(file), overrides.clone(), lowrank).unwrap();
+                let graphs = [
+                    train_graph(&spec, Kind::AdamW, true, Precision::F32),
+                    train_graph(&spec, Kind::AdamW, true, Precision::Bf16),
+                    eval_graph(&spec, &[]),
+                    sample_graph(&spec),
+                ];
+                for graph in graphs {
+                    let graph = graph.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+                    let program = lpac_passes::fuse::fuse(&graph).unwrap();
+                    for arch in Arch::ALL {
+                        let emitted = emit_program(&program, arch, None).unwrap_or_else(|e| panic!("{what}: {e}"));
+                        emitted.schedule(&program).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -21,11 +21,11 @@ use cudarc::cublas::{CudaBlas, result as blas, sys as blas_sys};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use lpac_ir::interp::Tensor;
-use lpac_ir::kernel::{BufferId, BufferKind, GemmKernel, Program};
+use lpac_ir::kernel::{BufferId, BufferKind, Program};
 use lpac_ir::types::{DType, TensorType};
 
 use crate::profile::Profile;
-use crate::schedule::{Binding, BlasOperand, Step, blas_calls};
+use crate::schedule::{Binding, BlasCall, BlasOperand, Step};
 use crate::{Arch, PtxProgram, emit_program};
 
 /// An open GPU: context, stream, cuBLAS handle.
@@ -365,7 +365,7 @@ impl CudaExecutor {
         let schedule = Arc::clone(&self.schedule);
         for s in &schedule[i] {
             match s {
-                Step::Product(g) => self.gemm(g)?,
+                Step::Product { name, calls } => self.gemm(name, calls)?,
                 &Step::Function(f) => self.launch(f, seed, step)?,
             }
         }
@@ -405,19 +405,19 @@ impl CudaExecutor {
         Ok(())
     }
 
-    /// `c = a · b` by cuBLAS, the calls [`blas_calls`] plans (column-major
-    /// `cᵀ = bᵀ · aᵀ`, a call per batch left after folding): `sgemm` in
-    /// f32, or — bf16 operands and result (mixed precision) —
+    /// A product `name` by cuBLAS, the calls [`blas_calls`] planned
+    /// (column-major `cᵀ = bᵀ · aᵀ`, a call per batch left after folding):
+    /// `sgemm` in f32, or — bf16 operands and result (mixed precision) —
     /// `cublasGemmEx` with f32 accumulation.
-    fn gemm(&mut self, g: &GemmKernel) -> Result<(), String> {
+    fn gemm(&self, name: &str, calls: &[BlasCall]) -> Result<(), String> {
+        let Some(first) = calls.first() else { return Ok(()) };
         let dtype = |b: BufferId| self.program.buffers[b.index()].ty.dtype;
-        let bf16 = match (dtype(g.a.buffer), dtype(g.b.buffer), dtype(g.c)) {
+        let bf16 = match (dtype(first.a.buffer), dtype(first.b.buffer), dtype(first.c.0)) {
             (DType::F32, DType::F32, DType::F32) => false,
             (DType::BF16, DType::BF16, DType::BF16) => true,
             (a, b, c) => {
                 return Err(format!(
-                    "{}: a product of {} and {} into {} (cuBLAS is called for f32 or bf16 alike)",
-                    g.name,
+                    "{name}: a product of {} and {} into {} (cuBLAS is called for f32 or bf16 alike)",
                     a.name(),
                     b.name(),
                     c.name()
@@ -430,7 +430,7 @@ impl CudaExecutor {
             use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
             if o.transpose { CUBLAS_OP_T } else { CUBLAS_OP_N }
         };
-        for call in blas_calls(g)? {
+        for call in calls {
             let (m, n, k) = (call.m as i32, call.n as i32, call.k as i32);
             let (lda, ldb, ldc) = (call.a.ld as i32, call.b.ld as i32, call.ldc as i32);
             // Everything runs on one stream, in order: plain addresses do.
@@ -485,9 +485,9 @@ impl CudaExecutor {
                     )
                 }
             };
-            done.map_err(|e| format!("{}: cuBLAS: {e:?}", g.name))?;
+            done.map_err(|e| format!("{name}: cuBLAS: {e:?}"))?;
         }
-        self.settle(&g.name)
+        self.settle(name)
     }
 }
 

@@ -10,10 +10,16 @@ use crate::{PtxKernel, PtxProgram};
 /// One thing done on the GPU's stream.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
-    /// A matrix product, by cuBLAS.
-    Product(Box<GemmKernel>),
+    /// A matrix product (named for messages): its cuBLAS calls in order.
+    Product { name: String, calls: Vec<BlasCall> },
     /// An emitted function: its index in [`PtxProgram::kernels`].
     Function(usize),
+}
+
+impl Step {
+    fn product(g: &GemmKernel) -> Result<Step, String> {
+        Ok(Step::Product { name: g.name.clone(), calls: blas_calls(g)? })
+    }
 }
 
 /// What one parameter of an emitted function is bound to at launch.
@@ -49,7 +55,8 @@ impl PtxProgram {
     /// product stages runs stage by stage over all rows (its products, and
     /// its loop stages' functions in order); any other kernel, its
     /// functions in body order. An error names a kernel the program cannot
-    /// run (one the emitter skipped that is not a product).
+    /// run: one the emitter skipped that is not a product, or a product
+    /// cuBLAS cannot be called for ([`blas_calls`]).
     pub fn schedule(&self, program: &Program) -> Result<Vec<Vec<Step>>, String> {
         let mut functions: Vec<Vec<usize>> = vec![Vec::new(); program.kernels.len()];
         for (f, k) in self.kernels.iter().enumerate() {
@@ -58,13 +65,13 @@ impl PtxProgram {
         let mut schedule = Vec::with_capacity(program.kernels.len());
         for (i, kernel) in program.kernels.iter().enumerate() {
             let steps = match kernel {
-                Kernel::Gemm(g) => vec![Step::Product(Box::new(g.clone()))],
+                Kernel::Gemm(g) => vec![Step::product(g)?],
                 Kernel::Rows(r) if r.stages.iter().any(|s| matches!(s, RowStage::Gemm(_))) => {
                     let mut loops = functions[i].iter();
                     let mut steps = Vec::with_capacity(r.stages.len());
                     for stage in &r.stages {
                         steps.push(match stage {
-                            RowStage::Gemm(g) => Step::Product(Box::new(g.clone())),
+                            RowStage::Gemm(g) => Step::product(g)?,
                             RowStage::Loop(_) => Step::Function(
                                 *loops.next().ok_or_else(|| format!("k{i}: a rows stage without its function"))?,
                             ),

@@ -18,10 +18,10 @@ mod emulator;
 use std::collections::BTreeMap;
 
 use emulator::{Function, Memory, launch};
-use lpac_cuda::schedule::{Binding, BlasOperand, Step, blas_calls};
+use lpac_cuda::schedule::{Binding, BlasCall, BlasOperand, Step};
 use lpac_cuda::{Arch, emit_program};
 use lpac_ir::interp::{Precision, RunContext, Tensor};
-use lpac_ir::kernel::{BufferId, BufferKind, GemmKernel, Program};
+use lpac_ir::kernel::{BufferId, BufferKind, Program};
 use lpac_ir::{BinaryOp, DType, Graph, NodeId, Op, Origin, ReduceOp, TensorType, UnaryOp};
 
 fn f32t(shape: &[usize]) -> TensorType {
@@ -94,7 +94,7 @@ fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> (BTreeMap<S
     for steps in emitted.schedule(&program).unwrap() {
         for step in steps {
             match step {
-                Step::Product(g) => product(&program, &g, &mut mem),
+                Step::Product { name, calls } => product(&program, &name, &calls, &mut mem),
                 Step::Function(f) => {
                     let k = &emitted.kernels[f];
                     let function = Function::parse(&k.ptx).unwrap_or_else(|e| panic!("{}: {e}", k.entry));
@@ -124,17 +124,17 @@ fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> (BTreeMap<S
     (outputs, u32::from_le_bytes([cell[0], cell[1], cell[2], cell[3]]))
 }
 
-/// `c = a · b` as the runtime has cuBLAS compute it: the calls it makes
-/// ([`blas_calls`]), each run as cuBLAS defines it (column-major,
+/// A product as the runtime has cuBLAS compute it: the calls the schedule
+/// planned (`blas_calls`), each run as cuBLAS defines it (column-major,
 /// `C = op(A) · op(B)`), f32 accumulation of f32 or bf16 operands, the
-/// result stored in `c`'s dtype (bf16: rounded to nearest even). So a wrong
+/// result stored in `C`'s dtype (bf16: rounded to nearest even). So a wrong
 /// transpose flag or leading dimension in the runtime's calls fails here.
-fn product(program: &Program, g: &GemmKernel, mem: &mut Memory) {
+fn product(program: &Program, name: &str, calls: &[BlasCall], mem: &mut Memory) {
     let dtype = |b: BufferId| program.buffers[b.index()].ty.dtype;
     let read = |mem: &Memory, b: BufferId, at: i64| -> f32 {
         let size = dtype(b).size_bytes();
         let (i, bytes) = (at as usize * size, &mem.buffers[b.index()]);
-        assert!(mem.is_written(b.index(), i, size), "{}: reads byte {i} of {b:?} before anything wrote it", g.name);
+        assert!(mem.is_written(b.index(), i, size), "{name}: reads byte {i} of {b:?} before anything wrote it");
         match dtype(b) {
             DType::BF16 => emulator::bf16_to_f32(u16::from_le_bytes([bytes[i], bytes[i + 1]])),
             _ => f32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]),
@@ -145,7 +145,7 @@ fn product(program: &Program, g: &GemmKernel, mem: &mut Memory) {
         let (row, col) = if x.transpose { (j, i) } else { (i, j) };
         read(mem, x.buffer, x.offset + (row + col * x.ld) as i64)
     };
-    for call in blas_calls(g).unwrap() {
+    for call in calls {
         let (c, at) = call.c;
         let size = dtype(c).size_bytes();
         for j in 0..call.n {
@@ -162,8 +162,8 @@ fn product(program: &Program, g: &GemmKernel, mem: &mut Memory) {
                 mem.buffers[c.index()][o..o + size].copy_from_slice(&bytes);
             }
         }
+        mem.wrote(c.index());
     }
-    mem.wrote(g.c.index());
 }
 
 /// Every output within `tolerance` (‖got − want‖ / ‖want‖) of the f64
