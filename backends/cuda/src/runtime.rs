@@ -537,3 +537,41 @@ fn f32_to_bf16(x: f32) -> u16 {
     }
     (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(ty: &TensorType, t: &Tensor) -> Tensor {
+        let bytes = to_bytes(ty, t).unwrap();
+        assert_eq!(bytes.len(), ty.size_bytes(), "{ty}: one element's bytes each");
+        from_bytes(ty, &bytes)
+    }
+
+    #[test]
+    fn tensors_go_to_buffer_bytes_and_back() {
+        let f = TensorType::new(DType::F32, vec![2, 2]);
+        let t = Tensor::from_f32(vec![2, 2], vec![1.5, -0.0, 3e-39, f32::MAX]);
+        assert_eq!(round_trip(&f, &t).to_f64_vec(), t.to_f64_vec());
+        let i = TensorType::new(DType::I32, vec![3]);
+        let t = Tensor::from_i32(vec![3], vec![-7, 0, i32::MAX]);
+        assert_eq!(round_trip(&i, &t).to_f64_vec(), t.to_f64_vec());
+        let b = TensorType::new(DType::Bool, vec![2]);
+        let t = Tensor::from_bool(vec![2], vec![true, false]);
+        assert_eq!(round_trip(&b, &t).to_f64_vec(), [1.0, 0.0]);
+        // A tensor of another shape is refused, not reinterpreted.
+        let err = to_bytes(&f, &Tensor::from_f32(vec![4], vec![0.0; 4])).unwrap_err();
+        assert!(err.contains("shape [4]"), "{err}");
+    }
+
+    #[test]
+    fn bf16_buffers_round_to_nearest_even() {
+        let ty = TensorType::new(DType::BF16, vec![5]);
+        let ulp = 2f32.powi(-7); // bf16's spacing at 1
+        let t = Tensor::from_f32(vec![5], vec![1.0 + ulp / 2.0, 1.0 + 1.5 * ulp, 1.0 + ulp * 0.75, -2.0, f32::NAN]);
+        let back = round_trip(&ty, &t).to_f64_vec();
+        // Ties go to the even neighbour (1.0, then 1 + 2 ulp); otherwise the nearest.
+        assert_eq!(&back[..4], [1.0, f64::from(1.0 + 2.0 * ulp), f64::from(1.0 + ulp), -2.0]);
+        assert!(back[4].is_nan(), "NaN stays NaN");
+    }
+}
