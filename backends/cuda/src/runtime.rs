@@ -405,7 +405,7 @@ impl CudaExecutor {
         Ok(())
     }
 
-    /// A product `name` by cuBLAS, the calls [`blas_calls`] planned
+    /// A product `name` by cuBLAS, the calls [`crate::schedule::blas_calls`] planned
     /// (column-major `cᵀ = bᵀ · aᵀ`, a call per batch left after folding):
     /// `sgemm` in f32, or — bf16 operands and result (mixed precision) —
     /// `cublasGemmEx` with f32 accumulation.
