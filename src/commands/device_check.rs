@@ -220,6 +220,24 @@ fn cases() -> Vec<Case> {
         tolerance: 1e-3,
         reference: Device::Interp,
     });
+    // Products whose operands cuBLAS reads transposed (a weight gradient's
+    // xᵀ·dy) or per batch (a right operand of each batch its own): the
+    // calls' transpose flags, leading dimensions and offsets.
+    let mut g = new();
+    let x = g.input("x", &[4, 50, 64]);
+    let dy = g.input("dy", &[4, 50, 32]);
+    let xt = g.add(Op::Permute { perm: vec![0, 2, 1] }, vec![x], None);
+    let per_batch = g.add(Op::MatMul, vec![xt, dy], None);
+    let x2 = g.add(Op::Reshape, vec![x], Some(f32t(&[200, 64])));
+    let dy2 = g.add(Op::Reshape, vec![dy], Some(f32t(&[200, 32])));
+    let x2t = g.add(Op::Permute { perm: vec![1, 0] }, vec![x2], None);
+    let wgrad = g.add(Op::MatMul, vec![x2t, dy2], None);
+    cases.push(Case {
+        name: "matrix products, transposed and per batch",
+        graph: g.out("per_batch", per_batch).out("wgrad", wgrad).0,
+        tolerance: 1e-4,
+        reference: Device::Cpu,
+    });
     // Attention forward and backward, causal and not; and heads 128 wide
     // (gpt.lpa's: four threads a row, dk in tiles of 16).
     for (name, shape, causal) in [
@@ -377,5 +395,26 @@ mod tests {
                 assert!(err <= case.tolerance.max(1e-5), "{} ({name}): {err:e}", case.name);
             }
         }
+    }
+
+    /// The transposed-products case makes cuBLAS calls of the kinds its name
+    /// says: an operand transposed, and one call per batch.
+    #[test]
+    fn the_transposed_products_case_makes_transposed_and_per_batch_calls() {
+        let case = cases().into_iter().find(|c| c.name == "matrix products, transposed and per batch").unwrap();
+        let program = lpac_passes::fuse::fuse(&case.graph).unwrap();
+        let emitted = lpac_cuda::emit_program(&program, lpac_cuda::Arch::Sm90, None).unwrap();
+        let calls: Vec<Vec<lpac_cuda::schedule::BlasCall>> = emitted
+            .schedule(&program)
+            .unwrap()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| match s {
+                lpac_cuda::schedule::Step::Product { calls, .. } => Some(calls),
+                _ => None,
+            })
+            .collect();
+        assert!(calls.iter().any(|c| c.len() == 4), "a product of one call per batch");
+        assert!(calls.iter().flatten().any(|c| c.a.transpose || c.b.transpose), "an operand transposed");
     }
 }
