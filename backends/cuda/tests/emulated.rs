@@ -134,6 +134,7 @@ fn product(program: &Program, name: &str, calls: &[BlasCall], mem: &mut Memory) 
     let read = |mem: &Memory, b: BufferId, at: i64| -> f32 {
         let size = dtype(b).size_bytes();
         let (i, bytes) = (at as usize * size, &mem.buffers[b.index()]);
+        assert!(at >= 0 && i + size <= bytes.len(), "{name}: reads byte {i} of {b:?}, past its {} bytes", bytes.len());
         assert!(mem.is_written(b.index(), i, size), "{name}: reads byte {i} of {b:?} before anything wrote it");
         match dtype(b) {
             DType::BF16 => emulator::bf16_to_f32(u16::from_le_bytes([bytes[i], bytes[i + 1]])),
