@@ -1,7 +1,9 @@
-//! How an emitted program runs: the order of cuBLAS products and function
-//! launches for each kernel, and what every function parameter is bound
-//! to. The runtime follows it on a GPU and the PTX emulator in the tests
-//! follows the same, so the tests check the launches a GPU gets.
+//! How an emitted program runs: the order of products and function
+//! launches for each kernel, what every function parameter is bound to,
+//! and the cuBLAS calls of every product (transpose flags, leading
+//! dimensions, offsets). The runtime follows it on a GPU and the PTX
+//! emulator in the tests follows the same, so the tests check the launches
+//! and calls a GPU gets.
 
 use lpac_ir::kernel::{BufferId, GemmKernel, Kernel, Program, RowStage};
 
