@@ -491,8 +491,9 @@ impl CudaExecutor {
     }
 }
 
-/// A host tensor as the buffer's bytes (checked against its type).
-fn to_bytes(ty: &TensorType, t: &Tensor) -> Result<Vec<u8>, String> {
+/// A host tensor as the bytes of a buffer of type `ty` (its shape checked;
+/// bf16 rounded to nearest even), as the runtime copies it to the GPU.
+pub fn to_bytes(ty: &TensorType, t: &Tensor) -> Result<Vec<u8>, String> {
     if t.shape != ty.shape {
         return Err(format!("a tensor of shape {:?} for a buffer of {ty}", t.shape));
     }
@@ -505,7 +506,8 @@ fn to_bytes(ty: &TensorType, t: &Tensor) -> Result<Vec<u8>, String> {
     })
 }
 
-fn from_bytes(ty: &TensorType, bytes: &[u8]) -> Tensor {
+/// A buffer of type `ty`'s bytes as a host tensor (bf16 widened to f32).
+pub fn from_bytes(ty: &TensorType, bytes: &[u8]) -> Tensor {
     let n = ty.numel();
     match ty.dtype {
         DType::I32 => Tensor::from_i32(

@@ -1,4 +1,4 @@
-//! The emitted PTX run by an emulator (tests/emulator) on the CPU and
+//! The emitted PTX run by the emulator (`lpac-cuda-emulator`) on the CPU and
 //! compared with the reference interpreter in f64: the GPU kernels'
 //! arithmetic, indexing, tiling and synchronisation checked on machines with
 //! no GPU (`lpac device-check` does the same on a real one).
@@ -13,15 +13,11 @@
 //! models/llama.lpa (LPA, AdamW; 12 layers, the update split) and
 //! models/gpt.lpa (heads of 128) at small sizes.
 
-mod emulator;
-
 use std::collections::BTreeMap;
 
-use emulator::{Function, Memory, launch};
-use lpac_cuda::schedule::{Binding, BlasCall, BlasOperand, Step};
 use lpac_cuda::{Arch, emit_program};
+use lpac_cuda_emulator::program::{Emulated, run_graph};
 use lpac_ir::interp::{Precision, RunContext, Tensor};
-use lpac_ir::kernel::{BufferId, BufferKind, Program};
 use lpac_ir::{BinaryOp, DType, Graph, NodeId, Op, Origin, ReduceOp, TensorType, UnaryOp};
 
 fn f32t(shape: &[usize]) -> TensorType {
@@ -62,111 +58,6 @@ fn random_inputs(graph: &Graph, seed: u64) -> BTreeMap<String, Tensor> {
         .collect()
 }
 
-/// Fuses `graph`, emits its PTX for sm_90 and runs every kernel on the
-/// emulator; the outputs by name, and the error cell (an index out of
-/// range: not 0).
-fn run_emulated(graph: &Graph, inputs: &BTreeMap<String, Tensor>) -> (BTreeMap<String, Vec<f32>>, u32) {
-    let program = lpac_passes::fuse::fuse(graph).unwrap();
-    let emitted = emit_program(&program, Arch::Sm90, Some(graph)).unwrap();
-    let n = program.buffers.len();
-    let scratch = emitted.kernels.iter().map(|k| k.scratch_bytes).max().unwrap_or(0).max(4);
-    let mut buffers: Vec<Vec<u8>> = program.buffers.iter().map(|b| vec![0xFF; b.ty.size_bytes().max(1)]).collect();
-    for (i, b) in program.buffers.iter().enumerate() {
-        if let BufferKind::Input(name) | BufferKind::Param(name) = &b.kind {
-            let values = inputs[name].to_f64_vec();
-            buffers[i] = if b.ty.dtype == DType::I32 {
-                values.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect()
-            } else {
-                values.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()
-            };
-        }
-    }
-    buffers.push(vec![0; scratch]);
-    buffers.push(vec![0; 4]);
-    let mut mem = Memory::new(buffers);
-    // Temps hold nothing until a kernel writes them (0xFF: NaN besides).
-    for (i, b) in program.buffers.iter().enumerate() {
-        if b.kind == BufferKind::Temp {
-            mem.unwritten(i);
-        }
-    }
-    // The runtime's order of products and launches, and its bindings.
-    for steps in emitted.schedule(&program).unwrap() {
-        for step in steps {
-            match step {
-                Step::Product { name, calls } => product(&program, &name, &calls, &mut mem),
-                Step::Function(f) => {
-                    let k = &emitted.kernels[f];
-                    let function = Function::parse(&k.ptx).unwrap_or_else(|e| panic!("{}: {e}", k.entry));
-                    let args: Vec<u64> = k
-                        .bindings()
-                        .map(|b| match b {
-                            Binding::Buffer(b) => Memory::address(b as usize),
-                            Binding::StreamKey(key) => lpac_ir::random::dropout_key(3, 1, key),
-                            Binding::Scratch => Memory::address(n),
-                            Binding::ErrorCell => Memory::address(n + 1),
-                        })
-                        .collect();
-                    launch(&function, k.grid, k.block, &args, &mut mem).unwrap_or_else(|e| panic!("{e}"));
-                }
-            }
-        }
-    }
-    let outputs = program
-        .outputs
-        .iter()
-        .map(|(name, b)| {
-            let bytes = &mem.buffers[b.index()];
-            (name.clone(), bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-        })
-        .collect();
-    let cell = &mem.buffers[n + 1];
-    (outputs, u32::from_le_bytes([cell[0], cell[1], cell[2], cell[3]]))
-}
-
-/// A product as the runtime has cuBLAS compute it: the calls the schedule
-/// planned (`blas_calls`), each run as cuBLAS defines it (column-major,
-/// `C = op(A) · op(B)`), f32 accumulation of f32 or bf16 operands, the
-/// result stored in `C`'s dtype (bf16: rounded to nearest even). So a wrong
-/// transpose flag or leading dimension in the runtime's calls fails here.
-fn product(program: &Program, name: &str, calls: &[BlasCall], mem: &mut Memory) {
-    let dtype = |b: BufferId| program.buffers[b.index()].ty.dtype;
-    let read = |mem: &Memory, b: BufferId, at: i64| -> f32 {
-        let size = dtype(b).size_bytes();
-        let (i, bytes) = (at as usize * size, &mem.buffers[b.index()]);
-        assert!(at >= 0 && i + size <= bytes.len(), "{name}: reads byte {i} of {b:?}, past its {} bytes", bytes.len());
-        assert!(mem.is_written(b.index(), i, size), "{name}: reads byte {i} of {b:?} before anything wrote it");
-        match dtype(b) {
-            DType::BF16 => emulator::bf16_to_f32(u16::from_le_bytes([bytes[i], bytes[i + 1]])),
-            _ => f32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]),
-        }
-    };
-    // op(X)(i, j): X's element (i, j), or (j, i) when transposed.
-    let element = |mem: &Memory, x: &BlasOperand, i: usize, j: usize| {
-        let (row, col) = if x.transpose { (j, i) } else { (i, j) };
-        read(mem, x.buffer, x.offset + (row + col * x.ld) as i64)
-    };
-    for call in calls {
-        let (c, at) = call.c;
-        let size = dtype(c).size_bytes();
-        for j in 0..call.n {
-            for i in 0..call.m {
-                let mut acc = 0.0f32;
-                for p in 0..call.k {
-                    acc = element(mem, &call.a, i, p).mul_add(element(mem, &call.b, p, j), acc);
-                }
-                let bytes = match dtype(c) {
-                    DType::BF16 => emulator::f32_to_bf16(acc).to_le_bytes().to_vec(),
-                    _ => acc.to_le_bytes().to_vec(),
-                };
-                let o = (at as usize + i + j * call.ldc) * size;
-                mem.buffers[c.index()][o..o + size].copy_from_slice(&bytes);
-            }
-        }
-        mem.wrote(c.index());
-    }
-}
-
 /// Every output within `tolerance` (‖got − want‖ / ‖want‖) of the f64
 /// interpreter; NaN fails.
 fn check(name: &str, graph: &Graph, tolerance: f64) {
@@ -175,16 +66,16 @@ fn check(name: &str, graph: &Graph, tolerance: f64) {
 
 /// [`check`] on the given inputs.
 fn check_with(name: &str, graph: &Graph, inputs: &BTreeMap<String, Tensor>, tolerance: f64) {
-    let (got, error_cell) = run_emulated(graph, inputs);
-    assert_eq!(error_cell, 0, "{name}: the error cell is set, with every index in range");
     let ctx = RunContext { seed: 3, step: 1 };
+    let Emulated { outputs: got, error_cell } = run_graph(graph, inputs, ctx).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(error_cell, 0, "{name}: the error cell is set, with every index in range");
     let want = lpac_ir::interp::run(graph, Precision::F64, inputs, inputs, ctx).unwrap();
     for (out, w) in want {
         let w = w.to_f64_vec();
-        let g = &got[&out];
+        let g = got[&out].to_f64_vec();
         assert_eq!(g.len(), w.len(), "{name} {out}");
         assert!(g.iter().all(|x| x.is_finite()), "{name} {out}: not finite (unwritten or NaN)");
-        let diff: f64 = g.iter().zip(&w).map(|(a, b)| (f64::from(*a) - b).powi(2)).sum::<f64>().sqrt();
+        let diff: f64 = g.iter().zip(&w).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
         let norm: f64 = w.iter().map(|b| b * b).sum::<f64>().sqrt();
         assert!(norm > 0.0, "{name} {out}: the reference is all zeros (a vacuous comparison)");
         // A value that is zero but for rounding (the gradient of a key bias:
@@ -331,16 +222,16 @@ fn updates_of_many_tensors_gather_scatter_and_random_numbers() {
     let inputs = random_inputs(&g.0, 11);
     let ids = inputs["idx"].to_f64_vec();
     assert!(ids.iter().any(|&i| i >= 10.0) && ids.iter().any(|&i| i < 10.0), "some ids in range, some not");
-    let (got, error_cell) = run_emulated(&g.0, &inputs);
+    let Emulated { outputs: got, error_cell } = run_graph(&g.0, &inputs, RunContext { seed: 3, step: 1 }).unwrap();
     assert_eq!(error_cell, 1, "an id out of range sets the error cell");
     let table = inputs["table"].to_f64_vec();
     for (j, &id) in ids.iter().enumerate() {
-        let row = &got["rows"][j * 33..(j + 1) * 33];
+        let row = &got["rows"].to_f64_vec()[j * 33..(j + 1) * 33];
         if id >= 10.0 {
             assert!(row.iter().all(|&x| x == 0.0), "row {j} (id {id}) is zero");
         } else {
             let want = &table[id as usize * 33..(id as usize + 1) * 33];
-            assert!(row.iter().zip(want).all(|(&x, &w)| f64::from(x) == w), "row {j} (id {id}) is its table row");
+            assert!(row.iter().zip(want).all(|(&x, &w)| x == w), "row {j} (id {id}) is its table row");
         }
     }
     // A scatter-add over several chunks of indices (600: 256, 256 and 88)

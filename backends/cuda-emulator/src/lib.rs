@@ -22,11 +22,16 @@
 //!
 //! Here: blocks, warps, threads and the warp collectives. `parse.rs` turns
 //! text into a [`Function`], `instructions.rs` computes, `memory.rs` loads
-//! and stores, `races.rs` watches every access.
+//! and stores, `races.rs` watches every access, and [`program`] runs a whole
+//! graph as `--device cuda` does.
+//!
+//! Test support only (`publish = false`): the tests of `lpac-cuda` and
+//! `lpac device-check`'s use it.
 
 mod instructions;
 mod memory;
 mod parse;
+pub mod program;
 mod races;
 
 use std::collections::HashMap;
