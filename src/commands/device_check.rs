@@ -397,6 +397,28 @@ mod tests {
         }
     }
 
+    /// Every case on the PTX emulator — the functions, bindings and cuBLAS
+    /// calls a GPU gets, under the emulator's race and undefined-memory
+    /// checks — against the reference a GPU is compared with, within the
+    /// case's tolerance: what `lpac device-check` will see, short of the
+    /// hardware's own arithmetic.
+    #[test]
+    fn every_case_passes_on_the_ptx_emulator() {
+        let ctx = RunContext { seed: 3, step: 1 };
+        for (n, case) in cases().into_iter().enumerate() {
+            let inputs = inputs(&case.graph, 100 + n as u64);
+            let mut reference = executor(case.reference, case.graph.clone()).unwrap();
+            let want = reference.run(&inputs, &BTreeMap::new(), ctx).unwrap();
+            let got = lpac_cuda_emulator::program::run_graph(&case.graph, &inputs, ctx)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(got.error_cell, 0, "{}: the error cell is set", case.name);
+            for (name, c) in &want {
+                let err = relative_error(&got.outputs[name], c);
+                assert!(err <= case.tolerance, "{} ({name}): {err:e} > {:e}", case.name, case.tolerance);
+            }
+        }
+    }
+
     /// The transposed-products case makes cuBLAS calls of the kinds its name
     /// says: an operand transposed, and one call per batch.
     #[test]

@@ -15,7 +15,7 @@ pub(super) fn val(ctx: &Ctx, th: &Thread, tid: u32, a: &Arg) -> Result<u64, Stri
             "%ntid.x" => ctx.block,
             _ => ctx.grid,
         }),
-        Arg::Param(p) => *ctx.params.get(p.as_str()).ok_or(format!("no parameter {p}"))?,
+        Arg::Param(p) => *ctx.params.get(p.as_str()).ok_or_else(|| format!("no parameter {p}"))?,
         other => return Err(format!("operand {other:?}")),
     })
 }

@@ -255,7 +255,7 @@ fn run_thread(
         if steps > 50_000_000 {
             return Err(format!("{}: thread {tid} runs forever", f.name));
         }
-        let inst = f.insts.get(th.pc).ok_or(format!("{}: ran off the end", f.name))?;
+        let inst = f.insts.get(th.pc).ok_or_else(|| format!("{}: ran off the end", f.name))?;
         if let Some((p, neg)) = inst.guard
             && (th.regs[p] != 0) == neg
         {

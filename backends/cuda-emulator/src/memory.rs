@@ -52,11 +52,11 @@ impl Memory {
 
     fn at(&mut self, addr: u64, len: usize, using: Use) -> Result<&mut [u8], String> {
         let (b, off) = (((addr >> 40) as usize).wrapping_sub(1), (addr & ((1 << 40) - 1)) as usize);
-        let buf = self.buffers.get_mut(b).ok_or(format!("address {addr:#x} is in no buffer"))?;
+        let buf = self.buffers.get_mut(b).ok_or_else(|| format!("address {addr:#x} is in no buffer"))?;
         let n = buf.len();
         let bytes = buf
             .get_mut(off..off + len)
-            .ok_or(format!("address {addr:#x}: offset {off} + {len} past buffer b{b} of {n} bytes"))?;
+            .ok_or_else(|| format!("address {addr:#x}: offset {off} + {len} past buffer b{b} of {n} bytes"))?;
         let written = &mut self.written[b][off..off + len];
         if using != Use::Store && !written.iter().all(|&w| w) {
             return Err(format!(
@@ -112,7 +112,7 @@ pub(super) fn memory_op(
     let bytes: &mut [u8] = if is_shared {
         let a = addr as usize;
         let n = shared.len();
-        shared.get_mut(a..a + size).ok_or(format!("shared address {a} past {n} bytes"))?
+        shared.get_mut(a..a + size).ok_or_else(|| format!("shared address {a} past {n} bytes"))?
     } else {
         let using = match op[0].as_str() {
             "ld" => Use::Load,
@@ -183,7 +183,7 @@ pub(super) fn vector_op(
         Space::Global(mem) => mem.at(addr, 4 * size, if load { Use::Load } else { Use::Store })?,
         Space::Shared(shared) => {
             let (a, n) = (addr as usize, shared.len());
-            shared.get_mut(a..a + 4 * size).ok_or(format!("shared address {a} past {n} bytes"))?
+            shared.get_mut(a..a + 4 * size).ok_or_else(|| format!("shared address {a} past {n} bytes"))?
         }
     };
     for (l, &r) in regs.iter().enumerate() {

@@ -89,7 +89,7 @@ impl Function {
                 // .shared .align A .TYPE NAME[N];
                 let parts: Vec<&str> = line.trim_end_matches(';').split_whitespace().collect();
                 let (ty, decl) = (parts[parts.len() - 2], parts[parts.len() - 1]);
-                let (sym, n) = decl.split_once('[').ok_or(format!("shared declaration `{line}`"))?;
+                let (sym, n) = decl.split_once('[').ok_or_else(|| format!("shared declaration `{line}`"))?;
                 let n: usize = n.trim_end_matches(']').parse().map_err(|_| format!("`{line}`"))?;
                 let size = if ty == ".b8" { 1 } else { 4 };
                 shared_bytes = shared_bytes.next_multiple_of(16);
@@ -110,7 +110,7 @@ impl Function {
             if let Some(Arg::Label(l)) = inst.args.first()
                 && inst.op[0] == "bra"
             {
-                inst.target = *labels.get(l).ok_or(format!("no label {l}"))?;
+                inst.target = *labels.get(l).ok_or_else(|| format!("no label {l}"))?;
             }
         }
         Ok(Function { name, params, shared_bytes, insts, nregs: regs.len() })
@@ -126,7 +126,7 @@ pub(super) fn parse_inst(
     let mut rest = line.trim_end_matches(';').trim();
     let mut guard = None;
     if let Some(g) = rest.strip_prefix('@') {
-        let (p, r) = g.split_once(' ').ok_or(format!("`{line}`"))?;
+        let (p, r) = g.split_once(' ').ok_or_else(|| format!("`{line}`"))?;
         let (neg, p) = match p.strip_prefix('!') {
             Some(p) => (true, p),
             None => (false, p),
