@@ -341,25 +341,6 @@ fn elementwise_kernels_four_elements_at_a_time() {
 }
 
 #[test]
-fn products_cublas_reads_transposed_and_per_batch() {
-    // A weight gradient's xᵀ·dy (cuBLAS transposes an operand) and a batched
-    // product whose right operand differs per batch (a call each, at its
-    // offsets): `lpac device-check`'s case, here against the interpreter.
-    let mut g = G(Graph::new("products"));
-    let x = g.input("x", &[4, 50, 64]);
-    let dy = g.input("dy", &[4, 50, 32]);
-    let xt = g.add(Op::Permute { perm: vec![0, 2, 1] }, vec![x], None);
-    let per_batch = g.add(Op::MatMul, vec![xt, dy], None);
-    let x2 = g.add(Op::Reshape, vec![x], Some(f32t(&[200, 64])));
-    let dy2 = g.add(Op::Reshape, vec![dy], Some(f32t(&[200, 32])));
-    let x2t = g.add(Op::Permute { perm: vec![1, 0] }, vec![x2], None);
-    let wgrad = g.add(Op::MatMul, vec![x2t, dy2], None);
-    g.0.add_output("per_batch", per_batch);
-    g.0.add_output("wgrad", wgrad);
-    check("transposed and per-batch products", &g.0, 1e-5);
-}
-
-#[test]
 fn mixed_precision_products_with_their_gradients() {
     // A two-layer MLP's loss and its weight gradients, after the `precision`
     // pass: every product on bf16 operands with a bf16 result (f32
