@@ -6,7 +6,7 @@
 #   STEPS=50 MODES=eager bash bench/gpu-check.sh   # shorter: fewer steps, no torch.compile
 #
 # Expect several minutes: two trainings per model and device, and torch.compile of the 130M
-# model twice (dense, LPA). STEPS (default 100), BATCH (llama, default 16), MODES
+# model twice (dense, LPA). STEPS (default 300), BATCH (llama, default 16), MODES
 # (default eager,compile) and BUDGET (seconds, default 540) size it.
 #
 # What it does (docs/backends.md says what is emitted; docs/gpu.md holds the
@@ -32,6 +32,7 @@
 #      by side (largest relative difference over the first 10 steps and over
 #      all) and both devices' tokens/s.
 #      Then `lpac eval` (GPU and CPU) and `lpac sample` on the GPU from the tiny run.
+#      tiny (the issue's curve) runs before the mlp, so a short budget keeps it.
 #   7. a model too large for the GPU's memory: refused before allocating,
 #      with the sizes, exit 1.
 # The timings come before the CPU-against-GPU trainings (whose CPU runs take
@@ -42,12 +43,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 LPAC=${LPAC:-target/release/lpac}
 OUT=${OUT:-gpu-check}
-STEPS=${STEPS:-100}
+STEPS=${STEPS:-300}
 # Seconds the whole check may take: a lent machine runs one command for at
 # most 600 s. A section that would not fit in what is left is skipped, said so.
 BUDGET=${BUDGET:-540}
 mkdir -p "$OUT"
 log() { echo "$*" | tee -a "$OUT/summary.txt"; }
+# Section headings carry the seconds gone, so the next run can size BUDGET and STEPS.
+section() { log "== [${SECONDS} s] $*"; }
 : > "$OUT/summary.txt"
 # True when section $2, needing about $1 seconds, fits in BUDGET.
 fits() {
@@ -70,7 +73,7 @@ if [ -n "$cublas" ]; then
   export LD_LIBRARY_PATH="$OUT/lib:$(dirname "$cublas"):${LD_LIBRARY_PATH:-}"
 fi
 
-log "== 1. the machine"
+section "1. the machine"
 if ! nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$OUT/summary.txt"; then
   log "no NVIDIA GPU here (nvidia-smi failed or is missing): this check needs one"
   exit 1
@@ -82,7 +85,7 @@ else
 fi
 "$LPAC" --version 2>&1 | tee -a "$OUT/summary.txt"
 
-log "== 2. every kernel kind on the GPU against the CPU backend (lpac device-check)"
+section "2. every kernel kind on the GPU against the CPU backend (lpac device-check)"
 if ! timeout 120 "$LPAC" device-check 2>&1 | tee -a "$OUT/summary.txt"; then
   # A fault can leave the context refusing every later case: each case in a
   # process of its own, each launch waited for so the failing one is named.
@@ -107,7 +110,7 @@ PY
 
 check_model() {  # $1 label, $2 model file, $3 steps
   local label=$1 model=$2 steps=$3
-  log "== $label: $model, $steps steps, CPU against GPU"
+  section "$label: $model, $steps steps, CPU against GPU"
   for device in cpu cuda; do
     rm -rf "$OUT/$label-$device"
     start=$(date +%s.%N)
@@ -151,7 +154,7 @@ print(f"  verdict: {'AGREE' if first < 1e-3 else 'DISAGREE (first steps differ b
 PY
 }
 
-log "== the 130M Setting-2 model (models/llama.lpa), batch ${BATCH:=16} x seq 256: lpac against PyTorch"
+section "the 130M Setting-2 model (models/llama.lpa), batch ${BATCH:=16} x seq 256: lpac against PyTorch"
 for lowrank in "" 128; do
   variant=${lowrank:+lpa-r$lowrank}; variant=${variant:-dense}
   rm -rf "$OUT/llama-$variant"
@@ -204,7 +207,7 @@ for lowrank in "" 128; do
     | python3 bench/gpu/roofline.py | tail -1 | awk '{print $NF}') ms a step"
 done
 
-log "== mixed precision (--precision bf16): the 130M dense step, lpac against PyTorch autocast (eager)"
+section "mixed precision (--precision bf16): the 130M dense step, lpac against PyTorch autocast (eager)"
 if fits 90 "mixed precision"; then
   rm -rf "$OUT/llama-bf16"
   timeout 300 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 8 --device cuda --eval-every 0 \
@@ -215,7 +218,7 @@ if fits 90 "mixed precision"; then
     | grep framework | tee -a "$OUT/summary.txt"
 fi
 
-log "== where lpac's GPU time goes: llama dense, 3 steps, each kernel waited for and timed (LPAC_CUDA_PROFILE=1)"
+section "where lpac's GPU time goes: llama dense, 3 steps, each kernel waited for and timed (LPAC_CUDA_PROFILE=1)"
 if fits 60 "the profile"; then
   LPAC_CUDA_PROFILE=1 timeout 200 "$LPAC" train models/llama.lpa --set batch="$BATCH" --steps 3 --device cuda \
     --eval-every 0 --out "$OUT/llama-profile" > "$OUT/llama-profile.log" 2>&1
@@ -223,16 +226,18 @@ if fits 60 "the profile"; then
   sed -n '/GPU time by kernel/,$p' "$OUT/llama-profile.log" | grep -v "^evaluating\|^test perplexity" | tee -a "$OUT/summary.txt"
 fi
 
-log "== a model too large for the GPU (llama, batch 4096): a clear refusal and exit 1 expected"
+section "a model too large for the GPU (llama, batch 4096): a clear refusal and exit 1 expected"
 timeout 120 "$LPAC" train models/llama.lpa --set batch=4096 --steps 1 --device cuda --eval-every 0 \
   --out "$OUT/too-large" > "$OUT/too-large.log" 2>&1
 log "exit $?: $(grep -v '^\s*$' "$OUT/too-large.log" | tail -2)"
 
-fits 90 "the mlp training, CPU against GPU" && check_model mlp bench/gpu/mlp.lpa "$STEPS"
-fits 120 "the tiny training, CPU against GPU" && check_model tiny models/tiny.lpa "$STEPS"
+# Sized from the H200 run of 2026-11-28 (16 cores): tiny, 300 steps: 46 s on the CPU, 23 s on
+# the GPU; the mlp, 40 steps: 3 s and 5 s.
+fits $((30 + STEPS / 4)) "the tiny training, CPU against GPU" && check_model tiny models/tiny.lpa "$STEPS"
+fits $((20 + STEPS / 10)) "the mlp training, CPU against GPU" && check_model mlp bench/gpu/mlp.lpa "$STEPS"
 
 if [ -d "$OUT/tiny-cuda" ] && fits 40 "eval and sample"; then
-  log "== eval and sample on the GPU (the tiny run just trained), and eval on the CPU to compare"
+  section "eval and sample on the GPU (the tiny run just trained), and eval on the CPU to compare"
   for device in cuda cpu; do
     log "eval --device $device: $(timeout 120 "$LPAC" eval "$OUT/tiny-cuda" --device "$device" 2>&1 | tail -1)"
   done
@@ -240,4 +245,4 @@ if [ -d "$OUT/tiny-cuda" ] && fits 40 "eval and sample"; then
     | tail -3 | tee -a "$OUT/summary.txt"
 fi
 rm -f "$OUT"/*/checkpoint.safetensors
-log "done; results in $OUT/summary.txt"
+log "done in ${SECONDS} s; results in $OUT/summary.txt"
