@@ -185,13 +185,13 @@ def torch(variant, mode):
         pass
     return None
 fmt = lambda x: f"{x:,.0f}" if x else "-"
-print("| | lpac tokens/s | PyTorch eager | torch.compile | lpac's step time / eager's |")
-print("|---|---|---|---|---|")
+print("| | lpac tokens/s | PyTorch eager | torch.compile | lpac's step time / eager's | / compile's |")
+print("|---|---|---|---|---|---|")
 verdicts = []
 for variant in ["dense", "lpa-r128"]:
     l, e, c = lpac(variant), torch(variant, "eager"), torch(variant, "compile")
-    ratio = f"{e / l:.2f}x" if l and e else "-"
-    print(f"| {variant} | {fmt(l)} | {fmt(e)} | {fmt(c)} | {ratio} |")
+    ratio = lambda t: f"{t / l:.2f}x" if l and t else "-"
+    print(f"| {variant} | {fmt(l)} | {fmt(e)} | {fmt(c)} | {ratio(e)} | {ratio(c)} |")
     if l and e:
         met = "MET" if e / l <= 1.5 else "NOT MET"
         verdicts.append(f"target, {variant} within 1.5x of PyTorch eager's step time: {met} ({e / l:.2f}x)")
